@@ -1,0 +1,364 @@
+//! Connections: the public [`Conn`] handle and the state it shares with its poller.
+//!
+//! A connection's socket and outbound queue live behind one small mutex in [`ConnShared`]. Any
+//! thread may write: under the lock it writes straight to the socket when nothing is queued
+//! and queues the remainder otherwise, so every message is written whole and each thread's
+//! messages keep their order. The lock is only ever held across non-blocking syscalls. The
+//! poller owns everything else about the connection (user state, inbound remainder, timers)
+//! and is the only thread that reads, closes or frees it.
+
+pub(crate) mod outbound;
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+
+use crate::builder::OverflowPolicy;
+use crate::error::WriteError;
+use crate::poller::{self, Command, PollerShared};
+pub use outbound::OutboundBuffer;
+
+/// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
+/// closed connection can never name a newer connection, even one that reuses its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The raw id.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Why a connection closed. Reported exactly once per opened connection, to
+/// [`Handler::on_close`](crate::Handler::on_close).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed its side (read returned end of stream).
+    PeerClosed,
+    /// A socket error (connection reset, broken pipe, ...).
+    Io(io::ErrorKind),
+    /// A write exceeded the outbound limit under [`OverflowPolicy::Close`].
+    Overflow,
+    /// The handler left more unconsumed inbound bytes than `max_inbound_bytes`.
+    InboundOverflow,
+    /// [`Conn::close`] or [`Conn::abort`] was called.
+    Local,
+    /// The engine shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub(crate) const COUNT: usize = 6;
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::Io(_) => 1,
+            CloseReason::Overflow => 2,
+            CloseReason::InboundOverflow => 3,
+            CloseReason::Local => 4,
+            CloseReason::Shutdown => 5,
+        }
+    }
+}
+
+/// Whether the connection accepts writes, as seen by every thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Dialed, TCP handshake under way: writes are queued.
+    Connecting,
+    Open,
+    /// Closing or closed: writes are refused. Queued bytes may still be flushing.
+    Closed,
+}
+
+/// The part of a connection any thread may touch, behind [`ConnShared::io`].
+#[derive(Debug)]
+pub(crate) struct ConnIo {
+    /// `None` once the poller has freed the connection: the descriptor is closed at that moment,
+    /// not when the last handle is dropped.
+    pub(crate) socket: Option<TcpStream>,
+    pub(crate) out: OutboundBuffer,
+    pub(crate) phase: Phase,
+    /// Queued bytes are on the owning poller's flush list (written inside a callback).
+    pub(crate) corked: bool,
+    /// Queued bytes crossed the low watermark; `on_drained` is owed when they fall back.
+    pub(crate) above_low_water: bool,
+}
+
+/// State shared between every [`Conn`] handle and the owning poller.
+pub(crate) struct ConnShared {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    /// The poller's slab token; written once by the owning poller when it adopts the
+    /// connection, read back only by that poller.
+    pub(crate) token: AtomicUsize,
+    pub(crate) poller: Arc<PollerShared>,
+    pub(crate) io: Mutex<ConnIo>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        socket: TcpStream,
+        poller: Arc<PollerShared>,
+        phase: Phase,
+    ) -> Self {
+        ConnShared {
+            id,
+            peer,
+            token: AtomicUsize::new(usize::MAX),
+            poller,
+            io: Mutex::new(ConnIo {
+                socket: Some(socket),
+                out: OutboundBuffer::new(),
+                phase,
+                corked: false,
+                above_low_water: false,
+            }),
+        }
+    }
+
+    /// Locks the I/O state. A panic in another thread while it held the lock cannot leave the
+    /// queue half-written (every mutation is a single push or consume), so poison is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ConnIo> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn token(&self) -> usize {
+        self.token.load(Ordering::Relaxed)
+    }
+}
+
+/// Payload of a write: shared bytes are queued as they are, slices are copied only if they
+/// cannot be written at once.
+enum Payload<'a> {
+    Shared(Bytes),
+    Slice(&'a [u8]),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Shared(b) => b.len(),
+            Payload::Slice(s) => s.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Shared(b) => b,
+            Payload::Slice(s) => s,
+        }
+    }
+
+    /// Queues everything from byte `from` on.
+    fn queue_from(self, out: &mut OutboundBuffer, from: usize) {
+        match self {
+            Payload::Shared(mut b) => {
+                let _ = bytes::Buf::advance(&mut b, from);
+                out.push(b)
+            }
+            Payload::Slice(s) => out.push_slice(&s[from..]),
+        }
+    }
+}
+
+/// A handle to one connection: cheap to clone, `Send + Sync`, usable from any thread.
+///
+/// Writes are whole-message and ordered per writing thread: concurrent writers never interleave
+/// inside each other's messages and need no lock of their own. A handle outliving its
+/// connection returns [`WriteError::Closed`]; it can never reach another connection.
+#[derive(Clone)]
+pub struct Conn {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl PartialEq for Conn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Conn {}
+
+impl Conn {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Self {
+        Conn { shared }
+    }
+
+    /// This connection's engine-wide unique id.
+    pub fn id(&self) -> ConnId {
+        self.shared.id
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Index of the poller thread that owns this connection.
+    pub fn poller_index(&self) -> usize {
+        self.shared.poller.index
+    }
+
+    /// True until the connection starts closing (or, for a dialed connection, while it is
+    /// still connecting).
+    pub fn is_open(&self) -> bool {
+        self.shared.lock().phase != Phase::Closed
+    }
+
+    /// Bytes accepted by `write` but not yet taken by the kernel.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.lock().out.len()
+    }
+
+    /// Queues `data` for sending without copying it. See [`Conn`] for the ordering guarantee.
+    ///
+    /// From another thread, the bytes go straight to the socket when nothing is queued; only
+    /// what the socket does not take is queued. Inside a handler callback on the owning poller
+    /// the write is corked: queued and flushed with one `writev` per loop iteration, together
+    /// with everything else written to this connection meanwhile.
+    pub fn write(&self, data: Bytes) -> Result<(), WriteError> {
+        self.write_payload(Payload::Shared(data))
+    }
+
+    /// Like [`write`](Self::write) for a borrowed slice: copied only if it has to wait.
+    pub fn write_slice(&self, data: &[u8]) -> Result<(), WriteError> {
+        self.write_payload(Payload::Slice(data))
+    }
+
+    fn write_payload(&self, data: Payload<'_>) -> Result<(), WriteError> {
+        let shared = &*self.shared;
+        let poller = &*shared.poller;
+        let on_owner = poller::is_current(poller);
+        let len = data.len();
+        let mut io = shared.lock();
+        if io.phase == Phase::Closed {
+            return Err(WriteError::Closed);
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let pending = io.out.len();
+        let limit = poller.config().max_outbound_bytes;
+        if pending + len > limit {
+            poller.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            let err = WriteError::Overflow {
+                pending,
+                len,
+                limit,
+            };
+            if poller.config().overflow_policy == OverflowPolicy::Close {
+                io.phase = Phase::Closed;
+                drop(io);
+                self.request_close(crate::CloseReason::Overflow, false);
+            }
+            return Err(err);
+        }
+        // Queue behind what is already waiting (someone is due to flush it: the poller at the
+        // end of this loop iteration if corked, the writable edge otherwise), while connecting,
+        // or when corking on the owning poller.
+        if pending != 0 || io.phase == Phase::Connecting || on_owner {
+            data.queue_from(&mut io.out, 0);
+            if on_owner && !io.corked && io.phase == Phase::Open {
+                io.corked = true;
+                poller::cork(shared.token());
+            }
+            self.note_watermark(&mut io);
+            return Ok(());
+        }
+        let socket = io.socket.as_ref().expect("open connection has a socket");
+        let mut sock = socket;
+        let result = loop {
+            match sock.write(data.as_slice()) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        poller.stats.write_calls.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(n) => {
+                poller.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                if n < len {
+                    // Short write: the socket buffer is full and the writable edge is armed.
+                    data.queue_from(&mut io.out, n);
+                    self.note_watermark(&mut io);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                data.queue_from(&mut io.out, 0);
+                self.note_watermark(&mut io);
+                Ok(())
+            }
+            Err(e) => {
+                let kind = e.kind();
+                io.phase = Phase::Closed;
+                drop(io);
+                self.request_close(crate::CloseReason::Io(kind), false);
+                Err(WriteError::Io(kind))
+            }
+        }
+    }
+
+    fn note_watermark(&self, io: &mut ConnIo) {
+        if io.out.len() > self.shared.poller.config().low_watermark {
+            io.above_low_water = true;
+        }
+    }
+
+    /// Closes gracefully: further writes fail at once, bytes already queued are flushed, then
+    /// the write side is shut down (FIN) and the socket is freed once the peer closes too or
+    /// `close_timeout` passes. [`Handler::on_close`](crate::Handler::on_close) runs with
+    /// [`CloseReason::Local`]. Calling it again, or on a closed connection, does nothing.
+    pub fn close(&self) {
+        self.close_with(true);
+    }
+
+    /// Closes at once: queued bytes are discarded and the socket is freed.
+    pub fn abort(&self) {
+        self.close_with(false);
+    }
+
+    fn close_with(&self, graceful: bool) {
+        let mut io = self.shared.lock();
+        if io.phase == Phase::Closed && graceful {
+            return;
+        }
+        io.phase = Phase::Closed;
+        drop(io);
+        self.request_close(crate::CloseReason::Local, graceful);
+    }
+
+    fn request_close(&self, reason: crate::CloseReason, graceful: bool) {
+        self.shared.poller.send(Command::Close {
+            conn: self.shared.clone(),
+            reason,
+            graceful,
+        });
+    }
+}

@@ -1,0 +1,304 @@
+//! The per-connection outbound queue.
+//!
+//! Holds the bytes a connection has accepted for sending but the kernel has not taken yet. It is
+//! a ring (`VecDeque`) of `Bytes` chunks, so a `Bytes` written by the user (or one broadcast frame
+//! shared by many connections) is queued without copying. Small slices written while data is
+//! already queued are coalesced into one owned tail chunk, so many tiny writes cost one iovec,
+//! not one each. The whole queue is flushed with `writev`, up to [`MAX_IOVECS`] chunks per call.
+//!
+//! Nothing is allocated until the first byte has to wait, and [`OutboundBuffer::release`] frees
+//! everything once the queue drains, so an idle connection holds no buffer.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// Chunks gathered into one `writev` call. Linux allows 1024; 64 keeps the iovec array small on
+/// the stack and already amortises the syscall over many messages.
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// Slices shorter than this are copied into the coalescing tail instead of getting a chunk each.
+const COALESCE_MAX: usize = 4096;
+
+/// An ordered queue of bytes waiting for the socket.
+#[derive(Debug, Default)]
+pub struct OutboundBuffer {
+    chunks: VecDeque<Bytes>,
+    /// Small slices appended after the last chunk; logically the end of the queue.
+    tail: Vec<u8>,
+    len: usize,
+}
+
+impl OutboundBuffer {
+    /// An empty queue. Allocates nothing.
+    pub const fn new() -> Self {
+        OutboundBuffer {
+            chunks: VecDeque::new(),
+            tail: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Heap bytes currently held (for tests and memory accounting).
+    pub fn allocated(&self) -> usize {
+        self.chunks.capacity() * std::mem::size_of::<Bytes>() + self.tail.capacity()
+    }
+
+    /// Queues a shared chunk without copying it.
+    pub fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        self.seal_tail();
+        self.len += data.len();
+        self.chunks.push_back(data);
+    }
+
+    /// Queues a copy of `data`. Small slices are coalesced into one tail chunk.
+    pub fn push_slice(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() >= COALESCE_MAX {
+            self.push(Bytes::copy_from_slice(data));
+            return;
+        }
+        self.tail.extend_from_slice(data);
+        self.len += data.len();
+    }
+
+    /// Moves the coalescing tail into the chunk ring (no copy: `Bytes::from(Vec)` takes the
+    /// allocation over).
+    fn seal_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.chunks.push_back(Bytes::from(tail));
+        }
+    }
+
+    /// Writes as much of the queue as `out` takes in one vectored write and removes it.
+    ///
+    /// Returns the bytes written and whether the write was short (took less than offered). On a
+    /// non-blocking socket a short write means the socket buffer is full, so the caller can stop
+    /// without the extra syscall that would only return `WouldBlock`. `WouldBlock` and other
+    /// errors are passed through with the queue untouched.
+    pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(usize, bool)> {
+        if self.len == 0 {
+            return Ok((0, false));
+        }
+        self.seal_tail();
+        let (n, offered) = {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            let mut offered = 0;
+            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+                offered += chunk.len();
+                count += 1;
+            }
+            let n = if count == 1 {
+                // write(2) is cheaper than writev(2) with a single iovec.
+                out.write(&self.chunks[0])?
+            } else {
+                out.write_vectored(&slices[..count])?
+            };
+            (n, offered)
+        };
+        self.consume(n);
+        Ok((n, n < offered))
+    }
+
+    /// Drops the first `n` queued bytes.
+    pub fn consume(&mut self, mut n: usize) {
+        debug_assert!(n <= self.len);
+        self.seal_tail();
+        self.len -= n;
+        while n > 0 {
+            let front = self.chunks.front_mut().expect("consume past the end of the queue");
+            if front.len() <= n {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+
+    /// Frees the ring and tail allocations if the queue is empty, so a drained connection holds
+    /// no buffer. Returns true if the queue is empty.
+    pub fn release(&mut self) -> bool {
+        if self.len != 0 {
+            return false;
+        }
+        if self.chunks.capacity() != 0 {
+            self.chunks = VecDeque::new();
+        }
+        if self.tail.capacity() != 0 {
+            self.tail = Vec::new();
+        }
+        true
+    }
+
+    /// Empties the queue and frees its memory (abort path).
+    pub fn clear(&mut self) {
+        self.chunks = VecDeque::new();
+        self.tail = Vec::new();
+        self.len = 0;
+    }
+
+    /// Copies out the queued bytes in order (tests only).
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v.extend_from_slice(&self.tail);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call and records how it was called.
+    struct Throttled {
+        got: Vec<u8>,
+        cap: usize,
+        calls: usize,
+        max_iovecs_seen: usize,
+        would_block: bool,
+    }
+
+    impl Throttled {
+        fn new(cap: usize) -> Self {
+            Throttled {
+                got: Vec::new(),
+                cap,
+                calls: 0,
+                max_iovecs_seen: 0,
+                would_block: false,
+            }
+        }
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.would_block {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls += 1;
+            self.max_iovecs_seen = self.max_iovecs_seen.max(bufs.len());
+            let mut left = self.cap;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(left);
+                self.got.extend_from_slice(&b[..take]);
+                left -= take;
+                n += take;
+                if left == 0 {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn new_buffer_allocates_nothing() {
+        let b = OutboundBuffer::new();
+        assert_eq!(b.allocated(), 0);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn bytes_come_out_in_order_across_partial_writes() {
+        let mut b = OutboundBuffer::new();
+        let mut expected = Vec::new();
+        for i in 0..500u32 {
+            let msg = format!("message-{i};").into_bytes();
+            expected.extend_from_slice(&msg);
+            if i % 3 == 0 {
+                b.push(Bytes::from(msg));
+            } else {
+                b.push_slice(&msg);
+            }
+        }
+        assert_eq!(b.len(), expected.len());
+        assert_eq!(b.to_vec(), expected);
+        let mut w = Throttled::new(37);
+        while !b.is_empty() {
+            b.write_to(&mut w).unwrap();
+        }
+        assert_eq!(w.got, expected);
+        assert!(b.release());
+        assert_eq!(b.allocated(), 0);
+    }
+
+    #[test]
+    fn writev_gathers_many_chunks_per_call() {
+        let mut b = OutboundBuffer::new();
+        for _ in 0..200 {
+            b.push(Bytes::from_static(b"0123456789"));
+        }
+        let mut w = Throttled::new(usize::MAX);
+        b.write_to(&mut w).unwrap();
+        assert_eq!(w.calls, 1);
+        assert_eq!(w.max_iovecs_seen, MAX_IOVECS);
+        assert_eq!(b.len(), (200 - MAX_IOVECS) * 10);
+    }
+
+    #[test]
+    fn small_slices_coalesce_into_one_chunk() {
+        let mut b = OutboundBuffer::new();
+        for _ in 0..100 {
+            b.push_slice(b"abc");
+        }
+        let mut w = Throttled::new(usize::MAX);
+        b.write_to(&mut w).unwrap();
+        assert_eq!(w.calls, 1);
+        assert_eq!(w.max_iovecs_seen, 1);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn would_block_leaves_queue_untouched() {
+        let mut b = OutboundBuffer::new();
+        b.push(Bytes::from_static(b"hello"));
+        let mut w = Throttled::new(10);
+        w.would_block = true;
+        let err = b.write_to(&mut w).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(b.len(), 5);
+        assert!(!b.release(), "release must refuse while bytes are queued");
+    }
+
+    #[test]
+    fn clear_frees_everything() {
+        let mut b = OutboundBuffer::new();
+        b.push_slice(&[1u8; 10_000]);
+        b.push_slice(&[2u8; 10]);
+        b.clear();
+        assert!(b.is_empty());
+        assert_eq!(b.allocated(), 0);
+    }
+}

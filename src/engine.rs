@@ -1,0 +1,253 @@
+//! The [`Engine`]: starts the pollers, owns the listeners' setup, dials, and shuts down.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::Poll;
+use mio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::builder::{AcceptMode, EngineBuilder, EngineConfig};
+use crate::conn::{Conn, ConnId, ConnShared, Phase};
+use crate::error::Error;
+use crate::handler::Handler;
+use crate::poller::{self, Command, Common, Poller, PollerShared};
+use crate::stats::Stats;
+
+/// Options for [`Engine::dial_with`].
+#[derive(Debug, Clone, Default)]
+pub struct DialOptions {
+    /// Local address to bind before connecting, e.g. `127.0.0.2:0` to spread a load client's
+    /// sockets over several source addresses. Default: chosen by the OS.
+    pub local_addr: Option<SocketAddr>,
+    /// Connect timeout. Default: the builder's `connect_timeout`.
+    pub timeout: Option<Duration>,
+}
+
+/// A running event-loop engine: a pool of poller threads serving every connection accepted
+/// from its listeners or dialed through it.
+///
+/// Dropping the engine shuts it down with the builder's `shutdown_timeout`.
+pub struct Engine {
+    common: Arc<Common>,
+    pollers: Arc<[Arc<PollerShared>]>,
+    threads: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+    next_dial: AtomicUsize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pollers", &self.pollers.len())
+            .field("local_addrs", &self.local_addrs)
+            .finish()
+    }
+}
+
+fn bind_listener(addr: SocketAddr, config: &EngineConfig, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(config.backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+impl Engine {
+    /// A builder with the default configuration.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::new()
+    }
+
+    /// Starts an engine from a validated configuration; `new_handler(i)` makes poller `i`'s
+    /// handler.
+    pub fn start<H, F>(config: EngineConfig, mut new_handler: F) -> Result<Engine, Error>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        let n = config.pollers;
+        // Listeners per poller: all on poller 0 when handing off, one each with SO_REUSEPORT.
+        let mut listeners: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let mut local_addrs = Vec::new();
+        for &addr in &config.listen {
+            match config.accept_mode {
+                AcceptMode::HandOff => {
+                    let l = bind_listener(addr, &config, false)?;
+                    local_addrs.push(l.local_addr()?);
+                    listeners[0].push(l);
+                }
+                AcceptMode::ReusePort => {
+                    // Port 0 picks a port once; the other pollers join that port.
+                    let first = bind_listener(addr, &config, true)?;
+                    let actual = first.local_addr()?;
+                    local_addrs.push(actual);
+                    listeners[0].push(first);
+                    for l in listeners.iter_mut().skip(1) {
+                        l.push(bind_listener(actual, &config, true)?);
+                    }
+                }
+            }
+        }
+        let common = Arc::new(Common {
+            config,
+            next_id: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            accept_paused: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+        });
+        let mut polls = Vec::with_capacity(n);
+        let mut shareds = Vec::with_capacity(n);
+        for i in 0..n {
+            let poll = Poll::new()?;
+            shareds.push(Arc::new(PollerShared::new(i, common.clone(), &poll)?));
+            polls.push(poll);
+        }
+        let all: Arc<[Arc<PollerShared>]> = shareds.into();
+        let mut engine = Engine {
+            common: common.clone(),
+            pollers: all.clone(),
+            threads: Vec::with_capacity(n),
+            local_addrs,
+            next_dial: AtomicUsize::new(0),
+        };
+        for (i, (poll, mut own_listeners)) in polls.into_iter().zip(listeners).enumerate() {
+            for (j, l) in own_listeners.iter_mut().enumerate() {
+                poll.registry().register(
+                    l,
+                    mio::Token(poller::listener_token(j)),
+                    mio::Interest::READABLE,
+                )?;
+            }
+            let handler = new_handler(i);
+            let shared = all[i].clone();
+            let all = all.clone();
+            let name = format!("{}-poller-{i}", common.config.thread_name);
+            let thread = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || Poller::new(shared, all, poll, handler, own_listeners).run())?;
+            // On an early return the engine is dropped, which stops the pollers already
+            // running.
+            engine.threads.push(thread);
+        }
+        Ok(engine)
+    }
+
+    /// The bound listening addresses, in the order given to the builder (with the real port
+    /// where port 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.common.config
+    }
+
+    /// Opens an outbound connection. Returns at once with a handle; writes made before the
+    /// connection is established are queued and sent when it is. When it is established
+    /// [`Handler::on_open`] runs on its poller; if it cannot be,
+    /// [`Handler::on_connect_error`] runs instead.
+    pub fn dial(&self, addr: SocketAddr) -> Result<Conn, Error> {
+        self.dial_with(addr, DialOptions::default())
+    }
+
+    /// [`dial`](Self::dial) with a source address and/or timeout.
+    pub fn dial_with(&self, addr: SocketAddr, opts: DialOptions) -> Result<Conn, Error> {
+        let common = &self.common;
+        if common.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let config = &common.config;
+        if common.open.load(Ordering::Relaxed) >= config.max_connections {
+            return Err(Error::Io(io::Error::other("max_connections reached")));
+        }
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        if let Some(local) = opts.local_addr {
+            socket.set_reuse_address(true)?;
+            socket.bind(&local.into())?;
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+            Err(e) => return Err(Error::Io(e)),
+        }
+        let stream = mio::net::TcpStream::from_std(socket.into());
+        poller::configure_stream(&stream, config);
+        let target = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
+        let poller = &self.pollers[target];
+        let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(ConnShared::new(id, addr, stream, poller.clone(), Phase::Connecting));
+        common.open.fetch_add(1, Ordering::Relaxed);
+        poller.stats.add(&poller.stats.dialed, 1);
+        let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);
+        poller.send(Command::Adopt {
+            conn: shared.clone(),
+            connect_deadline: Some(deadline),
+        });
+        Ok(Conn::from_shared(shared))
+    }
+
+    /// Counters summed over all pollers.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for p in self.pollers.iter() {
+            p.stats.snapshot_into(&mut s);
+        }
+        s
+    }
+
+    /// Number of poller threads.
+    pub fn pollers(&self) -> usize {
+        self.pollers.len()
+    }
+
+    /// Stops accepting, closes every connection gracefully (every `on_close` runs, with
+    /// [`CloseReason::Shutdown`](crate::CloseReason::Shutdown)), lets queued bytes flush for
+    /// up to `timeout`, then drops what is left and joins the poller threads.
+    ///
+    /// Called from a handler callback it cannot wait for its own thread: it then starts the
+    /// shutdown and returns, and the pollers finish on their own.
+    pub fn shutdown(mut self, timeout: Duration) {
+        self.stop(timeout);
+    }
+
+    fn stop(&mut self, timeout: Duration) {
+        if self.common.shutting_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let deadline = Instant::now() + timeout;
+        for p in self.pollers.iter() {
+            p.send(Command::Shutdown { deadline });
+        }
+        let on_own_poller = self.pollers.iter().any(|p| poller::is_current(p));
+        if on_own_poller {
+            return;
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let timeout = self.common.config.shutdown_timeout;
+        self.stop(timeout);
+    }
+}
+
+#[cfg(target_os = "linux")]
+const EINPROGRESS: i32 = 115;
+#[cfg(not(target_os = "linux"))]
+const EINPROGRESS: i32 = 36;

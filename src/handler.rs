@@ -1,0 +1,48 @@
+//! The callback interface an application implements.
+
+use std::io;
+
+use crate::conn::{CloseReason, Conn};
+
+/// Callbacks for connection events. Each poller thread owns its own handler instance (made by
+/// the factory given to [`EngineBuilder::start`](crate::EngineBuilder::start)), so methods take
+/// `&mut self` and need no locks; share state across pollers with an `Arc` inside it.
+///
+/// All callbacks for a connection run on the poller thread that owns it, one at a time. A
+/// callback must not block: it stalls every connection of that poller.
+pub trait Handler: Send + 'static {
+    /// Per-connection state, created by [`on_open`](Self::on_open), handed to every callback
+    /// by `&mut`, and given back by value to [`on_close`](Self::on_close). It stays on the
+    /// poller thread, so it needs no `Send`, `Arc` or `Mutex`.
+    type State: 'static;
+
+    /// A connection is established (accepted, or a dial completed).
+    fn on_open(&mut self, conn: &Conn) -> Self::State;
+
+    /// Bytes arrived. `data` borrows the poller's read buffer and cannot outlive the call.
+    ///
+    /// Returns how many bytes were consumed. Unconsumed bytes (a partial frame, say) are kept
+    /// in a per-connection buffer, allocated only then, and presented again at the start of
+    /// `data` on the next call. A handler that lets more than `max_inbound_bytes` pile up is
+    /// closed with [`CloseReason::InboundOverflow`].
+    fn on_data(&mut self, conn: &Conn, state: &mut Self::State, data: &[u8]) -> usize;
+
+    /// The connection closed. Runs exactly once for every connection that was opened, and is
+    /// the last callback for it. Bytes still queued by a graceful close keep flushing after it.
+    fn on_close(&mut self, conn: &Conn, state: Self::State, reason: CloseReason) {
+        let _ = (conn, state, reason);
+    }
+
+    /// Queued outbound bytes fell to the low watermark after having been above it: a producer
+    /// that backed off on [`WriteError::Overflow`](crate::WriteError::Overflow) can resume.
+    fn on_drained(&mut self, conn: &Conn, state: &mut Self::State) {
+        let _ = (conn, state);
+    }
+
+    /// A connection from [`Engine::dial`](crate::Engine::dial) could not be established
+    /// (refused, unreachable, timed out, or the engine shut down first). No other callback
+    /// runs for it.
+    fn on_connect_error(&mut self, conn: &Conn, error: io::Error) {
+        let _ = (conn, error);
+    }
+}

@@ -1,0 +1,50 @@
+//! # netpoll
+//!
+//! A non-blocking event-loop engine for very many connections on few cores, in the style of
+//! Go's nbio: a small pool of poller threads (epoll on Linux, kqueue on BSD/macOS, through
+//! mio) drives readiness for every socket, with one shared read buffer per poller and a lazily
+//! allocated, bounded outbound queue per connection.
+//!
+//! - [`Engine`] / [`EngineBuilder`]: start pollers, listen, [`dial`](Engine::dial), shut down.
+//! - [`Handler`]: per-poller callbacks (`on_open`, `on_data`, `on_close`, ...) with
+//!   per-connection state that needs no locks.
+//! - [`Conn`]: a `Clone + Send + Sync` handle; [`Conn::write`] from any thread delivers each
+//!   message whole and in each writer's order, bounded by `max_outbound_bytes`.
+//!
+//! ```no_run
+//! use netpoll::{Conn, Engine, Handler};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     type State = ();
+//!     fn on_open(&mut self, _conn: &Conn) {}
+//!     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &[u8]) -> usize {
+//!         let _ = conn.write_slice(data); // corked: flushed once per loop iteration
+//!         data.len()
+//!     }
+//! }
+//!
+//! let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Echo).unwrap();
+//! // ... serve until done ...
+//! engine.shutdown(std::time::Duration::from_secs(5));
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` for the threads and the flow of reads and writes.
+
+#![warn(missing_docs)]
+
+mod builder;
+mod conn;
+mod engine;
+mod error;
+mod handler;
+mod poller;
+mod stats;
+mod timer;
+
+pub use builder::{AcceptMode, EngineBuilder, EngineConfig, OverflowPolicy};
+pub use conn::{CloseReason, Conn, ConnId, OutboundBuffer};
+pub use engine::{DialOptions, Engine};
+pub use error::{ConfigError, Error, WriteError};
+pub use handler::Handler;
+pub use stats::Stats;

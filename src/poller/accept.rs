@@ -1,0 +1,131 @@
+//! Accepting connections and spreading them over the pollers.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tracing::warn;
+
+use super::{Command, Poller};
+use crate::builder::{AcceptMode, EngineConfig};
+use crate::conn::{ConnId, ConnShared, Phase};
+use crate::handler::Handler;
+
+/// Applies the per-connection socket options.
+pub(crate) fn configure_stream(stream: &mio::net::TcpStream, config: &EngineConfig) {
+    let sock = socket2::SockRef::from(stream);
+    if config.nodelay {
+        let _ = sock.set_tcp_nodelay(true);
+    }
+    if let Some(n) = config.send_buffer_size {
+        let _ = sock.set_send_buffer_size(n);
+    }
+    if let Some(n) = config.recv_buffer_size {
+        let _ = sock.set_recv_buffer_size(n);
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin, as the pending connection
+    // stays in the backlog and keeps the listener readable.
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+impl<H: Handler> Poller<H> {
+    /// Accepts until the listener is drained, handing connections to pollers round robin
+    /// (one wake-up per target per batch).
+    pub(super) fn accept_ready(&mut self, listener: usize) {
+        if self.accept_resume_at.is_some() || self.shutdown_deadline.is_some() {
+            return;
+        }
+        let common = self.shared.common.clone();
+        let config = &common.config;
+        let mut handoff: Vec<Vec<Command>> = Vec::new();
+        loop {
+            if common.open.load(Ordering::Relaxed) >= config.max_connections {
+                self.pause_accept("connection limit reached", None);
+                break;
+            }
+            self.shared.stats.add(&self.shared.stats.accept_calls, 1);
+            let (stream, peer) = match self.listeners[listener].accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    let why = if is_resource_exhaustion(&e) {
+                        "out of descriptors or memory"
+                    } else {
+                        "accept failed"
+                    };
+                    self.pause_accept(why, Some(&e));
+                    break;
+                }
+            };
+            self.shared.stats.add(&self.shared.stats.accepted, 1);
+            common.open.fetch_add(1, Ordering::Relaxed);
+            configure_stream(&stream, config);
+            let target = match config.accept_mode {
+                AcceptMode::ReusePort => self.shared.index,
+                AcceptMode::HandOff => {
+                    let t = self.next_target % self.all.len();
+                    self.next_target = self.next_target.wrapping_add(1);
+                    t
+                }
+            };
+            let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
+            let shared = Arc::new(ConnShared::new(
+                id,
+                peer,
+                stream,
+                self.all[target].clone(),
+                Phase::Open,
+            ));
+            if target == self.shared.index {
+                self.adopt(shared, None);
+            } else {
+                if handoff.len() <= target {
+                    handoff.resize_with(self.all.len(), Vec::new);
+                }
+                handoff[target].push(Command::Adopt {
+                    conn: shared,
+                    connect_deadline: None,
+                });
+            }
+        }
+        for (target, cmds) in handoff.into_iter().enumerate() {
+            if !cmds.is_empty() {
+                self.all[target].send_all(cmds);
+            }
+        }
+    }
+
+    fn pause_accept(&mut self, why: &str, error: Option<&io::Error>) {
+        let backoff = self.config().accept_backoff;
+        self.accept_resume_at = Some(self.now + backoff);
+        self.shared.common.accept_paused.store(true, Ordering::Release);
+        self.shared.stats.add(&self.shared.stats.accept_pauses, 1);
+        match error {
+            Some(e) => warn!(poller = self.shared.index, error = %e, ?backoff, "{why}; accepting paused"),
+            None => warn!(poller = self.shared.index, ?backoff, "{why}; accepting paused"),
+        }
+    }
+
+    /// Tries every listener again: edge-triggered listeners raise no new event for connections
+    /// already waiting in the backlog.
+    pub(super) fn resume_accept(&mut self) {
+        if self.listeners.is_empty() {
+            return;
+        }
+        self.accept_resume_at = None;
+        for i in 0..self.listeners.len() {
+            self.accept_ready(i);
+        }
+    }
+}
