@@ -61,21 +61,25 @@ fn writev_batching(c: &mut Criterion) {
     for &chunks in &[1usize, 16, 256] {
         let msg = Bytes::from(vec![1u8; 512]);
         g.throughput(Throughput::Bytes((chunks * 512) as u64));
-        g.bench_with_input(BenchmarkId::new("writev_512B_chunks", chunks), &chunks, |b, &n| {
-            let mut q = OutboundBuffer::new();
-            let mut sink = Sink { cap: usize::MAX };
-            b.iter(|| {
-                for _ in 0..n {
-                    q.push(msg.clone());
-                }
-                let mut calls = 0;
-                while !q.is_empty() {
-                    q.write_to(&mut sink).unwrap();
-                    calls += 1;
-                }
-                black_box(calls)
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("writev_512B_chunks", chunks),
+            &chunks,
+            |b, &n| {
+                let mut q = OutboundBuffer::new();
+                let mut sink = Sink { cap: usize::MAX };
+                b.iter(|| {
+                    for _ in 0..n {
+                        q.push(msg.clone());
+                    }
+                    let mut calls = 0;
+                    while !q.is_empty() {
+                        q.write_to(&mut sink).unwrap();
+                        calls += 1;
+                    }
+                    black_box(calls)
+                })
+            },
+        );
     }
     g.bench_function("partial_writes_4KiB_per_call_of_64KiB", |b| {
         let msg = Bytes::from(vec![1u8; 1024]);

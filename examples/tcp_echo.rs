@@ -39,12 +39,18 @@ fn main() {
         match a.as_str() {
             "--addr" => addr = args.next().expect("--addr needs a value"),
             "--pollers" => {
-                pollers = Some(args.next().and_then(|v| v.parse().ok()).expect("--pollers needs a number"))
+                pollers = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--pollers needs a number"),
+                )
             }
             "--reuse-port" => reuse_port = true,
             "--stats" => stats = true,
             "-h" | "--help" => {
-                println!("usage: tcp_echo [--addr HOST:PORT] [--pollers N] [--reuse-port] [--stats]");
+                println!(
+                    "usage: tcp_echo [--addr HOST:PORT] [--pollers N] [--reuse-port] [--stats]"
+                );
                 return;
             }
             other => {

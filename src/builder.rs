@@ -322,7 +322,10 @@ impl EngineBuilder {
             }
         }
         if !(1..=65535).contains(&self.backlog) {
-            return Err(bad("backlog", format!("{} is not in 1..=65535", self.backlog)));
+            return Err(bad(
+                "backlog",
+                format!("{} is not in 1..=65535", self.backlog),
+            ));
         }
         for (field, v) in [
             ("send_buffer_size", self.send_buffer_size),
@@ -370,10 +373,16 @@ impl EngineBuilder {
         }
         let ms = Duration::from_millis;
         if !(ms(1)..=Duration::from_secs(60)).contains(&self.accept_backoff) {
-            return Err(bad("accept_backoff", format!("{:?} is not in 1ms..=60s", self.accept_backoff)));
+            return Err(bad(
+                "accept_backoff",
+                format!("{:?} is not in 1ms..=60s", self.accept_backoff),
+            ));
         }
         if !(ms(1)..=Duration::from_secs(1)).contains(&self.timer_tick) {
-            return Err(bad("timer_tick", format!("{:?} is not in 1ms..=1s", self.timer_tick)));
+            return Err(bad(
+                "timer_tick",
+                format!("{:?} is not in 1ms..=1s", self.timer_tick),
+            ));
         }
         if !(16..=65536).contains(&self.events_capacity) {
             return Err(bad(
@@ -382,7 +391,10 @@ impl EngineBuilder {
             ));
         }
         if self.thread_name.is_empty() || self.thread_name.contains('\0') {
-            return Err(bad("thread_name", "must be non-empty and contain no NUL".into()));
+            return Err(bad(
+                "thread_name",
+                "must be non-empty and contain no NUL".into(),
+            ));
         }
         Ok(EngineConfig {
             pollers,

@@ -2,8 +2,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,11 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn bind_listener(addr: SocketAddr, config: &EngineConfig, reuse_port: bool) -> io::Result<TcpListener> {
+fn bind_listener(
+    addr: SocketAddr,
+    config: &EngineConfig,
+    reuse_port: bool,
+) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -187,7 +191,13 @@ impl Engine {
         let target = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
         let poller = &self.pollers[target];
         let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
-        let shared = Arc::new(ConnShared::new(id, addr, stream, poller.clone(), Phase::Connecting));
+        let shared = Arc::new(ConnShared::new(
+            id,
+            addr,
+            stream,
+            poller.clone(),
+            Phase::Connecting,
+        ));
         common.open.fetch_add(1, Ordering::Relaxed);
         poller.stats.add(&poller.stats.dialed, 1);
         let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);

@@ -170,7 +170,7 @@ impl Payload<'_> {
     fn queue_from(self, out: &mut OutboundBuffer, from: usize) {
         match self {
             Payload::Shared(mut b) => {
-                let _ = bytes::Buf::advance(&mut b, from);
+                bytes::Buf::advance(&mut b, from);
                 out.push(b)
             }
             Payload::Slice(s) => out.push_slice(&s[from..]),
@@ -302,7 +302,10 @@ impl Conn {
         poller.stats.write_calls.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(n) => {
-                poller.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                poller
+                    .stats
+                    .bytes_out
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 if n < len {
                     // Short write: the socket buffer is full and the writable edge is armed.
                     data.queue_from(&mut io.out, n);

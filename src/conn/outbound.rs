@@ -125,7 +125,10 @@ impl OutboundBuffer {
         self.seal_tail();
         self.len -= n;
         while n > 0 {
-            let front = self.chunks.front_mut().expect("consume past the end of the queue");
+            let front = self
+                .chunks
+                .front_mut()
+                .expect("consume past the end of the queue");
             if front.len() <= n {
                 n -= front.len();
                 self.chunks.pop_front();

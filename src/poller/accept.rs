@@ -109,11 +109,20 @@ impl<H: Handler> Poller<H> {
     fn pause_accept(&mut self, why: &str, error: Option<&io::Error>) {
         let backoff = self.config().accept_backoff;
         self.accept_resume_at = Some(self.now + backoff);
-        self.shared.common.accept_paused.store(true, Ordering::Release);
+        self.shared
+            .common
+            .accept_paused
+            .store(true, Ordering::Release);
         self.shared.stats.add(&self.shared.stats.accept_pauses, 1);
         match error {
-            Some(e) => warn!(poller = self.shared.index, error = %e, ?backoff, "{why}; accepting paused"),
-            None => warn!(poller = self.shared.index, ?backoff, "{why}; accepting paused"),
+            Some(e) => {
+                warn!(poller = self.shared.index, error = %e, ?backoff, "{why}; accepting paused")
+            }
+            None => warn!(
+                poller = self.shared.index,
+                ?backoff,
+                "{why}; accepting paused"
+            ),
         }
     }
 

@@ -160,13 +160,19 @@ pub(crate) fn cork(token: usize) {
 /// Where a connection is in its life, as only the poller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    Connecting { deadline: Instant },
+    Connecting {
+        deadline: Instant,
+    },
     Open,
     /// Closed for the user; flushing queued bytes before the FIN.
-    Flushing { deadline: Instant },
+    Flushing {
+        deadline: Instant,
+    },
     /// FIN sent; waiting for the peer's FIN so that closing cannot turn into a reset that
     /// destroys data still in flight.
-    Lingering { deadline: Instant },
+    Lingering {
+        deadline: Instant,
+    },
 }
 
 struct Connection<S> {
@@ -299,14 +305,16 @@ impl<H: Handler> Poller<H> {
             return;
         }
         let slot = token & SLOT_MASK;
-        if !self.conns.get(slot).is_some_and(|c| c.token == token) {
+        if self.conns.get(slot).is_none_or(|c| c.token != token) {
             return; // stale event for a freed connection
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.on_writable(slot);
         }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.on_readable(slot);
+            // With the peer's FIN already queued behind the data, no further edge will come:
+            // read to the end instead of trusting a short read.
+            self.on_readable(slot, ev.is_read_closed() || ev.is_error());
         }
     }
 
@@ -322,9 +330,9 @@ impl<H: Handler> Poller<H> {
         }
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    fn on_readable(&mut self, slot: usize, until_would_block: bool) {
         match self.stage(slot) {
-            Some(Stage::Open) => self.read_open(slot),
+            Some(Stage::Open) => self.read_open(slot, until_would_block),
             Some(Stage::Flushing { .. } | Stage::Lingering { .. }) => self.discard_input(slot),
             _ => {}
         }
@@ -337,17 +345,21 @@ impl<H: Handler> Poller<H> {
             };
             let slot = token & SLOT_MASK;
             if self.conns.get(slot).is_some_and(|c| c.token == token) {
-                self.on_readable(slot);
+                // The edge that started this read is spent; only WouldBlock proves we are done.
+                self.on_readable(slot, true);
             }
         }
     }
 
     /// Reads an open connection until the socket is drained, the fairness budget is spent, or
-    /// the connection starts closing.
-    fn read_open(&mut self, slot: usize) {
+    /// the connection starts closing. A short read counts as drained (saving the syscall that
+    /// would return `WouldBlock`) unless `until_would_block` is set.
+    fn read_open(&mut self, slot: usize, until_would_block: bool) {
         let mut budget = self.config().max_read_per_wakeup;
         loop {
-            let Some(c) = self.conns.get(slot) else { return };
+            let Some(c) = self.conns.get(slot) else {
+                return;
+            };
             if c.stage != Stage::Open {
                 return;
             }
@@ -356,7 +368,9 @@ impl<H: Handler> Poller<H> {
                 if io.phase == Phase::Closed {
                     return; // a close request is queued
                 }
-                let Some(socket) = io.socket.as_ref() else { return };
+                let Some(socket) = io.socket.as_ref() else {
+                    return;
+                };
                 read_retrying(socket, &mut self.read_buf)
             };
             self.shared.stats.add(&self.shared.stats.read_calls, 1);
@@ -368,8 +382,12 @@ impl<H: Handler> Poller<H> {
                 Ok(n) => {
                     self.shared.stats.add(&self.shared.stats.bytes_in, n as u64);
                     self.deliver(slot, n);
-                    if n < self.read_buf.len() {
-                        // Short read: the socket is drained and the next data raises a new edge.
+                    if self.stage(slot) != Some(Stage::Open) {
+                        return; // the handler's input closed it (inbound overflow)
+                    }
+                    if n < self.read_buf.len() && !until_would_block {
+                        // Short read: the socket is drained and the next data or FIN raises a
+                        // new edge.
                         return;
                     }
                     budget = budget.saturating_sub(n);
@@ -391,7 +409,9 @@ impl<H: Handler> Poller<H> {
     /// Hands `read_buf[..n]` (behind any kept remainder) to the handler.
     fn deliver(&mut self, slot: usize, n: usize) {
         let max_inbound = self.config().max_inbound_bytes;
-        let Some(c) = self.conns.get_mut(slot) else { return };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         let Connection {
             conn,
             user,
@@ -413,7 +433,10 @@ impl<H: Handler> Poller<H> {
             true
         } else {
             inbound.extend_from_slice(fresh);
-            let used = self.handler.on_data(conn, state, inbound).min(inbound.len());
+            let used = self
+                .handler
+                .on_data(conn, state, inbound)
+                .min(inbound.len());
             if used == inbound.len() {
                 *inbound = Vec::new();
             } else {
@@ -435,10 +458,14 @@ impl<H: Handler> Poller<H> {
     fn discard_input(&mut self, slot: usize) {
         let mut budget = self.config().max_read_per_wakeup;
         loop {
-            let Some(c) = self.conns.get(slot) else { return };
+            let Some(c) = self.conns.get(slot) else {
+                return;
+            };
             let result = {
                 let io = c.conn.shared.lock();
-                let Some(socket) = io.socket.as_ref() else { return };
+                let Some(socket) = io.socket.as_ref() else {
+                    return;
+                };
                 read_retrying(socket, &mut self.read_buf)
             };
             self.shared.stats.add(&self.shared.stats.read_calls, 1);
@@ -472,14 +499,18 @@ impl<H: Handler> Poller<H> {
     /// Writes queued bytes until the queue is empty or the socket is full.
     fn flush(&mut self, slot: usize) {
         let low_watermark = self.config().low_watermark;
-        let Some(c) = self.conns.get(slot) else { return };
+        let Some(c) = self.conns.get(slot) else {
+            return;
+        };
         let (drained_notice, empty, error) = {
             let mut io = c.conn.shared.lock();
             io.corked = false;
             let mut error = None;
             if !io.out.is_empty() {
                 let io = &mut *io;
-                let Some(socket) = io.socket.as_ref() else { return };
+                let Some(socket) = io.socket.as_ref() else {
+                    return;
+                };
                 let mut writer = socket;
                 let mut calls = 0u64;
                 let mut written = 0u64;
@@ -555,7 +586,9 @@ impl<H: Handler> Poller<H> {
     /// Takes a connection out of the user's hands: refuses further writes, runs `on_close`,
     /// then frees it at once or after flushing queued bytes.
     fn begin_close(&mut self, slot: usize, reason: CloseReason, graceful: bool) {
-        let Some(c) = self.conns.get_mut(slot) else { return };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         match c.stage {
             Stage::Connecting { .. } => {
                 let err = io::Error::new(
@@ -611,6 +644,12 @@ impl<H: Handler> Poller<H> {
         c.stage = Stage::Lingering { deadline };
         // The peer's FIN may already be queued; its edge may have fired while we flushed.
         self.discard_input(slot);
+        // Shutting down, do not wait on peers that keep their side open: with the receive
+        // buffer drained, closing sends our FIN after the queued data (no reset), and the
+        // kernel finishes delivering it.
+        if self.shutdown_deadline.is_some() && self.conns.get(slot).is_some() {
+            self.free(slot);
+        }
     }
 
     /// Closes the descriptor and forgets the connection.
@@ -624,7 +663,12 @@ impl<H: Handler> Poller<H> {
             io.socket = None;
         }
         self.shared.stats.add(&self.shared.stats.freed, 1);
-        if self.shared.common.accept_paused.swap(false, Ordering::AcqRel) {
+        if self
+            .shared
+            .common
+            .accept_paused
+            .swap(false, Ordering::AcqRel)
+        {
             for p in self.all.iter() {
                 p.send(Command::ResumeAccept);
             }
@@ -660,7 +704,11 @@ impl<H: Handler> Poller<H> {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if slot > SLOT_MASK {
-            self.reject(conn, connect_deadline.is_some(), "too many connections on one poller");
+            self.reject(
+                conn,
+                connect_deadline.is_some(),
+                "too many connections on one poller",
+            );
             return;
         }
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
@@ -674,7 +722,10 @@ impl<H: Handler> Poller<H> {
                     Token(token),
                     Interest::READABLE | Interest::WRITABLE,
                 ),
-                None => Err(io::Error::new(io::ErrorKind::NotConnected, "socket already freed")),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "socket already freed",
+                )),
             }
         };
         if let Err(e) = registered {
@@ -734,7 +785,9 @@ impl<H: Handler> Poller<H> {
             if io.phase == Phase::Closed {
                 return; // closed while connecting; the queued close request fails the dial
             }
-            let Some(socket) = io.socket.as_ref() else { return };
+            let Some(socket) = io.socket.as_ref() else {
+                return;
+            };
             match socket.take_error() {
                 Ok(Some(e)) | Err(e) => Err(e),
                 Ok(None) => match socket.peer_addr() {

@@ -1,0 +1,202 @@
+//! Close, abort, shutdown and stale handles.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use netpoll::{CloseReason, Engine, WriteError};
+
+#[test]
+fn stale_handle_never_reaches_the_connection_that_reuses_its_slot() {
+    // One poller: the slab slot of the first connection is reused by the second.
+    let (_engine, addr, rx) = start(Engine::builder().pollers(1), Mode::Sink);
+    let first = client(addr);
+    let old = next_open(&rx);
+    drop(first);
+    assert_eq!(wait_close(&rx, old.id()), CloseReason::PeerClosed);
+    let mut second = client(addr);
+    let new = next_open(&rx);
+    assert_ne!(old.id(), new.id());
+    assert_eq!(old.write_slice(b"to the old one"), Err(WriteError::Closed));
+    assert_eq!(
+        old.write(Bytes::from_static(b"again")),
+        Err(WriteError::Closed)
+    );
+    old.close();
+    old.abort();
+    // The new connection received nothing and is still open.
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let err = second.read(&mut buf).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut
+    ));
+    assert!(new.is_open());
+    new.write_slice(b"ok").unwrap();
+    second.set_read_timeout(Some(WAIT)).unwrap();
+    second.read_exact(&mut buf[..2]).unwrap();
+    assert_eq!(&buf[..2], b"ok");
+}
+
+#[test]
+fn close_flushes_queued_data_before_the_fin() {
+    const SIZE: usize = 8 << 20;
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(16 << 20)
+        .send_buffer_size(64 * 1024);
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let mut peer = client(addr);
+    peer.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let conn = next_open(&rx);
+    let data = pattern(SIZE, 3);
+    conn.write(Bytes::from(data.clone())).unwrap();
+    assert!(
+        conn.pending_bytes() > 0,
+        "peer is not reading yet, so bytes must be queued"
+    );
+    conn.close();
+    assert_eq!(conn.write_slice(b"late"), Err(WriteError::Closed));
+    assert_eq!(wait_close(&rx, conn.id()), CloseReason::Local);
+    // Start reading only now: everything queued arrives, then EOF.
+    let got = read_to_eof(&mut peer).expect("clean EOF after the data");
+    assert_eq!(got.len(), SIZE);
+    assert!(got == data);
+    drop(peer);
+    assert!(eventually(Duration::from_secs(5), || engine.stats().freed == 1));
+    assert_eq!(engine.stats().close_flush_timeouts, 0);
+}
+
+#[test]
+fn abort_does_not_wait_for_queued_data() {
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(16 << 20)
+        .send_buffer_size(64 * 1024);
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let mut peer = client(addr);
+    let conn = next_open(&rx);
+    conn.write(Bytes::from(vec![1u8; 8 << 20])).unwrap();
+    let t0 = Instant::now();
+    conn.abort();
+    assert_eq!(wait_close(&rx, conn.id()), CloseReason::Local);
+    assert!(eventually(Duration::from_secs(2), || engine.stats().freed == 1));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(conn.pending_bytes(), 0);
+    // The peer sees the end (EOF or reset) well before 8 MiB.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < 8 << 20,
+        "abort must discard queued bytes (peer got {got})"
+    );
+}
+
+#[test]
+fn close_timeout_bounds_a_flush_to_a_peer_that_never_reads() {
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(16 << 20)
+        .send_buffer_size(64 * 1024)
+        .timer_tick(Duration::from_millis(10))
+        .close_timeout(Duration::from_millis(300));
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let _stuck = client(addr);
+    let conn = next_open(&rx);
+    conn.write(Bytes::from(vec![1u8; 8 << 20])).unwrap();
+    let t0 = Instant::now();
+    conn.close();
+    assert!(eventually(Duration::from_secs(3), || engine.stats().freed == 1));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(290),
+        "freed before the timeout: {took:?}"
+    );
+    assert_eq!(engine.stats().close_flush_timeouts, 1);
+}
+
+#[test]
+fn peer_half_close_still_gets_queued_data() {
+    let (_engine, addr, rx) = start(Engine::builder().pollers(1), Mode::Echo);
+    let mut peer = client(addr);
+    let _conn = next_open(&rx);
+    let data = pattern(3 << 20, 5);
+    peer.write_all(&data).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    // The echo of everything sent before the FIN still arrives, then EOF.
+    let got = read_to_eof(&mut peer).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data);
+}
+
+#[test]
+fn shutdown_closes_everything_and_each_close_callback_runs_once() {
+    const CONNS: usize = 200;
+    let (engine, addr, rx) = start(Engine::builder().pollers(2), Mode::Echo);
+    let mut clients: Vec<_> = (0..CONNS).map(|_| client(addr)).collect();
+    let mut ids = Vec::new();
+    for _ in 0..CONNS {
+        ids.push(next_open(&rx).id());
+    }
+    // Queue a little data on each so shutdown has something to flush.
+    for c in clients.iter_mut() {
+        c.write_all(b"ping").unwrap();
+    }
+    for c in clients.iter_mut() {
+        let mut b = [0u8; 4];
+        c.read_exact(&mut b).unwrap();
+    }
+    let t0 = Instant::now();
+    engine.shutdown(Duration::from_secs(5));
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "idle peers must not hold shutdown"
+    );
+    let mut closes = std::collections::HashMap::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Close(id, reason) = ev {
+            assert_eq!(reason, CloseReason::Shutdown);
+            *closes.entry(id).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(closes.len(), CONNS);
+    assert!(
+        closes.values().all(|&n| n == 1),
+        "on_close ran more than once"
+    );
+    for id in ids {
+        assert!(closes.contains_key(&id));
+    }
+    // Every client sees EOF.
+    for c in clients.iter_mut() {
+        assert_eq!(read_to_eof(c).unwrap().len(), 0);
+    }
+}
+
+#[test]
+fn drop_of_engine_shuts_down_and_refuses_new_connections() {
+    let (engine, addr, rx) = start(Engine::builder().pollers(1), Mode::Echo);
+    let mut c = client(addr);
+    let conn = next_open(&rx);
+    drop(engine);
+    assert_eq!(wait_close(&rx, conn.id()), CloseReason::Shutdown);
+    assert_eq!(read_to_eof(&mut c).unwrap().len(), 0);
+    assert_eq!(conn.write_slice(b"x"), Err(WriteError::Closed));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener is closed"
+    );
+}

@@ -1,0 +1,124 @@
+//! A peer that never reads: the outbound bound holds, the policy happens, others keep working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use netpoll::{CloseReason, Engine, OverflowPolicy, WriteError};
+
+const LIMIT: usize = 256 * 1024;
+
+/// Writes 16 KiB messages until the engine refuses one; returns (accepted bytes, the error).
+fn fill_until_refused(conn: &netpoll::Conn) -> (usize, WriteError) {
+    let msg = Bytes::from(vec![b'x'; 16 * 1024]);
+    let mut accepted = 0;
+    for _ in 0..100_000 {
+        match conn.write(msg.clone()) {
+            Ok(()) => {
+                accepted += msg.len();
+                assert!(conn.pending_bytes() <= LIMIT, "queue above its bound");
+            }
+            Err(e) => return (accepted, e),
+        }
+    }
+    panic!("a peer that never reads absorbed {accepted} bytes without backpressure");
+}
+
+fn check_other_connection_works(addr: std::net::SocketAddr) {
+    let mut other = client(addr);
+    let data = pattern(100_000, 9);
+    let got = echo_roundtrip(&mut other, &data);
+    assert!(got == data);
+}
+
+#[test]
+fn error_policy_refuses_and_keeps_connection() {
+    let builder = Engine::builder()
+        .pollers(2)
+        .max_outbound_bytes(LIMIT)
+        .send_buffer_size(64 * 1024)
+        .overflow_policy(OverflowPolicy::Error);
+    let (engine, addr, rx) = start(builder, Mode::Echo);
+    let _stuck = client(addr); // never reads
+    let conn = next_open(&rx);
+    let (accepted, err) = fill_until_refused(&conn);
+    match err {
+        WriteError::Overflow {
+            pending,
+            len,
+            limit,
+        } => {
+            assert_eq!(limit, LIMIT);
+            assert_eq!(len, 16 * 1024);
+            assert!(pending + len > LIMIT && pending <= LIMIT);
+        }
+        other => panic!("expected Overflow, got {other:?}"),
+    }
+    // Kernel buffers absorb some; the engine's own queue holds at most LIMIT.
+    assert!(accepted > 0);
+    assert!(conn.is_open(), "Error policy keeps the connection");
+    assert!(conn.pending_bytes() <= LIMIT);
+    assert!(engine.stats().overflows >= 1);
+    // Still refused while the peer is stuck, and nothing grows.
+    assert!(matches!(
+        conn.write_slice(&[0u8; 16 * 1024]),
+        Err(WriteError::Overflow { .. })
+    ));
+    check_other_connection_works(addr);
+    assert!(conn.is_open());
+}
+
+#[test]
+fn close_policy_closes_with_overflow_reason() {
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(LIMIT)
+        .send_buffer_size(64 * 1024)
+        .overflow_policy(OverflowPolicy::Close);
+    let (engine, addr, rx) = start(builder, Mode::Echo);
+    let _stuck = client(addr);
+    let conn = next_open(&rx);
+    let (_, err) = fill_until_refused(&conn);
+    assert!(matches!(err, WriteError::Overflow { .. }));
+    assert_eq!(wait_close(&rx, conn.id()), CloseReason::Overflow);
+    assert!(!conn.is_open());
+    assert_eq!(conn.write_slice(b"more"), Err(WriteError::Closed));
+    assert!(eventually(Duration::from_secs(5), || engine
+        .stats()
+        .closed(CloseReason::Overflow)
+        == 1));
+    // Aborted: the queue is freed at once.
+    assert!(eventually(Duration::from_secs(5), || conn.pending_bytes() == 0));
+    check_other_connection_works(addr);
+}
+
+#[test]
+fn drained_callback_fires_when_slow_reader_catches_up() {
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(LIMIT)
+        .low_watermark(LIMIT / 4)
+        .send_buffer_size(64 * 1024);
+    let (_engine, addr, rx) = start(builder, Mode::Record);
+    let mut peer = client(addr);
+    let conn = next_open(&rx);
+    let (accepted, _) = fill_until_refused(&conn);
+    // Now read everything: the queue drains past the low watermark once.
+    let mut got = vec![0u8; accepted];
+    peer.read_exact(&mut got).unwrap();
+    loop {
+        if let Event::Drained(id) = next_event(&rx, "on_drained") {
+            assert_eq!(id, conn.id());
+            break;
+        }
+    }
+    assert_eq!(conn.pending_bytes(), 0);
+    conn.write_slice(b"after drain").unwrap();
+    let mut tail = [0u8; 11];
+    peer.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"after drain");
+    peer.write_all(b"x").unwrap();
+}
