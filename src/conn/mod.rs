@@ -283,7 +283,12 @@ impl Conn {
         // end of this loop iteration if corked, the writable edge otherwise), while connecting,
         // or when corking on the owning poller.
         if pending != 0 || io.phase == Phase::Connecting || on_owner {
-            data.queue_from(&mut io.out, 0);
+            match data {
+                Payload::Slice(s) if on_owner => {
+                    poller::with_tail_pool(|pool| io.out.push_slice_pooled(s, pool))
+                }
+                data => data.queue_from(&mut io.out, 0),
+            }
             if on_owner && !io.corked && io.phase == Phase::Open {
                 io.corked = true;
                 poller::cork(shared.token());

@@ -67,12 +67,24 @@ impl OutboundBuffer {
 
     /// Queues a copy of `data`. Small slices are coalesced into one tail chunk.
     pub fn push_slice(&mut self, data: &[u8]) {
+        self.push_slice_pooled(data, &mut Vec::new());
+    }
+
+    /// [`push_slice`](Self::push_slice) taking the tail's allocation from `pool` when the
+    /// tail has none, so a poller that queues and drains small writes in a loop does not
+    /// allocate per message.
+    pub fn push_slice_pooled(&mut self, data: &[u8], pool: &mut Vec<Vec<u8>>) {
         if data.is_empty() {
             return;
         }
         if data.len() >= COALESCE_MAX {
             self.push(Bytes::copy_from_slice(data));
             return;
+        }
+        if self.tail.capacity() == 0
+            && let Some(buf) = pool.pop()
+        {
+            self.tail = buf;
         }
         self.tail.extend_from_slice(data);
         self.len += data.len();
@@ -96,6 +108,14 @@ impl OutboundBuffer {
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(usize, bool)> {
         if self.len == 0 {
             return Ok((0, false));
+        }
+        if self.chunks.is_empty() {
+            // Only coalesced slices are queued: write them in place, keeping the allocation
+            // for reuse instead of converting it into a chunk.
+            let n = out.write(&self.tail)?;
+            self.tail.drain(..n);
+            self.len -= n;
+            return Ok((n, !self.tail.is_empty()));
         }
         self.seal_tail();
         let (n, offered) = {
@@ -142,6 +162,12 @@ impl OutboundBuffer {
     /// Frees the ring and tail allocations if the queue is empty, so a drained connection holds
     /// no buffer. Returns true if the queue is empty.
     pub fn release(&mut self) -> bool {
+        self.release_into(&mut Vec::new(), 0)
+    }
+
+    /// Like [`release`](Self::release), but hands a small tail allocation to `pool` (while
+    /// it holds fewer than `pool_max`) instead of freeing it.
+    pub fn release_into(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
         if self.len != 0 {
             return false;
         }
@@ -149,7 +175,11 @@ impl OutboundBuffer {
             self.chunks = VecDeque::new();
         }
         if self.tail.capacity() != 0 {
-            self.tail = Vec::new();
+            let mut tail = std::mem::take(&mut self.tail);
+            if tail.capacity() <= COALESCE_MAX * 2 && pool.len() < pool_max {
+                tail.clear();
+                pool.push(tail);
+            }
         }
         true
     }
@@ -293,6 +323,29 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         assert_eq!(b.len(), 5);
         assert!(!b.release(), "release must refuse while bytes are queued");
+    }
+
+    #[test]
+    fn pooled_tail_is_reused_and_released_connection_holds_nothing() {
+        let mut pool = Vec::new();
+        let mut b = OutboundBuffer::new();
+        let mut w = Throttled::new(usize::MAX);
+        b.push_slice_pooled(b"first", &mut pool);
+        b.write_to(&mut w).unwrap();
+        assert!(b.release_into(&mut pool, 8));
+        assert_eq!(b.allocated(), 0, "drained queue must hold no buffer");
+        assert_eq!(pool.len(), 1);
+        let ptr = pool[0].as_ptr();
+        b.push_slice_pooled(b"second", &mut pool);
+        assert!(pool.is_empty(), "tail taken from the pool");
+        // Partial write straight from the tail, rest stays in order.
+        let mut w2 = Throttled::new(3);
+        assert_eq!(b.write_to(&mut w2).unwrap(), (3, true));
+        assert_eq!(b.to_vec(), b"ond");
+        b.write_to(&mut w).unwrap();
+        assert!(b.release_into(&mut pool, 8));
+        assert_eq!(pool[0].as_ptr(), ptr, "same allocation came back");
+        assert_eq!(w.got, b"firstond");
     }
 
     #[test]

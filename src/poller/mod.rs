@@ -88,6 +88,8 @@ pub(crate) struct PollerShared {
     /// A wake-up is already on its way; saves the eventfd write for every command after the
     /// first until the poller drains the queue.
     wake_pending: AtomicBool,
+    /// Commands are queued: lets the loop decide its poll timeout without taking the lock.
+    queued: AtomicBool,
 }
 
 impl PollerShared {
@@ -99,6 +101,7 @@ impl PollerShared {
             waker: Waker::new(poll.registry(), WAKER)?,
             commands: Mutex::new(Vec::new()),
             wake_pending: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
         })
     }
 
@@ -117,7 +120,8 @@ impl PollerShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(cmds);
-        if !is_current(self) && !self.wake_pending.swap(true, Ordering::AcqRel) {
+        self.queued.store(true, Ordering::SeqCst);
+        if !is_current(self) && !self.wake_pending.swap(true, Ordering::SeqCst) {
             // Fails only if the eventfd is gone, i.e. the poller has exited: then nobody is
             // left to run the command and every connection is already closed.
             let _ = self.waker.wake();
@@ -125,17 +129,18 @@ impl PollerShared {
     }
 
     fn take_commands(&self, into: &mut Vec<Command>) {
-        self.wake_pending.store(false, Ordering::Release);
+        // Clear wake_pending first and unconditionally: a sender that still sees it set knows
+        // this check of `queued` comes after its push; one that sees it clear wakes us again.
+        self.wake_pending.store(false, Ordering::SeqCst);
+        if !self.queued.swap(false, Ordering::SeqCst) {
+            return;
+        }
         let mut q = self.commands.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::swap(&mut *q, into);
     }
 
     fn has_commands(&self) -> bool {
-        !self
-            .commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.queued.load(Ordering::Acquire)
     }
 }
 
@@ -145,6 +150,17 @@ thread_local! {
     /// Tokens of connections written to from callbacks on this poller, flushed at the end of
     /// the loop iteration.
     static CORKED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// Small coalescing buffers returned by drained connections, reused by the next corked
+    /// write on this poller: a callback that echoes small messages allocates nothing.
+    static TAIL_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most spare tail buffers a poller keeps (each at most 8 KiB).
+const TAIL_POOL_MAX: usize = 256;
+
+/// Runs `f` with this thread's tail buffer pool (only meaningful on a poller thread).
+pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
+    TAIL_POOL.with(|p| f(&mut p.borrow_mut()))
 }
 
 /// True when called on `poller`'s own thread.
@@ -535,7 +551,7 @@ impl<H: Handler> Poller<H> {
                 stats.add(&stats.write_calls, calls);
                 stats.add(&stats.bytes_out, written);
             }
-            let empty = io.out.release();
+            let empty = with_tail_pool(|pool| io.out.release_into(pool, TAIL_POOL_MAX));
             let notice = io.above_low_water && io.out.len() <= low_watermark;
             if notice {
                 io.above_low_water = false;
