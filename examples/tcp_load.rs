@@ -66,6 +66,7 @@ impl Handler for Load {
 
     fn on_close(&mut self, _: &Conn, _: usize, reason: CloseReason) {
         if reason != CloseReason::Shutdown {
+            eprintln!("connection closed during the run: {reason:?}");
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
