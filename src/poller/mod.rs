@@ -928,3 +928,20 @@ fn read_retrying(mut socket: &mio::net::TcpStream, buf: &mut [u8]) -> io::Result
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-connection memory is the product's headline figure (issue: at most 512 B per idle
+    /// WebSocket connection). These bounds catch a field that silently grows it.
+    #[test]
+    fn per_connection_structs_stay_small() {
+        let shared = std::mem::size_of::<ConnShared>();
+        // slab stores Option-like entries: the connection plus a discriminant word.
+        let entry = std::mem::size_of::<Connection<()>>() + 8;
+        eprintln!("ConnShared {shared} B, slab entry {entry} B");
+        assert!(shared <= 176, "ConnShared grew to {shared} B");
+        assert!(entry <= 96, "slab entry grew to {entry} B");
+    }
+}
