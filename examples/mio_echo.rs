@@ -23,7 +23,11 @@ struct Peer {
 }
 
 fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -90,7 +94,9 @@ fn serve(mut listener: TcpListener) -> io::Result<()> {
                 continue;
             }
             let key = ev.token().0;
-            let Some(p) = peers.get_mut(key) else { continue };
+            let Some(p) = peers.get_mut(key) else {
+                continue;
+            };
             let mut dead = false;
             if ev.is_writable() && flush(p).is_err() {
                 dead = true;
@@ -123,8 +129,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--addr" => addr = args.next().and_then(|v| v.parse().ok()).expect("--addr HOST:PORT"),
-            "--threads" => threads = args.next().and_then(|v| v.parse().ok()).expect("--threads N"),
+            "--addr" => {
+                addr = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--addr HOST:PORT")
+            }
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--threads N")
+            }
             other => {
                 eprintln!("unknown argument {other:?}");
                 std::process::exit(2);
