@@ -12,7 +12,8 @@
 //! `--server-pid PID` also reports the server's CPU time (user + system, from `/proc`) over
 //! exactly the measured window, as CPU microseconds per message.
 //! Prints one line: `conns=.. size=.. msgs=.. secs=.. msgs_per_sec=.. mb_per_sec=..
-//! server_cpu_s=.. server_cpu_us_per_msg=.. failed=..`.
+//! server_cpu_s=.. server_cpu_us_per_msg=.. failed=.. total_msgs=..` (total_msgs counts from
+//! the first connection on, in batches of 64 per poller).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,10 +159,12 @@ fn main() {
     let rate = msgs as f64 / elapsed;
     println!(
         "conns={conns} size={size} msgs={msgs} secs={elapsed:.2} msgs_per_sec={rate:.0} \
-         mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} failed={}",
+         mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} failed={} \
+         total_msgs={}",
         rate * size as f64 / 1e6,
         cpu * 1e6 / msgs.max(1) as f64,
-        counters.failed.load(Ordering::Relaxed)
+        counters.failed.load(Ordering::Relaxed),
+        counters.echoed.load(Ordering::Relaxed)
     );
     engine.shutdown(Duration::from_secs(1));
 }
