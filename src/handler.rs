@@ -9,7 +9,8 @@ use crate::conn::{CloseReason, Conn};
 /// `&mut self` and need no locks; share state across pollers with an `Arc` inside it.
 ///
 /// All callbacks for a connection run on the poller thread that owns it, one at a time. A
-/// callback must not block: it stalls every connection of that poller.
+/// callback must not block: it stalls every connection of that poller. A callback that panics
+/// takes down only its connection ([`CloseReason::HandlerPanic`]); the poller carries on.
 pub trait Handler: Send + 'static {
     /// Per-connection state, created by [`on_open`](Self::on_open), handed to every callback
     /// by `&mut`, and given back by value to [`on_close`](Self::on_close). It stays on the

@@ -58,10 +58,13 @@ pub enum CloseReason {
     Local,
     /// The engine shut down.
     Shutdown,
+    /// A handler callback for this connection panicked. The panic is contained: the connection
+    /// is aborted and the poller goes on serving the others.
+    HandlerPanic,
 }
 
 impl CloseReason {
-    pub(crate) const COUNT: usize = 6;
+    pub(crate) const COUNT: usize = 7;
 
     pub(crate) fn index(self) -> usize {
         match self {
@@ -71,6 +74,7 @@ impl CloseReason {
             CloseReason::InboundOverflow => 3,
             CloseReason::Local => 4,
             CloseReason::Shutdown => 5,
+            CloseReason::HandlerPanic => 6,
         }
     }
 }

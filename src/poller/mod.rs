@@ -436,34 +436,49 @@ impl<H: Handler> Poller<H> {
         } = c;
         let Some(state) = user.as_mut() else { return };
         let fresh = &self.read_buf[..n];
+        let handler = &mut self.handler;
+        let mut panicked = false;
         let overflow = if inbound.is_empty() {
-            let used = self.handler.on_data(conn, state, fresh).min(n);
-            let rest = &fresh[used..];
-            if rest.len() > max_inbound {
-                true
-            } else {
-                inbound.extend_from_slice(rest);
-                false
+            match guarded("on_data", conn, || handler.on_data(conn, state, fresh)) {
+                None => {
+                    panicked = true;
+                    false
+                }
+                Some(used) => {
+                    let rest = &fresh[used.min(n)..];
+                    if rest.len() > max_inbound {
+                        true
+                    } else {
+                        inbound.extend_from_slice(rest);
+                        false
+                    }
+                }
             }
         } else if inbound.len() + n > max_inbound {
             true
         } else {
             inbound.extend_from_slice(fresh);
-            let used = self
-                .handler
-                .on_data(conn, state, inbound)
-                .min(inbound.len());
-            if used == inbound.len() {
-                *inbound = Vec::new();
-            } else {
-                inbound.drain(..used);
-                if inbound.capacity() > 64 * 1024 && inbound.capacity() > 4 * inbound.len() {
-                    inbound.shrink_to_fit();
+            let kept: &[u8] = inbound;
+            match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
+                None => panicked = true,
+                Some(used) => {
+                    let used = used.min(inbound.len());
+                    if used == inbound.len() {
+                        *inbound = Vec::new();
+                    } else {
+                        inbound.drain(..used);
+                        if inbound.capacity() > 64 * 1024 && inbound.capacity() > 4 * inbound.len()
+                        {
+                            inbound.shrink_to_fit();
+                        }
+                    }
                 }
             }
             false
         };
-        if overflow {
+        if panicked {
+            self.begin_close(slot, CloseReason::HandlerPanic, false);
+        } else if overflow {
             warn!(conn = %conn.id(), limit = max_inbound, "unconsumed inbound bytes over the limit; closing");
             self.begin_close(slot, CloseReason::InboundOverflow, false);
         }
@@ -566,7 +581,11 @@ impl<H: Handler> Poller<H> {
         match c.stage {
             Stage::Open if drained_notice => {
                 if let Some(state) = c.user.as_mut() {
-                    self.handler.on_drained(&c.conn, state);
+                    let handler = &mut self.handler;
+                    let conn = &c.conn;
+                    if guarded("on_drained", conn, || handler.on_drained(conn, state)).is_none() {
+                        self.begin_close(slot, CloseReason::HandlerPanic, false);
+                    }
                 }
             }
             Stage::Flushing { deadline } if empty => self.send_fin(slot, deadline),
@@ -634,7 +653,9 @@ impl<H: Handler> Poller<H> {
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         debug!(conn = %c.conn.id(), ?reason, "closed");
         if let Some(state) = c.user.take() {
-            self.handler.on_close(&c.conn, state, reason);
+            let handler = &mut self.handler;
+            let conn = &c.conn;
+            guarded("on_close", conn, || handler.on_close(conn, state, reason));
         }
         c.inbound = Vec::new();
         if !graceful {
@@ -778,7 +799,10 @@ impl<H: Handler> Poller<H> {
         if dialed {
             self.shared.stats.add(&self.shared.stats.connect_failed, 1);
             let err = io::Error::new(io::ErrorKind::ConnectionAborted, why.to_string());
-            self.handler.on_connect_error(&conn, err);
+            let handler = &mut self.handler;
+            guarded("on_connect_error", &conn, || {
+                handler.on_connect_error(&conn, err)
+            });
         }
     }
 
@@ -789,9 +813,16 @@ impl<H: Handler> Poller<H> {
         let stats = &self.shared.stats;
         stats.add(&stats.opened, 1);
         debug!(conn = %c.conn.id(), peer = %c.conn.peer_addr(), poller = self.shared.index, "opened");
-        let state = self.handler.on_open(&c.conn);
-        c.user = Some(state);
-        self.flush(slot);
+        let handler = &mut self.handler;
+        let conn = &c.conn;
+        match guarded("on_open", conn, || handler.on_open(conn)) {
+            Some(state) => {
+                c.user = Some(state);
+                self.flush(slot);
+            }
+            // No state to hand to on_close: the close is counted and the socket freed.
+            None => self.begin_close(slot, CloseReason::HandlerPanic, false),
+        }
     }
 
     fn finish_connect(&mut self, slot: usize) {
@@ -836,7 +867,10 @@ impl<H: Handler> Poller<H> {
         stats.add(&stats.freed, 1);
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         debug!(conn = %c.conn.id(), error = %err, "dial failed");
-        self.handler.on_connect_error(&c.conn, err);
+        let handler = &mut self.handler;
+        guarded("on_connect_error", &c.conn, || {
+            handler.on_connect_error(&c.conn, err)
+        });
     }
 
     fn run_commands(&mut self) {
@@ -917,6 +951,20 @@ impl<H: Handler> Poller<H> {
             }
         }
         self.due = due;
+    }
+}
+
+/// Runs a handler callback, containing a panic to the connection it was called for: the
+/// panic is logged and `None` returned, so the poller thread (and every other connection on it)
+/// survives a buggy callback. The handler's own state may be inconsistent after a panic; that
+/// is the handler's business, as with a panicking task in an async runtime.
+fn guarded<R>(what: &'static str, conn: &Conn, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            tracing::error!(conn = %conn.id(), callback = what, "handler panicked; aborting the connection");
+            None
+        }
     }
 }
 
