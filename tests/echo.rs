@@ -9,44 +9,30 @@ use std::time::Duration;
 use common::*;
 use netpoll::{AcceptMode, Engine};
 
+const SIZES: [usize; 10] = [
+    1,
+    2,
+    100,
+    1500,
+    4096,
+    65_535,
+    65_536,
+    65_537,
+    1 << 20,
+    8 << 20,
+];
+
 #[test]
 fn echo_sizes_from_one_byte_to_8_mib() {
     let (engine, addr, _rx) = start(Engine::builder().pollers(2), Mode::Echo);
     let mut s = client(addr);
-    for (i, &len) in [
-        1usize,
-        2,
-        100,
-        1500,
-        4096,
-        65_535,
-        65_536,
-        65_537,
-        1 << 20,
-        8 << 20,
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, &len) in SIZES.iter().enumerate() {
         let data = pattern(len, i as u8);
         let got = echo_roundtrip(&mut s, &data);
         assert!(got == data, "echo of {len} bytes differs");
     }
     let st = engine.stats();
-    let total: u64 = [
-        1u64,
-        2,
-        100,
-        1500,
-        4096,
-        65_535,
-        65_536,
-        65_537,
-        1 << 20,
-        8 << 20,
-    ]
-    .iter()
-    .sum();
+    let total = SIZES.iter().sum::<usize>() as u64;
     assert_eq!(st.bytes_in, total);
     assert_eq!(st.bytes_out, total);
 }

@@ -103,6 +103,16 @@ pub(crate) struct ConnIo {
     pub(crate) above_low_water: bool,
 }
 
+impl ConnIo {
+    /// Marks the connection closed, drops anything queued and closes the descriptor (which
+    /// also removes it from epoll). Handles see `Closed` from now on.
+    pub(crate) fn release(&mut self) {
+        self.phase = Phase::Closed;
+        self.out.clear();
+        self.socket = None;
+    }
+}
+
 /// State shared between every [`Conn`] handle and the owning poller.
 pub(crate) struct ConnShared {
     pub(crate) id: ConnId,

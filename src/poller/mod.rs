@@ -406,10 +406,7 @@ impl<H: Handler> Poller<H> {
                         // new edge.
                         return;
                     }
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        let token = self.conns[slot].token;
-                        self.backlog.push_back(token);
+                    if self.spend_read_budget(slot, &mut budget, n) {
                         return;
                     }
                 }
@@ -420,6 +417,19 @@ impl<H: Handler> Poller<H> {
                 }
             }
         }
+    }
+
+    /// Charges `n` read bytes to the fairness budget. When it is spent the connection goes to
+    /// the back of the backlog (its edge is consumed, so nothing else would bring it back) and
+    /// the caller stops reading it.
+    fn spend_read_budget(&mut self, slot: usize, budget: &mut usize, n: usize) -> bool {
+        *budget = budget.saturating_sub(n);
+        if *budget > 0 {
+            return false;
+        }
+        let token = self.conns[slot].token;
+        self.backlog.push_back(token);
+        true
     }
 
     /// Hands `read_buf[..n]` (behind any kept remainder) to the handler.
@@ -511,10 +521,7 @@ impl<H: Handler> Poller<H> {
                 }
                 Ok(n) => {
                     self.shared.stats.add(&self.shared.stats.bytes_in, n as u64);
-                    budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        let token = self.conns[slot].token;
-                        self.backlog.push_back(token);
+                    if self.spend_read_budget(slot, &mut budget, n) {
                         return;
                     }
                 }
@@ -692,13 +699,7 @@ impl<H: Handler> Poller<H> {
     /// Closes the descriptor and forgets the connection.
     fn free(&mut self, slot: usize) {
         let c = self.conns.remove(slot);
-        {
-            let mut io = c.conn.shared.lock();
-            io.phase = Phase::Closed;
-            io.out.clear();
-            // Dropping the socket closes the descriptor, which also removes it from epoll.
-            io.socket = None;
-        }
+        c.conn.shared.lock().release();
         self.shared.stats.add(&self.shared.stats.freed, 1);
         if self
             .shared
@@ -789,12 +790,7 @@ impl<H: Handler> Poller<H> {
 
     /// A connection that never gets registered: undo its count and tell the dialer.
     fn reject(&mut self, conn: Conn, dialed: bool, why: &str) {
-        {
-            let mut io = conn.shared.lock();
-            io.phase = Phase::Closed;
-            io.out.clear();
-            io.socket = None;
-        }
+        conn.shared.lock().release();
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         if dialed {
             self.shared.stats.add(&self.shared.stats.connect_failed, 1);
@@ -856,12 +852,7 @@ impl<H: Handler> Poller<H> {
 
     fn connect_failed(&mut self, slot: usize, err: io::Error) {
         let c = self.conns.remove(slot);
-        {
-            let mut io = c.conn.shared.lock();
-            io.phase = Phase::Closed;
-            io.out.clear();
-            io.socket = None;
-        }
+        c.conn.shared.lock().release();
         let stats = &self.shared.stats;
         stats.add(&stats.connect_failed, 1);
         stats.add(&stats.freed, 1);
