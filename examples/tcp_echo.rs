@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example tcp_echo -- --addr 127.0.0.1:9000 [--pollers N] [--reuse-port]
+//!     [--write-timeout SECS] [--idle-timeout SECS]
 //! ```
 //!
 //! Prints `listening on ADDR` once ready, then a stats line every 10 s if `--stats` is given.
@@ -34,6 +35,8 @@ fn main() {
     let mut pollers = None;
     let mut reuse_port = false;
     let mut stats = false;
+    let mut write_timeout = Some(30.0);
+    let mut idle_timeout = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -47,6 +50,20 @@ fn main() {
             }
             "--reuse-port" => reuse_port = true,
             "--stats" => stats = true,
+            "--write-timeout" => {
+                let v: f64 = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--write-timeout SECS");
+                write_timeout = (v > 0.0).then_some(v);
+            }
+            "--idle-timeout" => {
+                let v: f64 = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--idle-timeout SECS");
+                idle_timeout = (v > 0.0).then_some(v);
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: tcp_echo [--addr HOST:PORT] [--pollers N] [--reuse-port] [--stats]"
@@ -59,7 +76,11 @@ fn main() {
             }
         }
     }
-    let mut builder = Engine::builder().listen(addr).max_connections(100_000);
+    let mut builder = Engine::builder()
+        .listen(addr)
+        .max_connections(100_000)
+        .write_timeout(write_timeout.map(Duration::from_secs_f64))
+        .read_timeout(idle_timeout.map(Duration::from_secs_f64));
     if let Some(n) = pollers {
         builder = builder.pollers(n);
     }

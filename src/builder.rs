@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub(crate) low_watermark: usize,
     pub(crate) max_inbound_bytes: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) read_timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) accept_backoff: Duration,
@@ -114,6 +116,8 @@ pub struct EngineBuilder {
     low_watermark: Option<usize>,
     max_inbound_bytes: usize,
     close_timeout: Duration,
+    write_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
     connect_timeout: Duration,
     shutdown_timeout: Duration,
     accept_backoff: Duration,
@@ -140,6 +144,8 @@ impl Default for EngineBuilder {
             low_watermark: None,
             max_inbound_bytes: 16 * 1024 * 1024 + 64 * 1024,
             close_timeout: Duration::from_secs(5),
+            write_timeout: Some(Duration::from_secs(30)),
+            read_timeout: None,
             connect_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             accept_backoff: Duration::from_millis(100),
@@ -260,6 +266,25 @@ impl EngineBuilder {
         self
     }
 
+    /// How long queued outbound bytes may make no progress before the connection closes with
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout). The deadline is armed
+    /// when bytes start waiting, moved to now + timeout by every write that makes progress, and
+    /// cleared when the queue drains, so a peer that keeps reading is never timed out however
+    /// long it takes; a peer that stops reading is closed within the timeout plus one
+    /// `timer_tick`. Default 30 s; `None` disables; must be positive.
+    pub fn write_timeout(mut self, t: Option<Duration>) -> Self {
+        self.write_timeout = t;
+        self
+    }
+
+    /// How long a connection may receive nothing before it closes with
+    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout) (an idle timeout;
+    /// refreshed by any bytes arriving). Default `None` (off); must be positive.
+    pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
+        self.read_timeout = t;
+        self
+    }
+
     /// Default timeout of [`Engine::dial`]. Default 10 s; must be positive.
     pub fn connect_timeout(mut self, t: Duration) -> Self {
         self.connect_timeout = t;
@@ -364,6 +389,14 @@ impl EngineBuilder {
             ));
         }
         for (field, v) in [
+            ("write_timeout", self.write_timeout),
+            ("read_timeout", self.read_timeout),
+        ] {
+            if v.is_some_and(|d| d.is_zero()) {
+                return Err(bad(field, "must be positive (use None to disable)".into()));
+            }
+        }
+        for (field, v) in [
             ("close_timeout", self.close_timeout),
             ("connect_timeout", self.connect_timeout),
         ] {
@@ -412,6 +445,8 @@ impl EngineBuilder {
             low_watermark,
             max_inbound_bytes: self.max_inbound_bytes,
             close_timeout: self.close_timeout,
+            write_timeout: self.write_timeout,
+            read_timeout: self.read_timeout,
             connect_timeout: self.connect_timeout,
             shutdown_timeout: self.shutdown_timeout,
             accept_backoff: self.accept_backoff,

@@ -14,13 +14,14 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::builder::OverflowPolicy;
 use crate::error::WriteError;
-use crate::poller::{self, Command, PollerShared};
+use crate::poller::{self, Command, PollerShared, TimerKind};
 pub use outbound::OutboundBuffer;
 
 /// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
@@ -58,13 +59,17 @@ pub enum CloseReason {
     Local,
     /// The engine shut down.
     Shutdown,
+    /// Queued bytes made no progress for the write timeout: the peer stopped reading.
+    WriteTimeout,
+    /// Nothing arrived for the read (idle) timeout.
+    ReadTimeout,
     /// A handler callback for this connection panicked. The panic is contained: the connection
     /// is aborted and the poller goes on serving the others.
     HandlerPanic,
 }
 
 impl CloseReason {
-    pub(crate) const COUNT: usize = 7;
+    pub(crate) const COUNT: usize = 9;
 
     pub(crate) fn index(self) -> usize {
         match self {
@@ -75,6 +80,8 @@ impl CloseReason {
             CloseReason::Local => 4,
             CloseReason::Shutdown => 5,
             CloseReason::HandlerPanic => 6,
+            CloseReason::WriteTimeout => 7,
+            CloseReason::ReadTimeout => 8,
         }
     }
 }
@@ -101,6 +108,18 @@ pub(crate) struct ConnIo {
     pub(crate) corked: bool,
     /// Queued bytes crossed the low watermark; `on_drained` is owed when they fall back.
     pub(crate) above_low_water: bool,
+    /// The write timeout in force for this connection (builder default or override).
+    pub(crate) write_timeout: Option<Duration>,
+    /// Set while bytes are queued: when it passes with bytes still queued the connection
+    /// closes with `WriteTimeout`. Refreshed on every flush that makes progress, cleared when
+    /// the queue drains, whoever drained it.
+    pub(crate) write_deadline: Option<Instant>,
+    pub(crate) read_timeout: Option<Duration>,
+    /// Refreshed whenever bytes arrive; when it passes the connection closes with `ReadTimeout`.
+    pub(crate) read_deadline: Option<Instant>,
+    /// The poller has a wheel entry watching `write_deadline` / `read_deadline`.
+    pub(crate) write_watched: bool,
+    pub(crate) read_watched: bool,
 }
 
 impl ConnIo {
@@ -132,6 +151,10 @@ impl ConnShared {
         poller: Arc<PollerShared>,
         phase: Phase,
     ) -> Self {
+        let (write_timeout, read_timeout) = (
+            poller.common.config.write_timeout,
+            poller.common.config.read_timeout,
+        );
         ConnShared {
             id,
             peer,
@@ -143,6 +166,12 @@ impl ConnShared {
                 phase,
                 corked: false,
                 above_low_water: false,
+                write_timeout,
+                write_deadline: None,
+                read_timeout,
+                read_deadline: None,
+                write_watched: false,
+                read_watched: false,
             }),
         }
     }
@@ -329,12 +358,14 @@ impl Conn {
                     // Short write: the socket buffer is full and the writable edge is armed.
                     data.queue_from(&mut io.out, n);
                     self.note_watermark(&mut io);
+                    self.arm_write_deadline(&mut io);
                 }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 data.queue_from(&mut io.out, 0);
                 self.note_watermark(&mut io);
+                self.arm_write_deadline(&mut io);
                 Ok(())
             }
             Err(e) => {
@@ -344,6 +375,64 @@ impl Conn {
                 self.request_close(crate::CloseReason::Io(kind), false);
                 Err(WriteError::Io(kind))
             }
+        }
+    }
+
+    /// Bytes were just queued behind a full socket by a thread other than the poller: start
+    /// the write deadline and make sure the poller watches it (a peer that never reads raises
+    /// no writable edge, so the poller would not otherwise look). Corked writes are armed by
+    /// the poller's own flush instead, with its loop clock.
+    fn arm_write_deadline(&self, io: &mut ConnIo) {
+        if let Some(t) = io.write_timeout
+            && io.write_deadline.is_none()
+        {
+            io.write_deadline = Some(Instant::now() + t);
+            self.watch(io, TimerKind::Write);
+        }
+    }
+
+    fn watch(&self, io: &mut ConnIo, kind: TimerKind) {
+        let flag = match kind {
+            TimerKind::Write => &mut io.write_watched,
+            TimerKind::Read => &mut io.read_watched,
+            TimerKind::Stage => return,
+        };
+        if !*flag {
+            *flag = true;
+            self.shared.poller.send(Command::Watch {
+                conn: self.shared.clone(),
+                kind,
+            });
+        }
+    }
+
+    /// Sets (or with `None` clears) this connection's write timeout, overriding the builder's
+    /// `write_timeout`. Takes effect at once: with bytes queued the deadline becomes now +
+    /// `timeout`; cleared, a stuck connection is no longer closed for it.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        let mut io = self.shared.lock();
+        io.write_timeout = timeout;
+        io.write_deadline = match timeout {
+            Some(t) if !io.out.is_empty() => Some(Instant::now() + t),
+            _ => None,
+        };
+        if io.write_deadline.is_some() {
+            self.watch(&mut io, TimerKind::Write);
+        }
+    }
+
+    /// Sets (or with `None` clears) this connection's read (idle) timeout, overriding the
+    /// builder's `read_timeout`. The deadline restarts at now + `timeout` and moves on
+    /// whenever bytes arrive.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
+        let mut io = self.shared.lock();
+        if io.phase == Phase::Closed {
+            return;
+        }
+        io.read_timeout = timeout;
+        io.read_deadline = timeout.map(|t| Instant::now() + t);
+        if io.read_deadline.is_some() {
+            self.watch(&mut io, TimerKind::Read);
         }
     }
 

@@ -60,8 +60,24 @@ pub(crate) struct Common {
     pub(crate) shutting_down: AtomicBool,
 }
 
+/// What a wheel entry is watching for its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerKind {
+    /// The deadline of the connection's stage (connect, close flush, linger).
+    Stage,
+    /// `ConnIo::write_deadline`.
+    Write,
+    /// `ConnIo::read_deadline`.
+    Read,
+}
+
 /// Requests from other threads, executed by the poller in order.
 pub(crate) enum Command {
+    /// A deadline of `kind` was armed off the poller thread: put it on the wheel.
+    Watch {
+        conn: Arc<ConnShared>,
+        kind: TimerKind,
+    },
     /// Register a new connection (accepted elsewhere, or dialed with a connect deadline).
     Adopt {
         conn: Arc<ConnShared>,
@@ -209,8 +225,8 @@ pub(crate) struct Poller<H: Handler> {
     conns: Slab<Connection<H::State>>,
     read_buf: Box<[u8]>,
     listeners: Vec<TcpListener>,
-    wheel: TimerWheel<usize>,
-    due: Vec<usize>,
+    wheel: TimerWheel<(usize, TimerKind)>,
+    due: Vec<(usize, TimerKind)>,
     /// Connections whose reads the fairness budget cut short; continued next iteration.
     backlog: VecDeque<usize>,
     inbox: Vec<Command>,
@@ -380,14 +396,18 @@ impl<H: Handler> Poller<H> {
                 return;
             }
             let result = {
-                let io = c.conn.shared.lock();
+                let mut io = c.conn.shared.lock();
                 if io.phase == Phase::Closed {
                     return; // a close request is queued
                 }
                 let Some(socket) = io.socket.as_ref() else {
                     return;
                 };
-                read_retrying(socket, &mut self.read_buf)
+                let result = read_retrying(socket, &mut self.read_buf);
+                if let (Ok(1..), Some(t)) = (&result, io.read_timeout) {
+                    io.read_deadline = Some(self.now + t); // a plain store; the wheel checks lazily
+                }
+                result
             };
             self.shared.stats.add(&self.shared.stats.read_calls, 1);
             match result {
@@ -540,10 +560,12 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.get(slot) else {
             return;
         };
+        let mut watch_write = None;
         let (drained_notice, empty, error) = {
             let mut io = c.conn.shared.lock();
             io.corked = false;
             let mut error = None;
+            let mut written = 0u64;
             if !io.out.is_empty() {
                 let io = &mut *io;
                 let Some(socket) = io.socket.as_ref() else {
@@ -551,7 +573,6 @@ impl<H: Handler> Poller<H> {
                 };
                 let mut writer = socket;
                 let mut calls = 0u64;
-                let mut written = 0u64;
                 loop {
                     calls += 1;
                     match io.out.write_to(&mut writer) {
@@ -573,6 +594,19 @@ impl<H: Handler> Poller<H> {
                 stats.add(&stats.write_calls, calls);
                 stats.add(&stats.bytes_out, written);
             }
+            // The write deadline: cleared once drained, whichever path drained it; refreshed by
+            // progress; armed when bytes are left waiting.
+            if io.out.is_empty() {
+                io.write_deadline = None;
+            } else if let Some(t) = io.write_timeout
+                && (written > 0 || io.write_deadline.is_none())
+            {
+                io.write_deadline = Some(self.now + t);
+                if !io.write_watched {
+                    io.write_watched = true;
+                    watch_write = io.write_deadline;
+                }
+            }
             let empty = with_tail_pool(|pool| io.out.release_into(pool, TAIL_POOL_MAX));
             let notice = io.above_low_water && io.out.len() <= low_watermark;
             if notice {
@@ -585,6 +619,9 @@ impl<H: Handler> Poller<H> {
             return;
         }
         let c = &mut self.conns[slot];
+        if let Some(deadline) = watch_write {
+            self.wheel.insert(deadline, (c.token, TimerKind::Write));
+        }
         match c.stage {
             Stage::Open if drained_notice => {
                 if let Some(state) = c.user.as_mut() {
@@ -675,7 +712,7 @@ impl<H: Handler> Poller<H> {
         }
         let c = &mut self.conns[slot];
         c.stage = Stage::Flushing { deadline };
-        self.wheel.insert(deadline, c.token);
+        self.wheel.insert(deadline, (c.token, TimerKind::Stage));
         self.flush(slot);
     }
 
@@ -783,7 +820,9 @@ impl<H: Handler> Poller<H> {
             stage,
         });
         match stage {
-            Stage::Connecting { deadline } => self.wheel.insert(deadline, token),
+            Stage::Connecting { deadline } => {
+                self.wheel.insert(deadline, (token, TimerKind::Stage))
+            }
             _ => self.open(slot),
         }
     }
@@ -806,6 +845,16 @@ impl<H: Handler> Poller<H> {
     fn open(&mut self, slot: usize) {
         let c = &mut self.conns[slot];
         c.stage = Stage::Open;
+        {
+            let mut io = c.conn.shared.lock();
+            if let Some(t) = io.read_timeout {
+                io.read_deadline = Some(self.now + t);
+                if !io.read_watched {
+                    io.read_watched = true;
+                    self.wheel.insert(self.now + t, (c.token, TimerKind::Read));
+                }
+            }
+        }
         let stats = &self.shared.stats;
         stats.add(&stats.opened, 1);
         debug!(conn = %c.conn.id(), peer = %c.conn.peer_addr(), poller = self.shared.index, "opened");
@@ -864,6 +913,52 @@ impl<H: Handler> Poller<H> {
         });
     }
 
+    /// A write or read deadline entry came due (or was just armed): act on the deadline the
+    /// connection holds now. Passed → close; moved → re-insert; cleared → stop watching.
+    fn check_deadline(&mut self, token: usize, kind: TimerKind) {
+        let slot = token & SLOT_MASK;
+        let Some(c) = self.conns.get(slot).filter(|c| c.token == token) else {
+            return;
+        };
+        let expired = {
+            let mut io = c.conn.shared.lock();
+            let io = &mut *io;
+            let (deadline, watched, armed) = match kind {
+                TimerKind::Write => (
+                    &mut io.write_deadline,
+                    &mut io.write_watched,
+                    !io.out.is_empty(),
+                ),
+                TimerKind::Read => (&mut io.read_deadline, &mut io.read_watched, true),
+                TimerKind::Stage => return,
+            };
+            match *deadline {
+                Some(d) if armed && self.now >= d => {
+                    *watched = false;
+                    true
+                }
+                Some(d) if armed => {
+                    *watched = true;
+                    self.wheel.insert(d, (token, kind));
+                    false
+                }
+                _ => {
+                    *deadline = None;
+                    *watched = false;
+                    false
+                }
+            }
+        };
+        if expired {
+            match kind {
+                // The peer stopped reading: what is queued cannot be delivered.
+                TimerKind::Write => self.begin_close(slot, CloseReason::WriteTimeout, false),
+                // Idle: close gracefully, anything queued still goes out.
+                _ => self.begin_close(slot, CloseReason::ReadTimeout, true),
+            }
+        }
+    }
+
     fn run_commands(&mut self) {
         let mut inbox = std::mem::take(&mut self.inbox);
         self.shared.take_commands(&mut inbox);
@@ -885,6 +980,16 @@ impl<H: Handler> Poller<H> {
                         .is_some_and(|c| Arc::ptr_eq(&c.conn.shared, &conn))
                     {
                         self.begin_close(slot, reason, graceful);
+                    }
+                }
+                Command::Watch { conn, kind } => {
+                    let token = conn.token();
+                    if self
+                        .conns
+                        .get(token & SLOT_MASK)
+                        .is_some_and(|c| Arc::ptr_eq(&c.conn.shared, &conn))
+                    {
+                        self.check_deadline(token, kind);
                     }
                 }
                 Command::ResumeAccept => self.resume_accept(),
@@ -918,7 +1023,11 @@ impl<H: Handler> Poller<H> {
         }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now, &mut due);
-        for token in due.drain(..) {
+        for (token, kind) in due.drain(..) {
+            if kind != TimerKind::Stage {
+                self.check_deadline(token, kind);
+                continue;
+            }
             let slot = token & SLOT_MASK;
             let Some(c) = self.conns.get(slot).filter(|c| c.token == token) else {
                 continue;
@@ -937,7 +1046,9 @@ impl<H: Handler> Poller<H> {
                 Stage::Lingering { deadline } if self.now >= deadline => self.free(slot),
                 Stage::Connecting { deadline }
                 | Stage::Flushing { deadline }
-                | Stage::Lingering { deadline } => self.wheel.insert(deadline, token),
+                | Stage::Lingering { deadline } => {
+                    self.wheel.insert(deadline, (token, TimerKind::Stage))
+                }
                 Stage::Open => {}
             }
         }
@@ -980,7 +1091,7 @@ mod tests {
         // slab stores Option-like entries: the connection plus a discriminant word.
         let entry = std::mem::size_of::<Connection<()>>() + 8;
         eprintln!("ConnShared {shared} B, slab entry {entry} B");
-        assert!(shared <= 176, "ConnShared grew to {shared} B");
+        assert!(shared <= 232, "ConnShared grew to {shared} B");
         assert!(entry <= 96, "slab entry grew to {entry} B");
     }
 }

@@ -1,0 +1,272 @@
+//! Write and read deadlines: a healthy slow reader never sees a false write timeout, a stuck
+//! one is closed within write_timeout plus one tick, idle peers time out, chatty ones do not,
+//! and per-connection overrides beat the builder's defaults.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use netpoll::{CloseReason, Conn, Engine, EngineBuilder, Handler};
+
+/// A client socket with a small receive buffer, so the server's queue backs up quickly.
+fn small_client(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn base(write_timeout: Option<Duration>) -> EngineBuilder {
+    Engine::builder()
+        .pollers(1)
+        .send_buffer_size(4096)
+        .timer_tick(Duration::from_millis(20))
+        .write_timeout(write_timeout)
+}
+
+/// Keeps at least 32 KiB queued on `conn` from another thread until `stop`.
+fn keep_queue_full(conn: Conn, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let chunk = Bytes::from(vec![b'd'; 8192]);
+        let mut min_pending = usize::MAX;
+        let mut sampled = false;
+        while !stop.load(Ordering::Relaxed) {
+            while conn.pending_bytes() < 32 * 1024 {
+                if conn.write(chunk.clone()).is_err() {
+                    return 0;
+                }
+            }
+            if sampled {
+                min_pending = min_pending.min(conn.pending_bytes());
+            }
+            sampled = true;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        min_pending
+    })
+}
+
+#[test]
+fn healthy_slow_reader_never_gets_a_false_write_timeout() {
+    // write_timeout 1 s; the peer reads 1 KiB every 100 ms for 10 s while the server keeps
+    // 10x write_timeout worth of streaming queued behind it.
+    let (engine, addr, rx) = start(base(Some(Duration::from_secs(1))), Mode::Sink);
+    let mut peer = small_client(addr);
+    let conn = next_open(&rx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = keep_queue_full(conn.clone(), stop.clone());
+    let t0 = Instant::now();
+    let mut got = 0usize;
+    let mut buf = [0u8; 1024];
+    while t0.elapsed() < Duration::from_secs(10) {
+        peer.read_exact(&mut buf).expect("stream keeps flowing");
+        got += buf.len();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let min_pending = writer.join().unwrap();
+    assert!(
+        min_pending > 0,
+        "the queue must stay non-empty, or the deadline was never armed"
+    );
+    assert!(conn.is_open(), "false write timeout");
+    assert_eq!(engine.stats().closed(CloseReason::WriteTimeout), 0);
+    assert!(got >= 90 * 1024, "peer read only {got} bytes");
+}
+
+fn assert_closed_within(rx: &mpsc::Receiver<Event>, conn: &Conn, t0: Instant, timeout: Duration) {
+    assert_eq!(wait_close(rx, conn.id()), CloseReason::WriteTimeout);
+    let took = t0.elapsed();
+    // Not before the timeout; within timeout + one tick (20 ms) + scheduling margin.
+    assert!(
+        took >= timeout - Duration::from_millis(5),
+        "closed early: {took:?}"
+    );
+    assert!(
+        took <= timeout + Duration::from_millis(20 + 400),
+        "closed late: {took:?}"
+    );
+}
+
+#[test]
+fn stuck_reader_is_closed_within_write_timeout_plus_a_tick_direct_path() {
+    let timeout = Duration::from_millis(500);
+    let (engine, addr, rx) = start(base(Some(timeout)), Mode::Sink);
+    let _stuck = small_client(addr);
+    let conn = next_open(&rx);
+    // Writes from this thread: the direct path arms the deadline when bytes are left queued.
+    let chunk = Bytes::from(vec![b's'; 8192]);
+    // Enough that the kernel buffers cannot absorb it: bytes stay queued in the engine.
+    while conn.pending_bytes() < 64 * 1024 {
+        conn.write(chunk.clone()).unwrap();
+    }
+    let t0 = Instant::now();
+    assert_closed_within(&rx, &conn, t0, timeout);
+    assert_eq!(engine.stats().closed(CloseReason::WriteTimeout), 1);
+    assert_eq!(conn.pending_bytes(), 0, "aborted: queue freed");
+}
+
+/// Writes 1 MiB from inside `on_data` when asked: the corked path, armed by the poller's flush.
+struct Blaster {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Handler for Blaster {
+    type State = ();
+    fn on_open(&mut self, conn: &Conn) {
+        let _ = self.tx.send(Event::Open(conn.clone()));
+    }
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+        conn.write(Bytes::from(vec![b'b'; 1 << 20])).unwrap();
+        data.len()
+    }
+    fn on_close(&mut self, conn: &Conn, _: (), reason: CloseReason) {
+        let _ = self.tx.send(Event::Close(conn.id(), reason));
+    }
+}
+
+#[test]
+fn stuck_reader_is_closed_within_write_timeout_plus_a_tick_callback_path() {
+    let timeout = Duration::from_millis(500);
+    let (tx, rx) = mpsc::channel();
+    let engine = base(Some(timeout))
+        .listen("127.0.0.1:0")
+        .start(|_| Blaster { tx: tx.clone() })
+        .unwrap();
+    let mut stuck = small_client(engine.local_addrs()[0]);
+    let conn = next_open(&rx);
+    stuck.write_all(b"go").unwrap();
+    assert!(eventually(Duration::from_secs(2), || conn.pending_bytes() > 0));
+    let t0 = Instant::now();
+    assert_closed_within(&rx, &conn, t0, timeout);
+}
+
+#[test]
+fn healthy_reader_after_a_backlog_drains_via_writable_events_is_not_timed_out() {
+    // 1 MiB queued from a callback, read at full speed: the poller's writable-edge flushes
+    // drain it and clear the deadline; then the connection sits idle with nothing queued for
+    // longer than write_timeout and must stay open.
+    let timeout = Duration::from_millis(300);
+    let (tx, rx) = mpsc::channel();
+    let engine = base(Some(timeout))
+        .listen("127.0.0.1:0")
+        .start(|_| Blaster { tx: tx.clone() })
+        .unwrap();
+    let mut peer = small_client(engine.local_addrs()[0]);
+    let conn = next_open(&rx);
+    peer.write_all(b"go").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    peer.read_exact(&mut buf).unwrap();
+    assert_eq!(conn.pending_bytes(), 0);
+    std::thread::sleep(timeout * 3);
+    assert!(
+        conn.is_open(),
+        "drained connection was closed by a stale write deadline"
+    );
+    assert_eq!(engine.stats().closed(CloseReason::WriteTimeout), 0);
+}
+
+#[test]
+fn idle_peer_times_out_and_chatty_peer_does_not() {
+    let builder = Engine::builder()
+        .pollers(1)
+        .timer_tick(Duration::from_millis(10))
+        .read_timeout(Some(Duration::from_millis(300)));
+    let (_engine, addr, rx) = start(builder, Mode::Sink);
+    let mut chatty = client(addr);
+    let chatty_conn = next_open(&rx);
+    let _idle = client(addr);
+    let idle_conn = next_open(&rx);
+    let t0 = Instant::now();
+    let talker = std::thread::spawn(move || {
+        for _ in 0..10 {
+            chatty.write_all(b".").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        chatty
+    });
+    assert_eq!(wait_close(&rx, idle_conn.id()), CloseReason::ReadTimeout);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(800),
+        "{took:?}"
+    );
+    let _chatty = talker.join().unwrap();
+    assert!(
+        chatty_conn.is_open(),
+        "a peer sending every 100 ms must not time out"
+    );
+    // Once it falls silent it times out too.
+    assert_eq!(wait_close(&rx, chatty_conn.id()), CloseReason::ReadTimeout);
+}
+
+#[test]
+fn per_connection_overrides_beat_the_builder_and_clearing_disables() {
+    // Builder: write timeout 300 ms. One connection clears it, one keeps it.
+    let (engine, addr, rx) = start(base(Some(Duration::from_millis(300))), Mode::Sink);
+    let _a = small_client(addr);
+    let cleared = next_open(&rx);
+    let _b = small_client(addr);
+    let kept = next_open(&rx);
+    cleared.set_write_timeout(None);
+    let chunk = Bytes::from(vec![b'o'; 8192]);
+    for c in [&cleared, &kept] {
+        while c.pending_bytes() < 64 * 1024 {
+            c.write(chunk.clone()).unwrap();
+        }
+    }
+    assert_eq!(wait_close(&rx, kept.id()), CloseReason::WriteTimeout);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(cleared.is_open(), "cleared write timeout still fired");
+    drop(engine);
+
+    // Builder: no timeouts at all. Overrides switch them on for one connection each.
+    let (_engine, addr, rx) = start(base(None), Mode::Sink);
+    let _c = small_client(addr);
+    let writer = next_open(&rx);
+    let _d = client(addr);
+    let reader = next_open(&rx);
+    writer.set_write_timeout(Some(Duration::from_millis(200)));
+    reader.set_read_timeout(Some(Duration::from_millis(200)));
+    while writer.pending_bytes() < 64 * 1024 {
+        writer.write(chunk.clone()).unwrap();
+    }
+    let mut reasons = [wait_close_any(&rx), wait_close_any(&rx)];
+    reasons.sort_by_key(|(id, _)| *id);
+    let mut want = [
+        (writer.id(), CloseReason::WriteTimeout),
+        (reader.id(), CloseReason::ReadTimeout),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(reasons, want);
+}
+
+fn wait_close_any(rx: &mpsc::Receiver<Event>) -> (netpoll::ConnId, CloseReason) {
+    loop {
+        if let Event::Close(id, r) = next_event(rx, "on_close") {
+            return (id, r);
+        }
+    }
+}
+
+#[test]
+fn builder_rejects_zero_timeouts() {
+    let e = Engine::builder()
+        .write_timeout(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field, "write_timeout");
+    let e = Engine::builder()
+        .read_timeout(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field, "read_timeout");
+}
