@@ -44,14 +44,19 @@ fn stale_handle_never_reaches_the_connection_that_reuses_its_slot() {
     assert_eq!(&buf[..2], b"ok");
 }
 
+/// One poller, room to queue 16 MiB, and a small kernel send buffer so most of it waits in
+/// the engine's queue.
+fn big_queue() -> netpoll::EngineBuilder {
+    Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(16 << 20)
+        .send_buffer_size(64 * 1024)
+}
+
 #[test]
 fn close_flushes_queued_data_before_the_fin() {
     const SIZE: usize = 8 << 20;
-    let builder = Engine::builder()
-        .pollers(1)
-        .max_outbound_bytes(16 << 20)
-        .send_buffer_size(64 * 1024);
-    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let (engine, addr, rx) = start(big_queue(), Mode::Sink);
     let mut peer = client(addr);
     peer.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -76,11 +81,7 @@ fn close_flushes_queued_data_before_the_fin() {
 
 #[test]
 fn abort_does_not_wait_for_queued_data() {
-    let builder = Engine::builder()
-        .pollers(1)
-        .max_outbound_bytes(16 << 20)
-        .send_buffer_size(64 * 1024);
-    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let (engine, addr, rx) = start(big_queue(), Mode::Sink);
     let mut peer = client(addr);
     let conn = next_open(&rx);
     conn.write(Bytes::from(vec![1u8; 8 << 20])).unwrap();
@@ -107,10 +108,7 @@ fn abort_does_not_wait_for_queued_data() {
 
 #[test]
 fn close_timeout_bounds_a_flush_to_a_peer_that_never_reads() {
-    let builder = Engine::builder()
-        .pollers(1)
-        .max_outbound_bytes(16 << 20)
-        .send_buffer_size(64 * 1024)
+    let builder = big_queue()
         .timer_tick(Duration::from_millis(10))
         .close_timeout(Duration::from_millis(300));
     let (engine, addr, rx) = start(builder, Mode::Sink);
