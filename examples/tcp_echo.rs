@@ -30,6 +30,14 @@ impl Handler for Echo {
     }
 }
 
+/// A `SECS` flag value: fractional seconds, 0 meaning off.
+fn seconds_flag(value: Option<String>, flag: &str) -> Option<f64> {
+    let v: f64 = value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{flag} needs SECS"));
+    (v > 0.0).then_some(v)
+}
+
 fn main() {
     let mut addr = "127.0.0.1:9000".to_string();
     let mut pollers = None;
@@ -50,20 +58,8 @@ fn main() {
             }
             "--reuse-port" => reuse_port = true,
             "--stats" => stats = true,
-            "--write-timeout" => {
-                let v: f64 = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--write-timeout SECS");
-                write_timeout = (v > 0.0).then_some(v);
-            }
-            "--idle-timeout" => {
-                let v: f64 = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--idle-timeout SECS");
-                idle_timeout = (v > 0.0).then_some(v);
-            }
+            "--write-timeout" => write_timeout = seconds_flag(args.next(), &a),
+            "--idle-timeout" => idle_timeout = seconds_flag(args.next(), &a),
             "-h" | "--help" => {
                 println!(
                     "usage: tcp_echo [--addr HOST:PORT] [--pollers N] [--reuse-port] [--stats]"

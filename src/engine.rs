@@ -16,7 +16,7 @@ use crate::conn::{Conn, ConnId, ConnShared, Phase};
 use crate::error::Error;
 use crate::handler::Handler;
 use crate::poller::{self, Command, Common, Poller, PollerShared};
-use crate::stats::Stats;
+use crate::stats::{Stats, count};
 
 /// Options for [`Engine::dial_with`].
 #[derive(Debug, Clone, Default)]
@@ -199,7 +199,7 @@ impl Engine {
             Phase::Connecting,
         ));
         common.open.fetch_add(1, Ordering::Relaxed);
-        poller.stats.add(&poller.stats.dialed, 1);
+        count(&poller.stats.dialed, 1);
         let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);
         poller.send(Command::Adopt {
             conn: shared.clone(),

@@ -133,14 +133,19 @@ impl Handler for Blaster {
     }
 }
 
-#[test]
-fn stuck_reader_is_closed_within_write_timeout_plus_a_tick_callback_path() {
-    let timeout = Duration::from_millis(500);
+fn start_blaster(write_timeout: Duration) -> (Engine, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel();
-    let engine = base(Some(timeout))
+    let engine = base(Some(write_timeout))
         .listen("127.0.0.1:0")
         .start(|_| Blaster { tx: tx.clone() })
         .unwrap();
+    (engine, rx)
+}
+
+#[test]
+fn stuck_reader_is_closed_within_write_timeout_plus_a_tick_callback_path() {
+    let timeout = Duration::from_millis(500);
+    let (engine, rx) = start_blaster(timeout);
     let mut stuck = small_client(engine.local_addrs()[0]);
     let conn = next_open(&rx);
     stuck.write_all(b"go").unwrap();
@@ -155,11 +160,7 @@ fn healthy_reader_after_a_backlog_drains_via_writable_events_is_not_timed_out() 
     // drain it and clear the deadline; then the connection sits idle with nothing queued for
     // longer than write_timeout and must stay open.
     let timeout = Duration::from_millis(300);
-    let (tx, rx) = mpsc::channel();
-    let engine = base(Some(timeout))
-        .listen("127.0.0.1:0")
-        .start(|_| Blaster { tx: tx.clone() })
-        .unwrap();
+    let (engine, rx) = start_blaster(timeout);
     let mut peer = small_client(engine.local_addrs()[0]);
     let conn = next_open(&rx);
     peer.write_all(b"go").unwrap();

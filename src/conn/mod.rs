@@ -22,6 +22,7 @@ use mio::net::TcpStream;
 use crate::builder::OverflowPolicy;
 use crate::error::WriteError;
 use crate::poller::{self, Command, PollerShared, TimerKind};
+use crate::stats::count;
 pub use outbound::OutboundBuffer;
 
 /// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
@@ -309,7 +310,7 @@ impl Conn {
         let pending = io.out.len();
         let limit = poller.config().max_outbound_bytes;
         if pending + len > limit {
-            poller.stats.overflows.fetch_add(1, Ordering::Relaxed);
+            count(&poller.stats.overflows, 1);
             let err = WriteError::Overflow {
                 pending,
                 len,
@@ -347,13 +348,10 @@ impl Conn {
                 r => break r,
             }
         };
-        poller.stats.write_calls.fetch_add(1, Ordering::Relaxed);
+        count(&poller.stats.write_calls, 1);
         match result {
             Ok(n) => {
-                poller
-                    .stats
-                    .bytes_out
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                count(&poller.stats.bytes_out, n as u64);
                 if n < len {
                     // Short write: the socket buffer is full and the writable edge is armed.
                     data.queue_from(&mut io.out, n);

@@ -10,6 +10,7 @@ use super::{Command, Poller};
 use crate::builder::{AcceptMode, EngineConfig};
 use crate::conn::{ConnId, ConnShared, Phase};
 use crate::handler::Handler;
+use crate::stats::count;
 
 /// Applies the per-connection socket options.
 pub(crate) fn configure_stream(stream: &mio::net::TcpStream, config: &EngineConfig) {
@@ -46,7 +47,7 @@ impl<H: Handler> Poller<H> {
                 self.pause_accept("connection limit reached", None);
                 break;
             }
-            self.shared.stats.add(&self.shared.stats.accept_calls, 1);
+            count(&self.shared.stats.accept_calls, 1);
             let (stream, peer) = match self.listeners[listener].accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -68,7 +69,7 @@ impl<H: Handler> Poller<H> {
                     break;
                 }
             };
-            self.shared.stats.add(&self.shared.stats.accepted, 1);
+            count(&self.shared.stats.accepted, 1);
             common.open.fetch_add(1, Ordering::Relaxed);
             configure_stream(&stream, config);
             let target = match config.accept_mode {
@@ -113,7 +114,7 @@ impl<H: Handler> Poller<H> {
             .common
             .accept_paused
             .store(true, Ordering::Release);
-        self.shared.stats.add(&self.shared.stats.accept_pauses, 1);
+        count(&self.shared.stats.accept_pauses, 1);
         match error {
             Some(e) => {
                 warn!(poller = self.shared.index, error = %e, ?backoff, "{why}; accepting paused")

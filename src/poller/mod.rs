@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::builder::EngineConfig;
 use crate::conn::{CloseReason, Conn, ConnShared, Phase};
 use crate::handler::Handler;
-use crate::stats::PollerStats;
+use crate::stats::{PollerStats, count};
 use crate::timer::TimerWheel;
 
 /// Token of the poller's waker.
@@ -409,14 +409,14 @@ impl<H: Handler> Poller<H> {
                 }
                 result
             };
-            self.shared.stats.add(&self.shared.stats.read_calls, 1);
+            count(&self.shared.stats.read_calls, 1);
             match result {
                 Ok(0) => {
                     self.begin_close(slot, CloseReason::PeerClosed, true);
                     return;
                 }
                 Ok(n) => {
-                    self.shared.stats.add(&self.shared.stats.bytes_in, n as u64);
+                    count(&self.shared.stats.bytes_in, n as u64);
                     self.deliver(slot, n);
                     if self.stage(slot) != Some(Stage::Open) {
                         return; // the handler's input closed it (inbound overflow)
@@ -529,7 +529,7 @@ impl<H: Handler> Poller<H> {
                 };
                 read_retrying(socket, &mut self.read_buf)
             };
-            self.shared.stats.add(&self.shared.stats.read_calls, 1);
+            count(&self.shared.stats.read_calls, 1);
             match result {
                 Ok(0) => {
                     // The peer is done sending. While flushing it may still read (a half-close),
@@ -540,7 +540,7 @@ impl<H: Handler> Poller<H> {
                     return;
                 }
                 Ok(n) => {
-                    self.shared.stats.add(&self.shared.stats.bytes_in, n as u64);
+                    count(&self.shared.stats.bytes_in, n as u64);
                     if self.spend_read_budget(slot, &mut budget, n) {
                         return;
                     }
@@ -591,8 +591,8 @@ impl<H: Handler> Poller<H> {
                     }
                 }
                 let stats = &self.shared.stats;
-                stats.add(&stats.write_calls, calls);
-                stats.add(&stats.bytes_out, written);
+                count(&stats.write_calls, calls);
+                count(&stats.bytes_out, written);
             }
             // The write deadline: cleared once drained, whichever path drained it; refreshed by
             // progress; armed when bytes are left waiting.
@@ -693,7 +693,7 @@ impl<H: Handler> Poller<H> {
             }
         }
         let stats = &self.shared.stats;
-        stats.add(&stats.closed[reason.index()], 1);
+        count(&stats.closed[reason.index()], 1);
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         debug!(conn = %c.conn.id(), ?reason, "closed");
         if let Some(state) = c.user.take() {
@@ -737,7 +737,7 @@ impl<H: Handler> Poller<H> {
     fn free(&mut self, slot: usize) {
         let c = self.conns.remove(slot);
         c.conn.shared.lock().release();
-        self.shared.stats.add(&self.shared.stats.freed, 1);
+        count(&self.shared.stats.freed, 1);
         if self
             .shared
             .common
@@ -758,9 +758,7 @@ impl<H: Handler> Poller<H> {
                     self.begin_close(slot, CloseReason::Shutdown, false)
                 }
                 Some(Stage::Flushing { .. }) => {
-                    self.shared
-                        .stats
-                        .add(&self.shared.stats.close_flush_timeouts, 1);
+                    count(&self.shared.stats.close_flush_timeouts, 1);
                     self.free(slot);
                 }
                 Some(Stage::Lingering { .. }) => self.free(slot),
@@ -832,7 +830,7 @@ impl<H: Handler> Poller<H> {
         conn.shared.lock().release();
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         if dialed {
-            self.shared.stats.add(&self.shared.stats.connect_failed, 1);
+            count(&self.shared.stats.connect_failed, 1);
             let err = io::Error::new(io::ErrorKind::ConnectionAborted, why.to_string());
             let handler = &mut self.handler;
             guarded("on_connect_error", &conn, || {
@@ -856,7 +854,7 @@ impl<H: Handler> Poller<H> {
             }
         }
         let stats = &self.shared.stats;
-        stats.add(&stats.opened, 1);
+        count(&stats.opened, 1);
         debug!(conn = %c.conn.id(), peer = %c.conn.peer_addr(), poller = self.shared.index, "opened");
         let handler = &mut self.handler;
         let conn = &c.conn;
@@ -903,8 +901,8 @@ impl<H: Handler> Poller<H> {
         let c = self.conns.remove(slot);
         c.conn.shared.lock().release();
         let stats = &self.shared.stats;
-        stats.add(&stats.connect_failed, 1);
-        stats.add(&stats.freed, 1);
+        count(&stats.connect_failed, 1);
+        count(&stats.freed, 1);
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         debug!(conn = %c.conn.id(), error = %err, "dial failed");
         let handler = &mut self.handler;
@@ -1039,7 +1037,7 @@ impl<H: Handler> Poller<H> {
                 }
                 Stage::Flushing { deadline } if self.now >= deadline => {
                     let stats = &self.shared.stats;
-                    stats.add(&stats.close_flush_timeouts, 1);
+                    count(&stats.close_flush_timeouts, 1);
                     debug!(conn = %c.conn.id(), "close flush timed out; dropping queued bytes");
                     self.free(slot);
                 }
