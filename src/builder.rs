@@ -23,6 +23,18 @@ pub enum OverflowPolicy {
     Close,
 }
 
+/// What refreshes a connection's read (idle) deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadRefresh {
+    /// Any bytes arriving move the deadline to now + `read_timeout`.
+    #[default]
+    AnyData,
+    /// Only [`Conn::touch_read`](crate::Conn::touch_read) moves it: a protocol layer calls it
+    /// when a complete message has arrived, so a peer trickling bytes (slow loris) is closed
+    /// when the timeout passes.
+    Manual,
+}
+
 /// How accepted connections reach their poller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AcceptMode {
@@ -55,6 +67,7 @@ pub struct EngineConfig {
     pub(crate) close_timeout: Duration,
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) read_timeout: Option<Duration>,
+    pub(crate) read_refresh: ReadRefresh,
     pub(crate) connect_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) accept_backoff: Duration,
@@ -118,6 +131,7 @@ pub struct EngineBuilder {
     close_timeout: Duration,
     write_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
+    read_refresh: ReadRefresh,
     connect_timeout: Duration,
     shutdown_timeout: Duration,
     accept_backoff: Duration,
@@ -146,6 +160,7 @@ impl Default for EngineBuilder {
             close_timeout: Duration::from_secs(5),
             write_timeout: Some(Duration::from_secs(30)),
             read_timeout: None,
+            read_refresh: ReadRefresh::AnyData,
             connect_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(5),
             accept_backoff: Duration::from_millis(100),
@@ -282,6 +297,14 @@ impl EngineBuilder {
     /// refreshed by any bytes arriving). Default `None` (off); must be positive.
     pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
         self.read_timeout = t;
+        self
+    }
+
+    /// What refreshes the read deadline: any arriving bytes (default) or only
+    /// [`Conn::touch_read`](crate::Conn::touch_read). Per connection:
+    /// [`Conn::set_read_refresh`](crate::Conn::set_read_refresh).
+    pub fn read_refresh(mut self, mode: ReadRefresh) -> Self {
+        self.read_refresh = mode;
         self
     }
 
@@ -447,6 +470,7 @@ impl EngineBuilder {
             close_timeout: self.close_timeout,
             write_timeout: self.write_timeout,
             read_timeout: self.read_timeout,
+            read_refresh: self.read_refresh,
             connect_timeout: self.connect_timeout,
             shutdown_timeout: self.shutdown_timeout,
             accept_backoff: self.accept_backoff,

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::handler::Handler;
 use crate::poller::{self, Command, Common, Poller, PollerShared};
 use crate::stats::{Stats, count};
+use crate::timer::{Clock, TimerHandle, TimerTask, timeout_ms};
 
 /// Options for [`Engine::dial_with`].
 #[derive(Debug, Clone, Default)]
@@ -38,6 +39,7 @@ pub struct Engine {
     threads: Vec<JoinHandle<()>>,
     local_addrs: Vec<SocketAddr>,
     next_dial: AtomicUsize,
+    next_timer: AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -103,7 +105,9 @@ impl Engine {
         }
         let common = Arc::new(Common {
             config,
+            clock: Clock::new(Instant::now()),
             next_id: AtomicU64::new(1),
+            next_timer_seq: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             accept_paused: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
@@ -122,6 +126,7 @@ impl Engine {
             threads: Vec::with_capacity(n),
             local_addrs,
             next_dial: AtomicUsize::new(0),
+            next_timer: AtomicUsize::new(0),
         };
         for (i, (poll, mut own_listeners)) in polls.into_iter().zip(listeners).enumerate() {
             for (j, l) in own_listeners.iter_mut().enumerate() {
@@ -206,6 +211,42 @@ impl Engine {
             connect_deadline: Some(deadline),
         });
         Ok(Conn::from_shared(shared))
+    }
+
+    /// Runs `f` once after `delay` on one of the engine's pollers (chosen round robin), unless
+    /// the returned handle was cancelled or the engine shut down first. It fires at most one
+    /// `timer_tick` late, never early. Keep it short: it runs on a poller thread between I/O
+    /// events.
+    ///
+    /// ```no_run
+    /// # fn demo(engine: &netpoll::Engine) {
+    /// use std::time::Duration;
+    /// let timer = engine.after(Duration::from_secs(1), || println!("one second later"));
+    /// timer.cancel(); // changed our mind: it never runs
+    /// # }
+    /// ```
+    pub fn after(&self, delay: Duration, f: impl FnOnce() + Send + 'static) -> TimerHandle {
+        let mut f = Some(f);
+        let task = TimerTask::Engine(Box::new(move || {
+            if let Some(f) = f.take() {
+                f()
+            }
+        }));
+        poller::schedule(self.next_timer_poller(), delay, 0, task)
+    }
+
+    /// Runs `f` every `period` (at least 1 ms) on one of the engine's pollers until the handle
+    /// is cancelled or the engine shuts down. Runs missed while the poller was busy are
+    /// skipped, not bunched.
+    pub fn every(&self, period: Duration, f: impl FnMut() + Send + 'static) -> TimerHandle {
+        let task = TimerTask::Engine(Box::new(f));
+        let period_ms = timeout_ms(Some(period));
+        poller::schedule(self.next_timer_poller(), period, period_ms, task)
+    }
+
+    fn next_timer_poller(&self) -> &Arc<PollerShared> {
+        let i = self.next_timer.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
+        &self.pollers[i]
     }
 
     /// Counters summed over all pollers.

@@ -10,6 +10,9 @@
 //!   per-connection state that needs no locks.
 //! - [`Conn`]: a `Clone + Send + Sync` handle; [`Conn::write`] from any thread delivers each
 //!   message whole and in each writer's order, bounded by `max_outbound_bytes`.
+//! - Time: refreshed write and read deadlines per connection (builder defaults, per-connection
+//!   overrides, Go-style absolute deadlines) and user timers ([`Engine::after`],
+//!   [`Conn::every`], ...), all on one [`timer::TimerWheel`] per poller.
 //!
 //! ```no_run
 //! use netpoll::{Conn, Engine, Handler};
@@ -40,11 +43,12 @@ mod error;
 mod handler;
 mod poller;
 mod stats;
-mod timer;
+pub mod timer;
 
-pub use builder::{AcceptMode, EngineBuilder, EngineConfig, OverflowPolicy};
+pub use builder::{AcceptMode, EngineBuilder, EngineConfig, OverflowPolicy, ReadRefresh};
 pub use conn::{CloseReason, Conn, ConnId, OutboundBuffer};
 pub use engine::{DialOptions, Engine};
 pub use error::{ConfigError, Error, WriteError};
 pub use handler::Handler;
 pub use stats::Stats;
+pub use timer::TimerHandle;

@@ -8,21 +8,22 @@
 //! and is the only thread that reads, closes or frees it.
 
 pub(crate) mod outbound;
+mod time;
 
 use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
-use crate::builder::OverflowPolicy;
+use crate::builder::{OverflowPolicy, ReadRefresh};
 use crate::error::WriteError;
-use crate::poller::{self, Command, PollerShared, TimerKind};
+use crate::poller::{self, Command, PollerShared};
 use crate::stats::count;
+use crate::timer::timeout_ms;
 pub use outbound::OutboundBuffer;
 
 /// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
@@ -109,18 +110,27 @@ pub(crate) struct ConnIo {
     pub(crate) corked: bool,
     /// Queued bytes crossed the low watermark; `on_drained` is owed when they fall back.
     pub(crate) above_low_water: bool,
-    /// The write timeout in force for this connection (builder default or override).
-    pub(crate) write_timeout: Option<Duration>,
-    /// Set while bytes are queued: when it passes with bytes still queued the connection
-    /// closes with `WriteTimeout`. Refreshed on every flush that makes progress, cleared when
-    /// the queue drains, whoever drained it.
-    pub(crate) write_deadline: Option<Instant>,
-    pub(crate) read_timeout: Option<Duration>,
-    /// Refreshed whenever bytes arrive; when it passes the connection closes with `ReadTimeout`.
-    pub(crate) read_deadline: Option<Instant>,
+    /// The write timeout in force (builder default or override), in ms; 0 = none.
+    pub(crate) write_timeout: u32,
+    /// The read (idle) timeout in force, in ms; 0 = none.
+    pub(crate) read_timeout: u32,
+    /// Set while bytes are queued (ms on the engine clock, 0 = none): when it passes with bytes
+    /// still queued the connection closes with `WriteTimeout`. Refreshed on every flush that
+    /// makes progress, cleared when the queue drains, whoever drained it; unless `write_fixed`.
+    pub(crate) write_deadline: u64,
+    /// When it passes the connection closes with `ReadTimeout`. Refreshed when bytes arrive
+    /// (or on `touch_read`, see `read_manual`) unless `read_fixed`.
+    pub(crate) read_deadline: u64,
     /// The poller has a wheel entry watching `write_deadline` / `read_deadline`.
     pub(crate) write_watched: bool,
     pub(crate) read_watched: bool,
+    /// `write_deadline` was set as an absolute instant: progress does not move it and draining
+    /// does not clear it.
+    pub(crate) write_fixed: bool,
+    /// `read_deadline` was set as an absolute instant: nothing moves it.
+    pub(crate) read_fixed: bool,
+    /// Only [`Conn::touch_read`] refreshes the read deadline, not every arriving byte.
+    pub(crate) read_manual: bool,
 }
 
 impl ConnIo {
@@ -152,10 +162,12 @@ impl ConnShared {
         poller: Arc<PollerShared>,
         phase: Phase,
     ) -> Self {
+        let config = &poller.common.config;
         let (write_timeout, read_timeout) = (
-            poller.common.config.write_timeout,
-            poller.common.config.read_timeout,
+            timeout_ms(config.write_timeout),
+            timeout_ms(config.read_timeout),
         );
+        let read_manual = config.read_refresh == ReadRefresh::Manual;
         ConnShared {
             id,
             peer,
@@ -168,11 +180,14 @@ impl ConnShared {
                 corked: false,
                 above_low_water: false,
                 write_timeout,
-                write_deadline: None,
                 read_timeout,
-                read_deadline: None,
+                write_deadline: 0,
+                read_deadline: 0,
                 write_watched: false,
                 read_watched: false,
+                write_fixed: false,
+                read_fixed: false,
+                read_manual,
             }),
         }
     }
@@ -373,64 +388,6 @@ impl Conn {
                 self.request_close(crate::CloseReason::Io(kind), false);
                 Err(WriteError::Io(kind))
             }
-        }
-    }
-
-    /// Bytes were just queued behind a full socket by a thread other than the poller: start
-    /// the write deadline and make sure the poller watches it (a peer that never reads raises
-    /// no writable edge, so the poller would not otherwise look). Corked writes are armed by
-    /// the poller's own flush instead, with its loop clock.
-    fn arm_write_deadline(&self, io: &mut ConnIo) {
-        if let Some(t) = io.write_timeout
-            && io.write_deadline.is_none()
-        {
-            io.write_deadline = Some(Instant::now() + t);
-            self.watch(io, TimerKind::Write);
-        }
-    }
-
-    fn watch(&self, io: &mut ConnIo, kind: TimerKind) {
-        let flag = match kind {
-            TimerKind::Write => &mut io.write_watched,
-            TimerKind::Read => &mut io.read_watched,
-            TimerKind::Stage => return,
-        };
-        if !*flag {
-            *flag = true;
-            self.shared.poller.send(Command::Watch {
-                conn: self.shared.clone(),
-                kind,
-            });
-        }
-    }
-
-    /// Sets (or with `None` clears) this connection's write timeout, overriding the builder's
-    /// `write_timeout`. Takes effect at once: with bytes queued the deadline becomes now +
-    /// `timeout`; cleared, a stuck connection is no longer closed for it.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
-        let mut io = self.shared.lock();
-        io.write_timeout = timeout;
-        io.write_deadline = match timeout {
-            Some(t) if !io.out.is_empty() => Some(Instant::now() + t),
-            _ => None,
-        };
-        if io.write_deadline.is_some() {
-            self.watch(&mut io, TimerKind::Write);
-        }
-    }
-
-    /// Sets (or with `None` clears) this connection's read (idle) timeout, overriding the
-    /// builder's `read_timeout`. The deadline restarts at now + `timeout` and moves on
-    /// whenever bytes arrive.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
-        let mut io = self.shared.lock();
-        if io.phase == Phase::Closed {
-            return;
-        }
-        io.read_timeout = timeout;
-        io.read_deadline = timeout.map(|t| Instant::now() + t);
-        if io.read_deadline.is_some() {
-            self.watch(&mut io, TimerKind::Read);
         }
     }
 

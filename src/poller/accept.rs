@@ -109,7 +109,7 @@ impl<H: Handler> Poller<H> {
 
     fn pause_accept(&mut self, why: &str, error: Option<&io::Error>) {
         let backoff = self.config().accept_backoff;
-        self.accept_resume_at = Some(self.now + backoff);
+        self.accept_resume_at = Some(self.now + backoff.as_millis() as u64);
         self.shared
             .common
             .accept_paused

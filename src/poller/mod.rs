@@ -10,6 +10,7 @@
 //! a connection keeps up, and no `epoll_ctl` is ever needed to turn it on or off.
 
 mod accept;
+mod timers;
 
 pub(crate) use accept::configure_stream;
 
@@ -30,7 +31,9 @@ use crate::builder::EngineConfig;
 use crate::conn::{CloseReason, Conn, ConnShared, Phase};
 use crate::handler::Handler;
 use crate::stats::{PollerStats, count};
-use crate::timer::TimerWheel;
+use crate::timer::{Clock, TimerState, TimerWheel, UserTimer};
+
+pub(crate) use timers::schedule;
 
 /// Token of the poller's waker.
 const WAKER: Token = Token(usize::MAX);
@@ -52,7 +55,11 @@ pub(crate) fn listener_token(i: usize) -> usize {
 #[derive(Debug)]
 pub(crate) struct Common {
     pub(crate) config: EngineConfig,
+    /// Deadlines are milliseconds on this clock.
+    pub(crate) clock: Clock,
     pub(crate) next_id: AtomicU64,
+    /// Creation order of user timers.
+    pub(crate) next_timer_seq: AtomicU64,
     /// Connections counted against `max_connections`: from accept or dial until closed.
     pub(crate) open: AtomicUsize,
     /// An acceptor paused; the next connection to free its socket wakes the acceptors.
@@ -69,6 +76,8 @@ pub(crate) enum TimerKind {
     Write,
     /// `ConnIo::read_deadline`.
     Read,
+    /// A user timer; the token names it in the poller's timer slab.
+    User,
 }
 
 /// Requests from other threads, executed by the poller in order.
@@ -88,6 +97,8 @@ pub(crate) enum Command {
         reason: CloseReason,
         graceful: bool,
     },
+    AddTimer(Box<UserTimer>),
+    CancelTimer(Arc<TimerState>),
     ResumeAccept,
     Shutdown {
         deadline: Instant,
@@ -169,6 +180,18 @@ thread_local! {
     /// Small coalescing buffers returned by drained connections, reused by the next corked
     /// write on this poller: a callback that echoes small messages allocates nothing.
     static TAIL_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// The running poller's loop time (ms on the engine clock), read once per iteration.
+    static LOOP_NOW_MS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The engine clock now, as `poller`'s connections should see it: its loop time on its own
+/// thread (callbacks read no clock), a fresh reading on any other.
+pub(crate) fn now_ms(poller: &PollerShared) -> u64 {
+    if is_current(poller) {
+        LOOP_NOW_MS.with(Cell::get)
+    } else {
+        poller.common.clock.ms(Instant::now())
+    }
 }
 
 /// Most spare tail buffers a poller keeps (each at most 8 KiB).
@@ -192,18 +215,19 @@ pub(crate) fn cork(token: usize) {
 /// Where a connection is in its life, as only the poller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
+    /// Deadlines are ms on the engine clock.
     Connecting {
-        deadline: Instant,
+        deadline: u64,
     },
     Open,
     /// Closed for the user; flushing queued bytes before the FIN.
     Flushing {
-        deadline: Instant,
+        deadline: u64,
     },
     /// FIN sent; waiting for the peer's FIN so that closing cannot turn into a reset that
     /// destroys data still in flight.
     Lingering {
-        deadline: Instant,
+        deadline: u64,
     },
 }
 
@@ -227,15 +251,20 @@ pub(crate) struct Poller<H: Handler> {
     listeners: Vec<TcpListener>,
     wheel: TimerWheel<(usize, TimerKind)>,
     due: Vec<(usize, TimerKind)>,
+    /// User timers (`after` / `every`), named by `generation << 32 | slot` tokens.
+    timers: Slab<UserTimer>,
+    /// Scratch list of user timers due this iteration: (deadline, seq, token).
+    due_timers: Vec<(u64, u64, usize)>,
     /// Connections whose reads the fairness budget cut short; continued next iteration.
     backlog: VecDeque<usize>,
     inbox: Vec<Command>,
     /// Accepting is paused until then (descriptor exhaustion or the connection limit).
-    accept_resume_at: Option<Instant>,
+    accept_resume_at: Option<u64>,
     next_gen: u32,
     next_target: usize,
-    shutdown_deadline: Option<Instant>,
-    now: Instant,
+    shutdown_deadline: Option<u64>,
+    /// This iteration's time, ms on the engine clock (also in `LOOP_NOW_MS`).
+    now: u64,
 }
 
 impl<H: Handler> Poller<H> {
@@ -247,11 +276,13 @@ impl<H: Handler> Poller<H> {
         listeners: Vec<TcpListener>,
     ) -> Self {
         let config = &shared.common.config;
-        let now = Instant::now();
+        let now = shared.common.clock.ms(Instant::now());
         Poller {
             events: Events::with_capacity(config.events_capacity),
             read_buf: vec![0u8; config.read_buffer_size].into_boxed_slice(),
-            wheel: TimerWheel::new(config.timer_tick, now),
+            wheel: TimerWheel::new((config.timer_tick.as_millis() as u64).max(1)),
+            timers: Slab::new(),
+            due_timers: Vec::new(),
             next_target: shared.index,
             shared,
             all,
@@ -286,7 +317,8 @@ impl<H: Handler> Poller<H> {
                 tracing::error!(poller = self.shared.index, error = %e, "poll failed; poller stops");
                 break;
             }
-            self.now = Instant::now();
+            self.now = self.shared.common.clock.ms(Instant::now());
+            LOOP_NOW_MS.with(|c| c.set(self.now));
             std::mem::swap(&mut events, &mut self.events);
             for ev in events.iter() {
                 self.dispatch(ev);
@@ -307,6 +339,7 @@ impl<H: Handler> Poller<H> {
             }
         }
         self.free_all();
+        self.drop_timers();
         CURRENT.with(|c| c.set(std::ptr::null()));
         debug!(poller = self.shared.index, "poller stopped");
     }
@@ -315,16 +348,17 @@ impl<H: Handler> Poller<H> {
         if !self.backlog.is_empty() || self.shared.has_commands() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
+        let now = self.shared.common.clock.ms(Instant::now());
         let mut timeout = self.wheel.next_timeout(now);
         for at in [self.accept_resume_at, self.shutdown_deadline]
             .into_iter()
             .flatten()
         {
-            let d = at.saturating_duration_since(now);
+            let d = at.saturating_sub(now);
             timeout = Some(timeout.map_or(d, |t| t.min(d)));
         }
-        timeout
+        // `now` is rounded down, so this never wakes before the deadline's millisecond.
+        timeout.map(Duration::from_millis)
     }
 
     fn dispatch(&mut self, ev: &mio::event::Event) {
@@ -404,8 +438,12 @@ impl<H: Handler> Poller<H> {
                     return;
                 };
                 let result = read_retrying(socket, &mut self.read_buf);
-                if let (Ok(1..), Some(t)) = (&result, io.read_timeout) {
-                    io.read_deadline = Some(self.now + t); // a plain store; the wheel checks lazily
+                if matches!(result, Ok(1..))
+                    && io.read_timeout != 0
+                    && !(io.read_manual || io.read_fixed)
+                {
+                    // A plain store; the wheel entry checks it lazily.
+                    io.read_deadline = Clock::deadline(self.now, io.read_timeout);
                 }
                 result
             };
@@ -595,16 +633,21 @@ impl<H: Handler> Poller<H> {
                 count(&stats.bytes_out, written);
             }
             // The write deadline: cleared once drained, whichever path drained it; refreshed by
-            // progress; armed when bytes are left waiting.
+            // progress; armed when bytes are left waiting. An absolute one only gets watched.
             if io.out.is_empty() {
-                io.write_deadline = None;
-            } else if let Some(t) = io.write_timeout
-                && (written > 0 || io.write_deadline.is_none())
-            {
-                io.write_deadline = Some(self.now + t);
-                if !io.write_watched {
+                if !io.write_fixed {
+                    io.write_deadline = 0;
+                }
+            } else {
+                if !io.write_fixed
+                    && io.write_timeout != 0
+                    && (written > 0 || io.write_deadline == 0)
+                {
+                    io.write_deadline = Clock::deadline(self.now, io.write_timeout);
+                }
+                if io.write_deadline != 0 && !io.write_watched {
                     io.write_watched = true;
-                    watch_write = io.write_deadline;
+                    watch_write = Some(io.write_deadline);
                 }
             }
             let empty = with_tail_pool(|pool| io.out.release_into(pool, TAIL_POOL_MAX));
@@ -706,7 +749,7 @@ impl<H: Handler> Poller<H> {
             self.free(slot);
             return;
         }
-        let mut deadline = self.now + self.config().close_timeout;
+        let mut deadline = self.now + self.config().close_timeout.as_millis() as u64;
         if let Some(d) = self.shutdown_deadline {
             deadline = deadline.min(d);
         }
@@ -717,7 +760,7 @@ impl<H: Handler> Poller<H> {
     }
 
     /// Everything is flushed: send the FIN and wait for the peer's.
-    fn send_fin(&mut self, slot: usize, deadline: Instant) {
+    fn send_fin(&mut self, slot: usize, deadline: u64) {
         let c = &mut self.conns[slot];
         if let Some(socket) = c.conn.shared.lock().socket.as_ref() {
             let _ = socket.shutdown(Shutdown::Write);
@@ -769,6 +812,8 @@ impl<H: Handler> Poller<H> {
 
     /// Registers a connection with this poller.
     fn adopt(&mut self, shared: Arc<ConnShared>, connect_deadline: Option<Instant>) {
+        let clock = self.shared.common.clock;
+        let connect_deadline = connect_deadline.map(|at| clock.deadline_at(at));
         let conn = Conn::from_shared(shared);
         if self.shutdown_deadline.is_some() {
             self.reject(conn, connect_deadline.is_some(), "engine is shutting down");
@@ -845,12 +890,13 @@ impl<H: Handler> Poller<H> {
         c.stage = Stage::Open;
         {
             let mut io = c.conn.shared.lock();
-            if let Some(t) = io.read_timeout {
-                io.read_deadline = Some(self.now + t);
-                if !io.read_watched {
-                    io.read_watched = true;
-                    self.wheel.insert(self.now + t, (c.token, TimerKind::Read));
-                }
+            if io.read_timeout != 0 && !io.read_fixed {
+                io.read_deadline = Clock::deadline(self.now, io.read_timeout);
+            }
+            if io.read_deadline != 0 && !io.read_watched {
+                io.read_watched = true;
+                self.wheel
+                    .insert(io.read_deadline, (c.token, TimerKind::Read));
             }
         }
         let stats = &self.shared.stats;
@@ -928,20 +974,25 @@ impl<H: Handler> Poller<H> {
                     !io.out.is_empty(),
                 ),
                 TimerKind::Read => (&mut io.read_deadline, &mut io.read_watched, true),
-                TimerKind::Stage => return,
+                TimerKind::Stage | TimerKind::User => return,
             };
             match *deadline {
-                Some(d) if armed && self.now >= d => {
+                0 => {
+                    *watched = false;
+                    false
+                }
+                d if armed && self.now >= d => {
                     *watched = false;
                     true
                 }
-                Some(d) if armed => {
+                d if armed => {
                     *watched = true;
                     self.wheel.insert(d, (token, kind));
                     false
                 }
+                // Nothing queued: a timeout deadline is over (the flush that drained the queue
+                // cleared it already); an absolute one stays for the next queued bytes.
                 _ => {
-                    *deadline = None;
                     *watched = false;
                     false
                 }
@@ -990,19 +1041,25 @@ impl<H: Handler> Poller<H> {
                         self.check_deadline(token, kind);
                     }
                 }
+                Command::AddTimer(timer) => self.add_timer(timer),
+                Command::CancelTimer(state) => self.cancel_timer(&state),
                 Command::ResumeAccept => self.resume_accept(),
-                Command::Shutdown { deadline } => self.start_shutdown(deadline),
+                Command::Shutdown { deadline } => {
+                    let deadline = self.shared.common.clock.deadline_at(deadline);
+                    self.start_shutdown(deadline)
+                }
             }
         }
         self.inbox = inbox;
     }
 
-    fn start_shutdown(&mut self, deadline: Instant) {
+    fn start_shutdown(&mut self, deadline: u64) {
         if self.shutdown_deadline.is_some() {
             return;
         }
         debug!(poller = self.shared.index, "shutting down");
         self.shutdown_deadline = Some(deadline);
+        self.drop_timers();
         self.listeners.clear();
         self.accept_resume_at = None;
         let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -1022,9 +1079,16 @@ impl<H: Handler> Poller<H> {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now, &mut due);
         for (token, kind) in due.drain(..) {
-            if kind != TimerKind::Stage {
-                self.check_deadline(token, kind);
-                continue;
+            match kind {
+                TimerKind::Stage => {}
+                TimerKind::User => {
+                    self.timer_due(token);
+                    continue;
+                }
+                TimerKind::Read | TimerKind::Write => {
+                    self.check_deadline(token, kind);
+                    continue;
+                }
             }
             let slot = token & SLOT_MASK;
             let Some(c) = self.conns.get(slot).filter(|c| c.token == token) else {
@@ -1051,6 +1115,7 @@ impl<H: Handler> Poller<H> {
             }
         }
         self.due = due;
+        self.run_due_timers();
     }
 }
 
@@ -1089,7 +1154,7 @@ mod tests {
         // slab stores Option-like entries: the connection plus a discriminant word.
         let entry = std::mem::size_of::<Connection<()>>() + 8;
         eprintln!("ConnShared {shared} B, slab entry {entry} B");
-        assert!(shared <= 232, "ConnShared grew to {shared} B");
-        assert!(entry <= 96, "slab entry grew to {entry} B");
+        assert!(shared <= 184, "ConnShared grew to {shared} B");
+        assert!(entry <= 72, "slab entry grew to {entry} B");
     }
 }
