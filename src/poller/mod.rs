@@ -1041,7 +1041,7 @@ impl<H: Handler> Poller<H> {
                         self.check_deadline(token, kind);
                     }
                 }
-                Command::AddTimer(timer) => self.add_timer(timer),
+                Command::AddTimer(timer) => self.add_timer(*timer),
                 Command::CancelTimer(state) => self.cancel_timer(&state),
                 Command::ResumeAccept => self.resume_accept(),
                 Command::Shutdown { deadline } => {

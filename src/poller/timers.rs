@@ -47,7 +47,7 @@ pub(crate) fn schedule(
 }
 
 impl<H: Handler> Poller<H> {
-    pub(super) fn add_timer(&mut self, timer: Box<UserTimer>) {
+    pub(super) fn add_timer(&mut self, timer: UserTimer) {
         if self.shutdown_deadline.is_some() || timer.state.cancelled.load(Ordering::Acquire) {
             finish(&timer.state);
             return;
@@ -58,7 +58,7 @@ impl<H: Handler> Poller<H> {
         let token = ((self.next_gen as usize) << SLOT_BITS) | slot;
         timer.state.token.store(token, Ordering::Release);
         self.wheel.insert(timer.deadline, (token, TimerKind::User));
-        entry.insert(*timer);
+        entry.insert(timer);
     }
 
     /// Drops a cancelled timer now rather than when its slot comes round, so a cancelled
@@ -119,7 +119,7 @@ impl<H: Handler> Poller<H> {
         let once = t.period_ms == 0;
         let (ok, conn_slot) = match &mut t.task {
             TimerTask::Engine(f) => {
-                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())).is_ok();
+                let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
                 if !ok {
                     error!(
                         poller = self.shared.index,
