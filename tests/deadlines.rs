@@ -271,3 +271,163 @@ fn builder_rejects_zero_timeouts() {
         .unwrap_err();
     assert_eq!(e.field, "read_timeout");
 }
+
+/// Consumes complete `\n`-terminated lines and tells the engine a message arrived for each:
+/// a stand-in for a protocol layer under `ReadRefresh::Manual`.
+struct LineProtocol {
+    tx: mpsc::Sender<Event>,
+}
+
+impl Handler for LineProtocol {
+    type State = ();
+    fn on_open(&mut self, conn: &Conn) {
+        let _ = self.tx.send(Event::Open(conn.clone()));
+    }
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+        match data.iter().rposition(|&b| b == b'\n') {
+            Some(end) => {
+                conn.touch_read();
+                end + 1
+            }
+            None => 0, // a partial line: keep it, do not refresh
+        }
+    }
+    fn on_close(&mut self, conn: &Conn, _: (), reason: CloseReason) {
+        let _ = self.tx.send(Event::Close(conn.id(), reason));
+    }
+}
+
+/// Sends `chunk` every 100 ms for `n` rounds on another thread.
+fn trickle(mut s: TcpStream, chunk: &'static [u8], n: usize) -> std::thread::JoinHandle<TcpStream> {
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            if s.write_all(chunk).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    })
+}
+
+#[test]
+fn manual_read_refresh_closes_a_slow_loris_but_not_a_peer_sending_whole_messages() {
+    let (tx, rx) = mpsc::channel();
+    let timeout = Duration::from_millis(400);
+    let engine = Engine::builder()
+        .pollers(1)
+        .timer_tick(Duration::from_millis(10))
+        .read_timeout(Some(timeout))
+        .read_refresh(netpoll::ReadRefresh::Manual)
+        .listen("127.0.0.1:0")
+        .start(|_| LineProtocol { tx: tx.clone() })
+        .unwrap();
+    let addr = engine.local_addrs()[0];
+    let loris = trickle(client(addr), b"x", 15); // one byte of a never-ending line per 100 ms
+    let loris_conn = next_open(&rx);
+    let t0 = Instant::now();
+    let talker = trickle(client(addr), b"hello\n", 15); // a whole message per 100 ms
+    let talker_conn = next_open(&rx);
+    assert_eq!(wait_close(&rx, loris_conn.id()), CloseReason::ReadTimeout);
+    let took = t0.elapsed();
+    assert!(
+        took >= timeout - Duration::from_millis(5) && took < timeout + Duration::from_millis(400),
+        "slow loris closed after {took:?}"
+    );
+    let _ = loris.join();
+    let _ = talker.join();
+    assert!(
+        talker_conn.is_open(),
+        "whole messages every 100 ms must keep a 400 ms read deadline alive for 1.5 s"
+    );
+}
+
+#[test]
+fn any_data_refresh_keeps_a_trickling_peer_alive() {
+    // The contrast: under the default mode the same trickle counts as activity.
+    let builder = Engine::builder()
+        .pollers(1)
+        .timer_tick(Duration::from_millis(10))
+        .read_timeout(Some(Duration::from_millis(400)));
+    let (_engine, addr, rx) = start(builder, Mode::Hoard);
+    let loris = trickle(client(addr), b"x", 12);
+    let conn = next_open(&rx);
+    let _ = loris.join();
+    assert!(conn.is_open(), "any byte refreshes the deadline by default");
+}
+
+#[test]
+fn absolute_write_deadline_is_not_moved_by_progress_and_survives_draining() {
+    // Builder timeout 30 s: only the absolute deadline can close these connections.
+    let (engine, addr, rx) = start(base(Some(Duration::from_secs(30))), Mode::Sink);
+    let mut reader = small_client(addr);
+    let healthy = next_open(&rx);
+    // A healthy reader that keeps making progress is still closed at the fixed instant.
+    let t0 = Instant::now();
+    let deadline = Duration::from_millis(500);
+    healthy.set_write_deadline(Some(t0 + deadline));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = keep_queue_full(healthy.clone(), stop.clone());
+    let drain = std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while reader.read(&mut buf).is_ok_and(|n| n > 0) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(wait_close(&rx, healthy.id()), CloseReason::WriteTimeout);
+    let took = t0.elapsed();
+    assert!(
+        took >= deadline && took < deadline + Duration::from_millis(400),
+        "{took:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    let _ = drain.join();
+
+    // A deadline that passes while nothing is queued closes nothing then, but bytes queued
+    // after it are already late.
+    let _idle_peer = small_client(addr);
+    let idle = next_open(&rx);
+    idle.set_write_deadline(Some(Instant::now() + Duration::from_millis(100)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(idle.is_open(), "nothing was queued: nothing to time out");
+    let chunk = Bytes::from(vec![b'l'; 8192]);
+    while idle.pending_bytes() < 64 * 1024 {
+        idle.write(chunk.clone()).unwrap();
+    }
+    let t1 = Instant::now();
+    assert_eq!(wait_close(&rx, idle.id()), CloseReason::WriteTimeout);
+    assert!(
+        t1.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t1.elapsed()
+    );
+
+    // `None` removes every write deadline, the builder's timeout included.
+    let _stuck_peer = small_client(addr);
+    let cleared = next_open(&rx);
+    cleared.set_write_deadline(Some(Instant::now()));
+    cleared.set_write_deadline(None);
+    while cleared.pending_bytes() < 64 * 1024 {
+        cleared.write(chunk.clone()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cleared.is_open());
+    assert_eq!(engine.stats().closed(CloseReason::WriteTimeout), 2);
+}
+
+#[test]
+fn absolute_read_deadline_closes_a_chatty_peer_at_that_instant() {
+    let (_engine, addr, rx) = start(base(None), Mode::Sink);
+    let chatty = trickle(client(addr), b"...", 10);
+    let conn = next_open(&rx);
+    let t0 = Instant::now();
+    conn.set_read_deadline(Some(t0 + Duration::from_millis(300)));
+    assert_eq!(wait_close(&rx, conn.id()), CloseReason::ReadTimeout);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+    let _ = chatty.join();
+}
