@@ -19,7 +19,7 @@ impl Handler for Echo {
 
     fn on_open(&mut self, _conn: &Conn) {}
 
-    fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &mut [u8]) -> usize {
         // Inside a callback the write is corked: one writev per connection per loop iteration.
         // If the peer does not read, the outbound limit refuses the write; an echo server then
         // drops the connection rather than the bytes.

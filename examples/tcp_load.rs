@@ -46,7 +46,7 @@ impl Handler for Load {
         self.msg.len()
     }
 
-    fn on_data(&mut self, conn: &Conn, left: &mut usize, data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, left: &mut usize, data: &mut [u8]) -> usize {
         let mut n = data.len();
         while n > 0 {
             let take = n.min(*left);

@@ -97,7 +97,7 @@ impl EngineConfig {
 /// impl Handler for Echo {
 ///     type State = ();
 ///     fn on_open(&mut self, _conn: &Conn) {}
-///     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &[u8]) -> usize {
+///     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &mut [u8]) -> usize {
 ///         let _ = conn.write_slice(data);
 ///         data.len()
 ///     }

@@ -66,6 +66,7 @@ impl From<io::Error> for Error {
 /// Why a write was not accepted. A refused message was not sent at all: messages are queued
 /// whole or not at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WriteError {
     /// The connection is closed or closing (also for a handle that outlived its connection).
     Closed,
@@ -81,6 +82,9 @@ pub enum WriteError {
     },
     /// The socket failed (peer reset, broken pipe); the connection is now closing.
     Io(io::ErrorKind),
+    /// The message is not valid for the protocol (a WebSocket text message that is not UTF-8,
+    /// a control frame payload over 125 bytes); nothing was sent.
+    Invalid(&'static str),
 }
 
 impl fmt::Display for WriteError {
@@ -96,6 +100,7 @@ impl fmt::Display for WriteError {
                 "outbound limit exceeded: {pending} bytes queued + {len} > {limit}"
             ),
             WriteError::Io(kind) => write!(f, "socket error: {kind}"),
+            WriteError::Invalid(why) => write!(f, "invalid message: {why}"),
         }
     }
 }

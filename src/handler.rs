@@ -1,6 +1,7 @@
 //! The callback interface an application implements.
 
 use std::io;
+use std::time::Duration;
 
 use crate::conn::{CloseReason, Conn};
 
@@ -20,13 +21,15 @@ pub trait Handler: Send + 'static {
     /// A connection is established (accepted, or a dial completed).
     fn on_open(&mut self, conn: &Conn) -> Self::State;
 
-    /// Bytes arrived. `data` borrows the poller's read buffer and cannot outlive the call.
+    /// Bytes arrived. `data` borrows the poller's read buffer and cannot outlive the call. It
+    /// is mutable so a protocol layer can transform it in place (a WebSocket server unmasks
+    /// frames there instead of copying them).
     ///
     /// Returns how many bytes were consumed. Unconsumed bytes (a partial frame, say) are kept
     /// in a per-connection buffer, allocated only then, and presented again at the start of
     /// `data` on the next call. A handler that lets more than `max_inbound_bytes` pile up is
     /// closed with [`CloseReason::InboundOverflow`].
-    fn on_data(&mut self, conn: &Conn, state: &mut Self::State, data: &[u8]) -> usize;
+    fn on_data(&mut self, conn: &Conn, state: &mut Self::State, data: &mut [u8]) -> usize;
 
     /// The connection closed. Runs exactly once for every connection that was opened, and is
     /// the last callback for it. Bytes still queued by a graceful close keep flushing after it.
@@ -40,10 +43,49 @@ pub trait Handler: Send + 'static {
         let _ = (conn, state);
     }
 
+    /// The read deadline passed (see
+    /// [`EngineBuilder::read_timeout`](crate::EngineBuilder::read_timeout)). The default closes
+    /// the connection with [`CloseReason::ReadTimeout`]; a protocol layer may probe the peer
+    /// instead (a WebSocket ping) and ask for more time.
+    fn on_idle(&mut self, conn: &Conn, state: &mut Self::State) -> IdleAction {
+        let _ = (conn, state);
+        IdleAction::Close
+    }
+
+    /// The engine is shutting down. The default lets the engine close the connection
+    /// gracefully at once. A protocol layer that wants its own goodbye (a WebSocket close
+    /// frame with 1001 Going Away) sends it, returns [`ShutdownAction::Wait`] and closes the
+    /// connection itself when the peer answers; the engine closes whatever is left at the
+    /// shutdown deadline.
+    fn on_shutdown(&mut self, conn: &Conn, state: &mut Self::State) -> ShutdownAction {
+        let _ = (conn, state);
+        ShutdownAction::Close
+    }
+
     /// A connection from [`Engine::dial`](crate::Engine::dial) could not be established
     /// (refused, unreachable, timed out, or the engine shut down first). No other callback
     /// runs for it.
     fn on_connect_error(&mut self, conn: &Conn, error: io::Error) {
         let _ = (conn, error);
     }
+}
+
+/// What to do when a connection's read deadline passes: see [`Handler::on_idle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleAction {
+    /// Close gracefully with [`CloseReason::ReadTimeout`].
+    Close,
+    /// Keep the connection; the read deadline becomes now + the given time (data arriving
+    /// may refresh it as usual).
+    Wait(Duration),
+}
+
+/// What to do with an open connection when the engine shuts down: see
+/// [`Handler::on_shutdown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownAction {
+    /// Close it gracefully now ([`CloseReason::Shutdown`]).
+    Close,
+    /// The handler is closing it; wait for that, up to the shutdown deadline.
+    Wait,
 }

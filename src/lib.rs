@@ -21,7 +21,7 @@
 //! impl Handler for Echo {
 //!     type State = ();
 //!     fn on_open(&mut self, _conn: &Conn) {}
-//!     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &[u8]) -> usize {
+//!     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &mut [u8]) -> usize {
 //!         let _ = conn.write_slice(data); // corked: flushed once per loop iteration
 //!         data.len()
 //!     }
@@ -31,6 +31,9 @@
 //! // ... serve until done ...
 //! engine.shutdown(std::time::Duration::from_secs(5));
 //! ```
+//!
+//! - [`ws`]: a WebSocket server on the engine (sans-IO protocol core, upgrade hook,
+//!   heartbeats, limits).
 //!
 //! See `docs/ARCHITECTURE.md` for the threads and the flow of reads and writes.
 
@@ -44,11 +47,12 @@ mod handler;
 mod poller;
 mod stats;
 pub mod timer;
+pub mod ws;
 
 pub use builder::{AcceptMode, EngineBuilder, EngineConfig, OverflowPolicy, ReadRefresh};
 pub use conn::{CloseReason, Conn, ConnId, OutboundBuffer};
 pub use engine::{DialOptions, Engine};
 pub use error::{ConfigError, Error, WriteError};
-pub use handler::Handler;
+pub use handler::{Handler, IdleAction, ShutdownAction};
 pub use stats::Stats;
 pub use timer::TimerHandle;

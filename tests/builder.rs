@@ -61,7 +61,7 @@ fn start_reports_config_and_bind_errors() {
     impl netpoll::Handler for Nop {
         type State = ();
         fn on_open(&mut self, _: &netpoll::Conn) {}
-        fn on_data(&mut self, _: &netpoll::Conn, _: &mut (), d: &[u8]) -> usize {
+        fn on_data(&mut self, _: &netpoll::Conn, _: &mut (), d: &mut [u8]) -> usize {
             d.len()
         }
     }

@@ -124,7 +124,7 @@ impl Handler for Blaster {
     fn on_open(&mut self, conn: &Conn) {
         let _ = self.tx.send(Event::Open(conn.clone()));
     }
-    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         conn.write(Bytes::from(vec![b'b'; 1 << 20])).unwrap();
         data.len()
     }
@@ -283,7 +283,7 @@ impl Handler for LineProtocol {
     fn on_open(&mut self, conn: &Conn) {
         let _ = self.tx.send(Event::Open(conn.clone()));
     }
-    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         match data.iter().rposition(|&b| b == b'\n') {
             Some(end) => {
                 conn.touch_read();

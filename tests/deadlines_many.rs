@@ -40,8 +40,8 @@ struct Server {
 impl Handler for Server {
     type State = ();
     fn on_open(&mut self, _: &Conn) {}
-    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
-        for &b in data {
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
+        for &b in data.iter() {
             let len = match b {
                 b'S' => 2 << 20,
                 b'H' => {
@@ -77,7 +77,7 @@ impl Handler for Client {
             let _ = c.write_slice(ping);
         });
     }
-    fn on_data(&mut self, _: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, _: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         self.received
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         data.len()

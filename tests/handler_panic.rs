@@ -24,7 +24,7 @@ impl Handler for Fragile {
             panic!("test: on_open panics");
         }
     }
-    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         if data[0] == b'!' {
             panic!("test: on_data panics");
         }

@@ -49,7 +49,7 @@ struct Framed {
 impl Handler for Framed {
     type State = ();
     fn on_open(&mut self, _: &Conn) {}
-    fn on_data(&mut self, _: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, _: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         let mut used = 0;
         while data.len() - used >= 4 {
             let len = u32::from_be_bytes(data[used..used + 4].try_into().unwrap()) as usize;
@@ -120,7 +120,7 @@ impl Handler for EchoIfAsked {
     fn on_open(&mut self, _: &Conn) -> Option<bool> {
         None
     }
-    fn on_data(&mut self, conn: &Conn, echo: &mut Option<bool>, data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, echo: &mut Option<bool>, data: &mut [u8]) -> usize {
         if *echo.get_or_insert(data[0] == b'E') {
             conn.write_slice(data).unwrap();
         }

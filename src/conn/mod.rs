@@ -11,7 +11,7 @@ pub(crate) mod outbound;
 mod time;
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -131,6 +131,8 @@ pub(crate) struct ConnIo {
     pub(crate) read_fixed: bool,
     /// Only [`Conn::touch_read`] refreshes the read deadline, not every arriving byte.
     pub(crate) read_manual: bool,
+    /// Protocol-layer bits (`PROTO_*`), checked and set atomically with frame writes.
+    pub(crate) proto: u8,
 }
 
 impl ConnIo {
@@ -188,6 +190,7 @@ impl ConnShared {
                 write_fixed: false,
                 read_fixed: false,
                 read_manual,
+                proto: 0,
             }),
         }
     }
@@ -205,10 +208,14 @@ impl ConnShared {
 
 /// Payload of a write: shared bytes are queued as they are, slices are copied only if they
 /// cannot be written at once.
-enum Payload<'a> {
+pub(crate) enum Payload<'a> {
     Shared(Bytes),
     Slice(&'a [u8]),
 }
+
+/// Shared payloads shorter than this are copied into the coalescing tail behind a frame
+/// header rather than queued as their own chunk: a copy is cheaper than sealing the tail.
+const INLINE_SHARED_MAX: usize = 1024;
 
 impl Payload<'_> {
     fn len(&self) -> usize {
@@ -225,17 +232,37 @@ impl Payload<'_> {
         }
     }
 
-    /// Queues everything from byte `from` on.
-    fn queue_from(self, out: &mut OutboundBuffer, from: usize) {
-        match self {
-            Payload::Shared(mut b) => {
+    /// Queues everything from byte `from` on; slices through `pool` when given (on the owning
+    /// poller's thread).
+    fn queue_from(self, out: &mut OutboundBuffer, from: usize, pool: Option<&mut Vec<Vec<u8>>>) {
+        match (self, pool) {
+            (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
+                out.push_slice_pooled(&b[from..], pool)
+            }
+            (Payload::Shared(mut b), _) => {
                 bytes::Buf::advance(&mut b, from);
                 out.push(b)
             }
-            Payload::Slice(s) => out.push_slice(&s[from..]),
+            (Payload::Slice(s), Some(pool)) => out.push_slice_pooled(&s[from..], pool),
+            (Payload::Slice(s), None) => out.push_slice(&s[from..]),
         }
     }
 }
+
+/// What a protocol layer's frame write must respect, checked under the connection's lock so
+/// that it is atomic with the write itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// A plain byte write.
+    None,
+    /// A frame: refused once the closing frame was queued.
+    Frame,
+    /// The closing frame: refused if one was queued already, and marks the stream closed.
+    CloseFrame,
+}
+
+/// `ConnIo::proto` bit: the protocol's closing frame is queued; no frame may follow it.
+pub(crate) const PROTO_CLOSE_SENT: u8 = 1;
 
 /// A handle to one connection: cheap to clone, `Send + Sync`, usable from any thread.
 ///
@@ -311,13 +338,30 @@ impl Conn {
     }
 
     fn write_payload(&self, data: Payload<'_>) -> Result<(), WriteError> {
+        self.write_frame(&[], data, Gate::None)
+    }
+
+    /// Writes `head` then `body` as one unit: both or neither, never interleaved with another
+    /// writer, gated by the protocol state (see [`Gate`]).
+    pub(crate) fn write_frame(
+        &self,
+        head: &[u8],
+        body: Payload<'_>,
+        gate: Gate,
+    ) -> Result<(), WriteError> {
         let shared = &*self.shared;
         let poller = &*shared.poller;
         let on_owner = poller::is_current(poller);
-        let len = data.len();
+        let len = head.len() + body.len();
         let mut io = shared.lock();
         if io.phase == Phase::Closed {
             return Err(WriteError::Closed);
+        }
+        match gate {
+            Gate::None => {}
+            _ if io.proto & PROTO_CLOSE_SENT != 0 => return Err(WriteError::Closed),
+            Gate::Frame => {}
+            Gate::CloseFrame => io.proto |= PROTO_CLOSE_SENT,
         }
         if len == 0 {
             return Ok(());
@@ -325,6 +369,9 @@ impl Conn {
         let pending = io.out.len();
         let limit = poller.config().max_outbound_bytes;
         if pending + len > limit {
+            if gate == Gate::CloseFrame {
+                io.proto &= !PROTO_CLOSE_SENT;
+            }
             count(&poller.stats.overflows, 1);
             let err = WriteError::Overflow {
                 pending,
@@ -342,15 +389,18 @@ impl Conn {
         // end of this loop iteration if corked, the writable edge otherwise), while connecting,
         // or when corking on the owning poller.
         if pending != 0 || io.phase == Phase::Connecting || on_owner {
-            match data {
-                Payload::Slice(s) if on_owner => {
-                    poller::with_tail_pool(|pool| io.out.push_slice_pooled(s, pool))
+            if on_owner {
+                poller::with_tail_pool(|pool| {
+                    io.out.push_slice_pooled(head, pool);
+                    body.queue_from(&mut io.out, 0, Some(pool));
+                });
+                if !io.corked && io.phase == Phase::Open {
+                    io.corked = true;
+                    poller::cork(shared.token());
                 }
-                data => data.queue_from(&mut io.out, 0),
-            }
-            if on_owner && !io.corked && io.phase == Phase::Open {
-                io.corked = true;
-                poller::cork(shared.token());
+            } else {
+                io.out.push_slice(head);
+                body.queue_from(&mut io.out, 0, None);
             }
             self.note_watermark(&mut io);
             return Ok(());
@@ -358,7 +408,12 @@ impl Conn {
         let socket = io.socket.as_ref().expect("open connection has a socket");
         let mut sock = socket;
         let result = loop {
-            match sock.write(data.as_slice()) {
+            let r = if head.is_empty() {
+                sock.write(body.as_slice())
+            } else {
+                sock.write_vectored(&[IoSlice::new(head), IoSlice::new(body.as_slice())])
+            };
+            match r {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r,
             }
@@ -369,14 +424,20 @@ impl Conn {
                 count(&poller.stats.bytes_out, n as u64);
                 if n < len {
                     // Short write: the socket buffer is full and the writable edge is armed.
-                    data.queue_from(&mut io.out, n);
+                    if n < head.len() {
+                        io.out.push_slice(&head[n..]);
+                        body.queue_from(&mut io.out, 0, None);
+                    } else {
+                        body.queue_from(&mut io.out, n - head.len(), None);
+                    }
                     self.note_watermark(&mut io);
                     self.arm_write_deadline(&mut io);
                 }
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                data.queue_from(&mut io.out, 0);
+                io.out.push_slice(head);
+                body.queue_from(&mut io.out, 0, None);
                 self.note_watermark(&mut io);
                 self.arm_write_deadline(&mut io);
                 Ok(())

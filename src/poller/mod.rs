@@ -29,9 +29,9 @@ use tracing::{debug, warn};
 
 use crate::builder::EngineConfig;
 use crate::conn::{CloseReason, Conn, ConnShared, Phase};
-use crate::handler::Handler;
+use crate::handler::{Handler, IdleAction, ShutdownAction};
 use crate::stats::{PollerStats, count};
-use crate::timer::{Clock, TimerState, TimerWheel, UserTimer};
+use crate::timer::{Clock, TimerState, TimerWheel, UserTimer, timeout_ms};
 
 pub(crate) use timers::schedule;
 
@@ -503,7 +503,7 @@ impl<H: Handler> Poller<H> {
             ..
         } = c;
         let Some(state) = user.as_mut() else { return };
-        let fresh = &self.read_buf[..n];
+        let fresh = &mut self.read_buf[..n];
         let handler = &mut self.handler;
         let mut panicked = false;
         let overflow = if inbound.is_empty() {
@@ -526,7 +526,7 @@ impl<H: Handler> Poller<H> {
             true
         } else {
             inbound.extend_from_slice(fresh);
-            let kept: &[u8] = inbound;
+            let kept: &mut [u8] = inbound;
             match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
                 None => panicked = true,
                 Some(used) => {
@@ -1002,9 +1002,30 @@ impl<H: Handler> Poller<H> {
             match kind {
                 // The peer stopped reading: what is queued cannot be delivered.
                 TimerKind::Write => self.begin_close(slot, CloseReason::WriteTimeout, false),
-                // Idle: close gracefully, anything queued still goes out.
-                _ => self.begin_close(slot, CloseReason::ReadTimeout, true),
+                _ => self.read_deadline_passed(slot),
             }
+        }
+    }
+
+    /// Idle: ask the handler; by default close gracefully (anything queued still goes out).
+    fn read_deadline_passed(&mut self, slot: usize) {
+        let c = &mut self.conns[slot];
+        let Some(state) = c.user.as_mut() else {
+            return;
+        };
+        let handler = &mut self.handler;
+        let conn = &c.conn;
+        match guarded("on_idle", conn, || handler.on_idle(conn, state)) {
+            Some(IdleAction::Close) => self.begin_close(slot, CloseReason::ReadTimeout, true),
+            Some(IdleAction::Wait(d)) => {
+                let token = c.token;
+                let mut io = c.conn.shared.lock();
+                io.read_deadline = Clock::deadline(self.now, timeout_ms(Some(d)));
+                io.read_watched = true;
+                self.wheel
+                    .insert(io.read_deadline, (token, TimerKind::Read));
+            }
+            None => self.begin_close(slot, CloseReason::HandlerPanic, false),
         }
     }
 
@@ -1064,8 +1085,26 @@ impl<H: Handler> Poller<H> {
         self.accept_resume_at = None;
         let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for slot in slots {
-            if let Some(Stage::Open | Stage::Connecting { .. }) = self.stage(slot) {
-                self.begin_close(slot, CloseReason::Shutdown, true);
+            match self.stage(slot) {
+                Some(Stage::Open) => {
+                    let c = &mut self.conns[slot];
+                    let Some(state) = c.user.as_mut() else {
+                        continue;
+                    };
+                    let handler = &mut self.handler;
+                    let conn = &c.conn;
+                    match guarded("on_shutdown", conn, || handler.on_shutdown(conn, state)) {
+                        Some(ShutdownAction::Wait) => {}
+                        Some(ShutdownAction::Close) => {
+                            self.begin_close(slot, CloseReason::Shutdown, true)
+                        }
+                        None => self.begin_close(slot, CloseReason::HandlerPanic, false),
+                    }
+                }
+                Some(Stage::Connecting { .. }) => {
+                    self.begin_close(slot, CloseReason::Shutdown, true)
+                }
+                _ => {}
             }
         }
     }

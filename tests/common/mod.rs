@@ -43,7 +43,7 @@ impl Handler for Recorder {
         let _ = self.tx.send(Event::Open(conn.clone()));
     }
 
-    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &[u8]) -> usize {
+    fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
         match self.mode {
             Mode::Echo => {
                 conn.write_slice(data).expect("echo write");

@@ -1,0 +1,200 @@
+//! [`WsConn`]: the WebSocket connection handle, usable from any thread.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, encode_close_payload, encode_header};
+use crate::conn::{Conn, ConnId, Gate, PROTO_CLOSE_SENT, Payload};
+use crate::error::WriteError;
+
+/// A received message. Borrows the poller's read buffer (or the connection's assembly buffer)
+/// and cannot outlive the callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message (valid UTF-8).
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+        }
+    }
+
+    /// True for a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Message::Text(_))
+    }
+
+    /// The payload length.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// True if the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A handle to one WebSocket connection: cheap to clone, `Send + Sync`, usable from any thread.
+///
+/// Every `send` queues one whole frame (header and payload together, never interleaved with
+/// another writer's), in each thread's order, bounded by the engine's `max_outbound_bytes`
+/// and its overflow policy. After [`close`](Self::close) (or once the peer's close frame
+/// arrived) sends fail with [`WriteError::Closed`]: nothing can follow the close frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WsConn {
+    conn: Conn,
+}
+
+impl fmt::Debug for WsConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsConn")
+            .field("id", &self.conn.id())
+            .field("peer", &self.conn.peer_addr())
+            .finish()
+    }
+}
+
+impl WsConn {
+    pub(crate) fn new(conn: Conn) -> Self {
+        WsConn { conn }
+    }
+
+    /// The underlying TCP connection (deadlines, timers, pending bytes).
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+
+    /// The engine-wide unique id.
+    pub fn id(&self) -> ConnId {
+        self.conn.id()
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.conn.peer_addr()
+    }
+
+    /// Bytes queued but not yet taken by the kernel.
+    pub fn pending_bytes(&self) -> usize {
+        self.conn.pending_bytes()
+    }
+
+    /// True until the close handshake starts (either side) or the connection closes.
+    pub fn is_open(&self) -> bool {
+        self.conn.is_open() && self.conn.shared.lock().proto & PROTO_CLOSE_SENT == 0
+    }
+
+    /// Sends a message (copied only if it cannot be written at once).
+    pub fn send(&self, msg: Message<'_>) -> Result<(), WriteError> {
+        let kind = if msg.is_text() {
+            OpKind::Text
+        } else {
+            OpKind::Binary
+        };
+        self.frame(kind, Payload::Slice(msg.as_bytes()), Gate::Frame)
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&self, text: &str) -> Result<(), WriteError> {
+        self.frame(OpKind::Text, Payload::Slice(text.as_bytes()), Gate::Frame)
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&self, data: &[u8]) -> Result<(), WriteError> {
+        self.frame(OpKind::Binary, Payload::Slice(data), Gate::Frame)
+    }
+
+    /// Sends shared bytes without copying them: the header is written in front of `payload`
+    /// with one `writev`. With `text` set the payload must be UTF-8 (checked, else
+    /// [`WriteError::Invalid`]).
+    pub fn send_shared(&self, payload: Bytes, text: bool) -> Result<(), WriteError> {
+        let kind = if text {
+            if std::str::from_utf8(&payload).is_err() {
+                return Err(WriteError::Invalid("text message is not UTF-8"));
+            }
+            OpKind::Text
+        } else {
+            OpKind::Binary
+        };
+        self.frame(kind, Payload::Shared(payload), Gate::Frame)
+    }
+
+    /// Sends a ping (payload at most 125 bytes). The engine answers the peer's pings by itself.
+    pub fn ping(&self, payload: &[u8]) -> Result<(), WriteError> {
+        if payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(WriteError::Invalid("control frame payload over 125 bytes"));
+        }
+        self.frame(OpKind::Ping, Payload::Slice(payload), Gate::Frame)
+    }
+
+    pub(crate) fn pong(&self, payload: &[u8]) -> Result<(), WriteError> {
+        self.frame(OpKind::Pong, Payload::Slice(payload), Gate::Frame)
+    }
+
+    /// Starts the close handshake: queues a close frame with `code` and `reason` (cut to fit
+    /// 123 bytes) after everything already queued, refuses further sends, and waits up to the
+    /// engine's `close_timeout` for the peer's close frame before closing the TCP connection.
+    /// Does nothing if the handshake already started.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.send_close(code, reason).is_ok() {
+            let timeout = self.conn.shared.poller.config().close_timeout;
+            self.conn.set_read_deadline(Some(Instant::now() + timeout));
+        }
+    }
+
+    /// Queues a close frame; `Err` if one was already queued (or the connection is closed).
+    pub(crate) fn send_close(&self, code: u16, reason: &str) -> Result<(), WriteError> {
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let n = encode_close_payload(&mut payload, code, reason);
+        self.frame(
+            OpKind::Close,
+            Payload::Slice(&payload[..n]),
+            Gate::CloseFrame,
+        )
+    }
+
+    /// Queues an empty close frame (answering a peer's close that carried no code).
+    pub(crate) fn send_close_empty(&self) -> Result<(), WriteError> {
+        self.frame(OpKind::Close, Payload::Slice(&[]), Gate::CloseFrame)
+    }
+
+    /// True once a close frame was queued on this connection.
+    pub(crate) fn close_sent(&self) -> bool {
+        self.conn.shared.lock().proto & PROTO_CLOSE_SENT != 0
+    }
+
+    /// Closes the TCP connection at once, without a close handshake.
+    pub fn abort(&self) {
+        self.conn.abort()
+    }
+
+    /// Runs `f` once on this connection's poller after `delay` (see [`Conn::after`]).
+    pub fn after(
+        &self,
+        delay: Duration,
+        f: impl FnOnce(&WsConn) + Send + 'static,
+    ) -> crate::TimerHandle {
+        self.conn.after(delay, move |c| f(&WsConn::new(c.clone())))
+    }
+
+    fn frame(&self, kind: OpKind, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
+        let mut head = [0u8; MAX_HEADER];
+        let len = match &payload {
+            Payload::Shared(b) => b.len(),
+            Payload::Slice(s) => s.len(),
+        };
+        let n = encode_header(&mut head, kind, true, len, None);
+        self.conn.write_frame(&head[..n], payload, gate)
+    }
+}

@@ -1,0 +1,348 @@
+//! The HTTP/1.1 side of a WebSocket server, sans-IO: parse a request (with `httparse`), check
+//! it is a valid upgrade (RFC 6455 §4.2.1), and write the `101` response or a plain HTTP one.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// Most request headers accepted; more is answered with 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// A parsed HTTP request, as the upgrade hook sees it. Borrows the connection's input.
+#[derive(Debug)]
+pub struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a [httparse::Header<'a>],
+    peer: SocketAddr,
+}
+
+impl<'a> Request<'a> {
+    /// The method (`GET` for an upgrade).
+    pub fn method(&self) -> &'a str {
+        self.method
+    }
+
+    /// The path, without the query string.
+    pub fn path(&self) -> &'a str {
+        self.path
+    }
+
+    /// The query string after `?`, if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.query
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The first header named `name` (case-insensitive), if it is valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    }
+
+    /// Every header as (name, raw value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+        self.headers.iter().map(|h| (h.name, h.value))
+    }
+
+    /// True if the request asks for a WebSocket upgrade (`Upgrade: websocket`).
+    pub fn is_upgrade(&self) -> bool {
+        self.header("upgrade")
+            .is_some_and(|v| has_token(v, "websocket"))
+    }
+
+    /// The `Origin` header (browsers always send it).
+    pub fn origin(&self) -> Option<&'a str> {
+        self.header("origin")
+    }
+
+    /// True if the request has no `Origin` (not from a browser) or one of `allowed`
+    /// (compared case-insensitively, e.g. `"https://example.com"`). Use it in the upgrade hook
+    /// to stop other sites' pages from connecting with your users' cookies.
+    pub fn origin_allowed(&self, allowed: &[&str]) -> bool {
+        match self.origin() {
+            None => true,
+            Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        }
+    }
+
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`), in its order of
+    /// preference.
+    pub fn protocols(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+    }
+}
+
+/// True if the comma-separated header value `v` contains `token` (case-insensitive).
+fn has_token(v: &str, token: &str) -> bool {
+    v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A plain HTTP response: for requests that are not upgrades (serve a page, say) or to refuse
+/// one. Sent with `Content-Length` and `Connection: close`, then the connection closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl HttpResponse {
+    /// A response with `status` and an empty body.
+    pub fn new(status: u16) -> Self {
+        HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Serializes the status line and headers (the body goes separately, uncopied).
+    pub(crate) fn head(&self) -> String {
+        let mut s = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (k, v) in &self.headers {
+            let _ = write!(s, "{k}: {v}\r\n");
+        }
+        let _ = write!(
+            s,
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        );
+        s
+    }
+
+    pub(crate) fn body_bytes(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// Outcome of parsing the bytes received so far.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// The request is not complete yet.
+    Partial,
+    /// A complete request of `len` bytes; frames may follow it in the same input.
+    Request {
+        /// The request.
+        request: Request<'a>,
+        /// Its length in the input.
+        len: usize,
+    },
+    /// Not a valid HTTP request (or too many headers): answer with this response and close.
+    Invalid(HttpResponse),
+}
+
+/// Parses a request from `data` into `headers` storage.
+pub fn parse_request<'a>(
+    data: &'a [u8],
+    headers: &'a mut [httparse::Header<'a>; MAX_HEADERS],
+    peer: SocketAddr,
+) -> Parsed<'a> {
+    let mut req = httparse::Request::new(headers);
+    match req.parse(data) {
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) => {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target, None),
+            };
+            if req.version != Some(1) {
+                return Parsed::Invalid(HttpResponse::new(400).body("HTTP/1.1 required\n"));
+            }
+            Parsed::Request {
+                request: Request {
+                    method: req.method.unwrap_or(""),
+                    path,
+                    query,
+                    headers: req.headers,
+                    peer,
+                },
+                len,
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => Parsed::Invalid(HttpResponse::new(431)),
+        Err(_) => Parsed::Invalid(HttpResponse::new(400).body("malformed request\n")),
+    }
+}
+
+/// Checks an upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Key`, or the
+/// response to refuse it with.
+pub fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpResponse> {
+    if req.method != "GET" {
+        return Err(HttpResponse::new(405).header("Allow", "GET"));
+    }
+    if req.header("host").is_none() {
+        return Err(HttpResponse::new(400).body("missing Host\n"));
+    }
+    if !req
+        .header("connection")
+        .is_some_and(|v| has_token(v, "upgrade"))
+    {
+        return Err(HttpResponse::new(400).body("Connection must include Upgrade\n"));
+    }
+    if req.header("sec-websocket-version") != Some("13") {
+        return Err(HttpResponse::new(426).header("Sec-WebSocket-Version", "13"));
+    }
+    match req.header("sec-websocket-key").map(str::trim) {
+        // 16 random bytes in base64: 24 characters ending in "==".
+        Some(key) if key.len() == 24 && key.ends_with("==") => Ok(key),
+        _ => Err(HttpResponse::new(400).body("bad Sec-WebSocket-Key\n")),
+    }
+}
+
+/// The `101 Switching Protocols` response for `key`, with an optional subprotocol and extra
+/// headers.
+pub fn accept_response(key: &str, protocol: Option<&str>, extra: &[(String, String)]) -> String {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut s = String::with_capacity(160);
+    s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
+    let _ = write!(s, "Sec-WebSocket-Accept: {accept}\r\n");
+    if let Some(p) = protocol {
+        let _ = write!(s, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    for (k, v) in extra {
+        let _ = write!(s, "{k}: {v}\r\n");
+    }
+    s.push_str("\r\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEER: &str = "127.0.0.1:5000";
+
+    fn parse(raw: &[u8]) -> Result<(usize, Result<String, u16>), u16> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_request(raw, &mut headers, PEER.parse().unwrap()) {
+            Parsed::Partial => Err(0),
+            Parsed::Invalid(r) => Err(r.status()),
+            Parsed::Request { request, len } => Ok((
+                len,
+                check_upgrade(&request)
+                    .map(str::to_string)
+                    .map_err(|r| r.status()),
+            )),
+        }
+    }
+
+    const GOOD: &str = "GET /chat?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n\
+        Origin: https://Example.com\r\n\r\n";
+
+    #[test]
+    fn a_valid_upgrade_parses_and_gets_the_rfc_accept_key() {
+        let (len, key) = parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(len, GOOD.len());
+        let key = key.unwrap();
+        let resp = accept_response(&key, Some("chat"), &[("X-A".into(), "1".into())]);
+        // The example from RFC 6455 §1.3.
+        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+        assert!(
+            resp.contains("Sec-WebSocket-Protocol: chat\r\n") && resp.ends_with("X-A: 1\r\n\r\n")
+        );
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Request { request, .. } =
+            parse_request(GOOD.as_bytes(), &mut headers, PEER.parse().unwrap())
+        else {
+            panic!()
+        };
+        assert_eq!((request.path(), request.query()), ("/chat", Some("room=1")));
+        assert!(request.is_upgrade());
+        assert_eq!(
+            request.protocols().collect::<Vec<_>>(),
+            ["chat", "superchat"]
+        );
+        assert!(request.origin_allowed(&["https://example.com"]));
+        assert!(!request.origin_allowed(&["https://evil.example"]));
+    }
+
+    #[test]
+    fn partial_and_broken_requests() {
+        assert_eq!(parse(&GOOD.as_bytes()[..40]), Err(0));
+        assert_eq!(parse(b"GARBAGE\x01\r\n\r\n"), Err(400));
+        assert_eq!(parse(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"), Err(400));
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("H{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Err(431)
+        );
+    }
+
+    #[test]
+    fn invalid_upgrades_are_refused_with_the_right_status() {
+        let cases = [
+            (GOOD.replace("GET", "POST"), 405),
+            (GOOD.replace("Host: x\r\n", ""), 400),
+            (GOOD.replace("keep-alive, Upgrade", "keep-alive"), 400),
+            (GOOD.replace("Version: 13", "Version: 8"), 426),
+            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+        ];
+        for (raw, status) in cases {
+            let (_, r) = parse(raw.as_bytes()).unwrap();
+            assert_eq!(r, Err(status), "{raw}");
+        }
+    }
+
+    #[test]
+    fn plain_responses_carry_length_and_close() {
+        let r = HttpResponse::new(404).header("X", "y").body("nope");
+        assert_eq!(
+            r.head(),
+            "HTTP/1.1 404 Not Found\r\nX: y\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! WebSocket (RFC 6455) server on the engine.
+//!
+//! The protocol core is sans-IO ([`frame`], [`handshake`]); [`WsServer`] runs it on the
+//! engine's pollers through a [`Handler`](crate::Handler) adapter. Frames are unmasked in the
+//! poller's read buffer and handed to [`WsHandler::on_message`] without a copy; only a
+//! fragmented message (or a frame larger than 16 KiB that arrives in pieces) is assembled in
+//! a buffer that is freed when the message completes. Sending writes the header from the stack
+//! in front of the payload with one `writev`. An idle upgraded connection holds no buffers.
+//!
+//! ```no_run
+//! use netpoll::Engine;
+//! use netpoll::ws::{Accept, Message, Request, Upgrade, WsConn, WsHandler, WsServer};
+//!
+//! struct Echo;
+//! impl WsHandler for Echo {
+//!     type State = ();
+//!     fn on_request(&mut self, req: &Request<'_>) -> Upgrade<()> {
+//!         match req.path() {
+//!             "/echo" => Accept::new(()).into(),
+//!             _ => Upgrade::not_found(),
+//!         }
+//!     }
+//!     fn on_message(&mut self, conn: &WsConn, _: &mut (), msg: Message<'_>) {
+//!         let _ = conn.send(msg);
+//!     }
+//! }
+//!
+//! let engine = WsServer::builder()
+//!     .start(Engine::builder().listen("127.0.0.1:9001"), |_| Echo)
+//!     .unwrap();
+//! # engine.shutdown(std::time::Duration::from_secs(1));
+//! ```
+
+mod conn;
+pub mod frame;
+pub mod handshake;
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use conn::{Message, WsConn};
+pub use frame::Limits;
+pub use handshake::{HttpResponse, Request};
+
+use crate::builder::{EngineBuilder, ReadRefresh};
+use crate::conn::CloseReason;
+use crate::engine::Engine;
+use crate::error::{ConfigError, Error};
+
+/// The upgrade hook's decision (see [`WsHandler::on_request`]).
+#[derive(Debug)]
+pub enum Upgrade<S> {
+    /// Switch to WebSocket with this per-connection state.
+    Accept(Accept<S>),
+    /// Answer with a plain HTTP response and close: a page for a non-upgrade request, or a
+    /// refusal (403 for a bad origin, 404 for an unknown path, ...).
+    Respond(HttpResponse),
+}
+
+impl<S> Upgrade<S> {
+    /// Refuse with `status` and an empty body.
+    pub fn reject(status: u16) -> Self {
+        Upgrade::Respond(HttpResponse::new(status))
+    }
+
+    /// 404 Not Found.
+    pub fn not_found() -> Self {
+        Upgrade::reject(404)
+    }
+}
+
+impl<S> From<Accept<S>> for Upgrade<S> {
+    fn from(a: Accept<S>) -> Self {
+        Upgrade::Accept(a)
+    }
+}
+
+/// Accepting an upgrade: the connection's state, and optionally a subprotocol and extra
+/// response headers.
+#[derive(Debug)]
+pub struct Accept<S> {
+    pub(crate) state: S,
+    pub(crate) protocol: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl<S> Accept<S> {
+    /// Accept with `state` for the connection.
+    pub fn new(state: S) -> Self {
+        Accept {
+            state,
+            protocol: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Select a subprotocol (one the client offered in
+    /// [`Request::protocols`]).
+    pub fn protocol(mut self, p: impl Into<String>) -> Self {
+        self.protocol = Some(p.into());
+        self
+    }
+
+    /// Add a header to the `101` response.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// How a WebSocket connection ended, for [`WsHandler::on_close`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsClose {
+    /// The close code: the peer's if its close frame arrived (1005 if it had none); ours if
+    /// the server failed the connection (1002, 1007, 1008, 1009) or shut down (1001);
+    /// otherwise 1006 (no close frame received, e.g. the TCP connection dropped or the peer
+    /// never answered our close).
+    pub code: u16,
+    /// The engine-level cause of the TCP close.
+    pub cause: CloseReason,
+}
+
+/// Callbacks of a WebSocket server. Like [`Handler`](crate::Handler), each poller owns one
+/// instance and per-connection state needs no locks.
+pub trait WsHandler: Send + 'static {
+    /// Per-connection state, created by the upgrade hook.
+    type State: 'static;
+
+    /// An HTTP request arrived: accept it as a WebSocket (for upgrade requests), or answer
+    /// it. Not called for malformed upgrade requests (they get 400/405/426 directly). If a
+    /// request that is not an upgrade is "accepted", it gets 426 Upgrade Required.
+    fn on_request(&mut self, req: &Request<'_>) -> Upgrade<Self::State>;
+
+    /// The `101` response is queued and the connection is a WebSocket.
+    fn on_open(&mut self, conn: &WsConn, state: &mut Self::State) {
+        let _ = (conn, state);
+    }
+
+    /// A whole message arrived (fragments reassembled, text validated as UTF-8).
+    fn on_message(&mut self, conn: &WsConn, state: &mut Self::State, msg: Message<'_>);
+
+    /// A pong arrived (the server pings idle peers by itself; see
+    /// [`WsBuilder::idle_timeout`]).
+    fn on_pong(&mut self, conn: &WsConn, state: &mut Self::State, payload: &[u8]) {
+        let _ = (conn, state, payload);
+    }
+
+    /// Queued bytes fell back under the engine's low watermark.
+    fn on_drained(&mut self, conn: &WsConn, state: &mut Self::State) {
+        let _ = (conn, state);
+    }
+
+    /// The connection closed; the last callback for it.
+    fn on_close(&mut self, conn: &WsConn, state: Self::State, close: WsClose) {
+        let _ = (conn, state, close);
+    }
+}
+
+/// Validated WebSocket settings.
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub(crate) limits: Limits,
+    pub(crate) max_handshake_size: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+}
+
+/// Entry point of the WebSocket server: [`WsServer::builder`].
+#[derive(Debug)]
+pub struct WsServer;
+
+impl WsServer {
+    /// A builder with the default settings.
+    pub fn builder() -> WsBuilder {
+        WsBuilder::default()
+    }
+}
+
+/// Settings of a WebSocket server. Every limit is enforced with the right close code or HTTP
+/// status, and documented in docs/TUNING.md.
+#[derive(Debug, Clone)]
+pub struct WsBuilder {
+    config: WsConfig,
+}
+
+impl Default for WsBuilder {
+    fn default() -> Self {
+        WsBuilder {
+            config: WsConfig {
+                limits: Limits::default(),
+                max_handshake_size: 8 * 1024,
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Some(Duration::from_secs(60)),
+                pong_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+impl WsBuilder {
+    /// Largest frame payload accepted (close 1009 beyond). Default 16 MiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_frame_size = bytes;
+        self
+    }
+
+    /// Largest message accepted, all fragments together (close 1009 beyond). Default 16 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_message_size = bytes;
+        self
+    }
+
+    /// Most fragments per message (close 1008 beyond). Default 100,000.
+    pub fn max_fragments(mut self, n: usize) -> Self {
+        self.config.limits.max_fragments = n;
+        self
+    }
+
+    /// Largest upgrade request (431 beyond). Default 8 KiB.
+    pub fn max_handshake_size(mut self, bytes: usize) -> Self {
+        self.config.max_handshake_size = bytes;
+        self
+    }
+
+    /// Time a client has to send its whole upgrade request; trickling bytes does not extend
+    /// it (slow-loris protection). Default 10 s.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.config.handshake_timeout = t;
+        self
+    }
+
+    /// Heartbeat: when no complete frame has arrived for this long the server sends a ping;
+    /// if nothing comes back within `pong_timeout` the connection closes with
+    /// [`CloseReason::ReadTimeout`]. Only whole frames count as activity. Default 60 s;
+    /// `None` disables it.
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.idle_timeout = t;
+        self
+    }
+
+    /// See [`idle_timeout`](Self::idle_timeout). Default 10 s.
+    pub fn pong_timeout(mut self, t: Duration) -> Self {
+        self.config.pong_timeout = t;
+        self
+    }
+
+    /// Validates the settings.
+    pub fn build(self) -> Result<WsConfig, ConfigError> {
+        let c = self.config;
+        let bad = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if c.limits.max_frame_size == 0 || c.limits.max_message_size == 0 {
+            return bad(
+                "max_message_size",
+                "frame and message limits must be positive",
+            );
+        }
+        if c.limits.max_fragments == 0 {
+            return bad("max_fragments", "must be positive");
+        }
+        if c.max_handshake_size < 256 {
+            return bad("max_handshake_size", "must be at least 256 bytes");
+        }
+        if c.handshake_timeout.is_zero() || c.pong_timeout.is_zero() {
+            return bad("handshake_timeout", "timeouts must be positive");
+        }
+        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("idle_timeout", "must be positive (None disables it)");
+        }
+        Ok(c)
+    }
+
+    /// Starts an engine from `engine` serving WebSockets with the handler `new_handler(i)`
+    /// makes for poller `i`.
+    ///
+    /// The engine's `read_timeout` becomes the handshake timeout and its `read_refresh`
+    /// becomes [`ReadRefresh::Manual`] (only whole frames refresh the idle deadline).
+    pub fn start<H, F>(self, engine: EngineBuilder, mut new_handler: F) -> Result<Engine, Error>
+    where
+        H: WsHandler,
+        F: FnMut(usize) -> H,
+    {
+        let config = Arc::new(self.build().map_err(Error::Config)?);
+        let engine = engine
+            .read_timeout(Some(config.handshake_timeout))
+            .read_refresh(ReadRefresh::Manual);
+        engine.start(|i| server::Adapter::new(new_handler(i), config.clone()))
+    }
+}

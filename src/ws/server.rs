@@ -1,0 +1,266 @@
+//! The engine [`Handler`] that runs the WebSocket protocol for a [`WsHandler`].
+
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::conn::{Message, WsConn};
+use super::frame::{Decoder, Event, Flow, ProtocolError, Role};
+use super::handshake::{self, HttpResponse, Parsed};
+use super::{Upgrade, WsClose, WsConfig, WsHandler};
+use crate::conn::{CloseReason, Conn, Gate, Payload};
+use crate::handler::{Handler, IdleAction, ShutdownAction};
+
+/// Where a connection is in the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the HTTP upgrade request.
+    Handshake,
+    /// Frames flow.
+    Open,
+    /// The peer's close frame arrived or we failed the connection: input is ignored while the
+    /// TCP connection closes.
+    Done,
+}
+
+/// Per-connection protocol state, kept by the poller (16 bytes plus the user's state).
+pub(crate) struct WsState<S> {
+    phase: Phase,
+    /// A heartbeat ping is out and nothing has come back yet.
+    ping_out: bool,
+    /// The close code to report (0 until one is known).
+    close_code: u16,
+    decoder: Decoder,
+    user: Option<S>,
+}
+
+pub(crate) struct Adapter<H> {
+    user: H,
+    config: Arc<WsConfig>,
+}
+
+impl<H: WsHandler> Adapter<H> {
+    pub(crate) fn new(user: H, config: Arc<WsConfig>) -> Self {
+        Adapter { user, config }
+    }
+
+    /// Handles the upgrade request at the start of `data`; returns the bytes it used, or
+    /// `None` while the request is incomplete.
+    fn handshake(&mut self, conn: &Conn, st: &mut WsState<H::State>, data: &[u8]) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        let (request, len) = match handshake::parse_request(data, &mut headers, conn.peer_addr()) {
+            Parsed::Partial if data.len() > self.config.max_handshake_size => {
+                respond(conn, &HttpResponse::new(431));
+                st.phase = Phase::Done;
+                return Some(data.len());
+            }
+            Parsed::Partial => return None,
+            Parsed::Invalid(resp) => {
+                respond(conn, &resp);
+                st.phase = Phase::Done;
+                return Some(data.len());
+            }
+            Parsed::Request { request, len } => (request, len),
+        };
+        if len > self.config.max_handshake_size {
+            respond(conn, &HttpResponse::new(431));
+            st.phase = Phase::Done;
+            return Some(data.len());
+        }
+        let key = if request.is_upgrade() {
+            match handshake::check_upgrade(&request) {
+                Ok(key) => Some(key),
+                Err(resp) => {
+                    respond(conn, &resp);
+                    st.phase = Phase::Done;
+                    return Some(data.len());
+                }
+            }
+        } else {
+            None
+        };
+        match (self.user.on_request(&request), key) {
+            (Upgrade::Accept(accept), Some(key)) => {
+                let resp =
+                    handshake::accept_response(key, accept.protocol.as_deref(), &accept.headers);
+                let _ = conn.write_slice(resp.as_bytes());
+                st.phase = Phase::Open;
+                st.user = Some(accept.state);
+                // From now on the read deadline is the heartbeat's.
+                conn.set_read_timeout(self.config.idle_timeout);
+                let ws = WsConn::new(conn.clone());
+                if let Some(state) = st.user.as_mut() {
+                    self.user.on_open(&ws, state);
+                }
+                Some(len)
+            }
+            (Upgrade::Accept(_), None) => {
+                let resp = HttpResponse::new(426)
+                    .header("Upgrade", "websocket")
+                    .header("Sec-WebSocket-Version", "13");
+                respond(conn, &resp);
+                st.phase = Phase::Done;
+                Some(data.len())
+            }
+            (Upgrade::Respond(resp), _) => {
+                respond(conn, &resp);
+                st.phase = Phase::Done;
+                Some(data.len())
+            }
+        }
+    }
+
+    /// Decodes frames from `data`; returns the bytes consumed.
+    fn frames(&mut self, conn: &Conn, st: &mut WsState<H::State>, data: &mut [u8]) -> usize {
+        let ws = WsConn::new(conn.clone());
+        let Some(state) = st.user.as_mut() else {
+            return data.len();
+        };
+        let user = &mut self.user;
+        let mut peer_close = None;
+        let result = st
+            .decoder
+            .decode(data, Role::Server, &self.config.limits, |ev| {
+                match ev {
+                    Event::Text(t) => user.on_message(&ws, state, Message::Text(t)),
+                    Event::Binary(b) => user.on_message(&ws, state, Message::Binary(b)),
+                    Event::Ping(p) => {
+                        let _ = ws.pong(p);
+                    }
+                    Event::Pong(p) => user.on_pong(&ws, state, p),
+                    Event::Close { code, .. } => peer_close = Some(code),
+                }
+                Flow::Continue
+            });
+        match result {
+            Ok(d) => {
+                if d.frames > 0 {
+                    // Whole frames prove the peer is alive; trickled bytes do not.
+                    st.ping_out = false;
+                    conn.touch_read();
+                }
+                if let Some(code) = peer_close {
+                    st.close_code = code.unwrap_or(1005);
+                    st.phase = Phase::Done;
+                    // Answer the close (unless ours is already out), then close TCP: the
+                    // server closes first (RFC 6455 §7.1.1).
+                    let _ = match code {
+                        Some(c) => ws.send_close(c, ""),
+                        None => ws.send_close_empty(),
+                    };
+                    conn.close();
+                    return data.len();
+                }
+                d.consumed
+            }
+            Err(e) => {
+                self.fail(conn, st, e);
+                data.len()
+            }
+        }
+    }
+
+    /// Fails the connection: close frame with the error's code, then TCP close.
+    fn fail(&mut self, conn: &Conn, st: &mut WsState<H::State>, e: ProtocolError) {
+        debug!(conn = %conn.id(), error = %e, "websocket protocol error");
+        st.close_code = e.code;
+        st.phase = Phase::Done;
+        let _ = WsConn::new(conn.clone()).send_close(e.code, e.reason);
+        conn.close();
+    }
+}
+
+/// Sends a plain HTTP response (head and body in one frame-less write) and closes.
+fn respond(conn: &Conn, resp: &HttpResponse) {
+    let head = resp.head();
+    let _ = conn.write_frame(
+        head.as_bytes(),
+        Payload::Shared(resp.body_bytes().clone()),
+        Gate::None,
+    );
+    conn.close();
+}
+
+impl<H: WsHandler> Handler for Adapter<H> {
+    type State = WsState<H::State>;
+
+    fn on_open(&mut self, _conn: &Conn) -> Self::State {
+        WsState {
+            phase: Phase::Handshake,
+            ping_out: false,
+            close_code: 0,
+            decoder: Decoder::new(),
+            user: None,
+        }
+    }
+
+    fn on_data(&mut self, conn: &Conn, st: &mut Self::State, data: &mut [u8]) -> usize {
+        match st.phase {
+            Phase::Handshake => match self.handshake(conn, st, data) {
+                None => 0,
+                Some(used) if st.phase == Phase::Open => {
+                    // Frames may follow the request in the same read.
+                    used + self.frames(conn, st, &mut data[used..])
+                }
+                Some(used) => used,
+            },
+            Phase::Open => self.frames(conn, st, data),
+            Phase::Done => data.len(),
+        }
+    }
+
+    fn on_close(&mut self, conn: &Conn, st: Self::State, reason: CloseReason) {
+        if let Some(state) = st.user {
+            let code = match st.close_code {
+                0 => 1006,
+                c => c,
+            };
+            let ws = WsConn::new(conn.clone());
+            self.user.on_close(
+                &ws,
+                state,
+                WsClose {
+                    code,
+                    cause: reason,
+                },
+            );
+        }
+    }
+
+    fn on_drained(&mut self, conn: &Conn, st: &mut Self::State) {
+        if let Some(state) = st.user.as_mut() {
+            self.user.on_drained(&WsConn::new(conn.clone()), state);
+        }
+    }
+
+    fn on_idle(&mut self, conn: &Conn, st: &mut Self::State) -> IdleAction {
+        let ws = WsConn::new(conn.clone());
+        if st.phase != Phase::Open || st.ping_out || ws.close_sent() {
+            // Handshake too slow, heartbeat unanswered, or close handshake unanswered.
+            return IdleAction::Close;
+        }
+        if ws.ping(b"").is_err() {
+            return IdleAction::Close;
+        }
+        st.ping_out = true;
+        IdleAction::Wait(self.config.pong_timeout)
+    }
+
+    fn on_shutdown(&mut self, conn: &Conn, st: &mut Self::State) -> ShutdownAction {
+        if st.phase != Phase::Open {
+            return ShutdownAction::Close;
+        }
+        // 1001 Going Away; the peer's answering close frame closes the connection, the
+        // engine's shutdown deadline bounds the wait.
+        if st.close_code == 0 {
+            st.close_code = 1001;
+        }
+        let ws = WsConn::new(conn.clone());
+        let _ = ws.send_close(1001, "server shutting down");
+        if ws.close_sent() {
+            ShutdownAction::Wait // ours, or one the application queued before
+        } else {
+            ShutdownAction::Close
+        }
+    }
+}
