@@ -68,8 +68,7 @@ impl WsHandler for Server {
             }
             Route::Broadcast => {
                 let payload = Bytes::copy_from_slice(msg.as_bytes());
-                let members: Vec<WsConn> =
-                    self.members.lock().unwrap().values().cloned().collect();
+                let members: Vec<WsConn> = self.members.lock().unwrap().values().cloned().collect();
                 for m in members {
                     // A member that cannot keep up is dropped by the overflow policy.
                     let _ = m.send_shared(payload.clone(), msg.is_text());

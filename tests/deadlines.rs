@@ -431,3 +431,35 @@ fn absolute_read_deadline_closes_a_chatty_peer_at_that_instant() {
     );
     let _ = chatty.join();
 }
+
+#[test]
+fn shortening_a_deadline_takes_effect_at_once() {
+    // The builder's 10 s deadlines are already on the wheel; moving them earlier must not wait
+    // for those entries to come due.
+    let builder = base(Some(Duration::from_secs(10))).read_timeout(Some(Duration::from_secs(10)));
+    let (_engine, addr, rx) = start(builder, Mode::Sink);
+    let _reader_peer = client(addr);
+    let reader = next_open(&rx);
+    let _writer_peer = small_client(addr);
+    let writer = next_open(&rx);
+    let chunk = Bytes::from(vec![b'w'; 8192]);
+    while writer.pending_bytes() < 64 * 1024 {
+        writer.write(chunk.clone()).unwrap();
+    }
+    let t0 = Instant::now();
+    reader.set_read_timeout(Some(Duration::from_millis(300)));
+    writer.set_write_deadline(Some(t0 + Duration::from_millis(300)));
+    let mut got = [wait_close_any(&rx), wait_close_any(&rx)];
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    got.sort_by_key(|(id, _)| *id);
+    let mut want = [
+        (reader.id(), CloseReason::ReadTimeout),
+        (writer.id(), CloseReason::WriteTimeout),
+    ];
+    want.sort_by_key(|(id, _)| *id);
+    assert_eq!(got, want);
+}

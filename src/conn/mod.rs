@@ -121,9 +121,12 @@ pub(crate) struct ConnIo {
     /// When it passes the connection closes with `ReadTimeout`. Refreshed when bytes arrive
     /// (or on `touch_read`, see `read_manual`) unless `read_fixed`.
     pub(crate) read_deadline: u64,
-    /// The poller has a wheel entry watching `write_deadline` / `read_deadline`.
-    pub(crate) write_watched: bool,
-    pub(crate) read_watched: bool,
+    /// When the canonical wheel entry watching `write_deadline` / `read_deadline` is due (ms),
+    /// 0 if none, [`WATCH_PENDING`] while a `Watch` command is on its way. An entry whose time
+    /// differs is stale and dropped: moving a deadline earlier inserts a new entry, so the old
+    /// (later) one must not count.
+    pub(crate) write_watch: u64,
+    pub(crate) read_watch: u64,
     /// `write_deadline` was set as an absolute instant: progress does not move it and draining
     /// does not clear it.
     pub(crate) write_fixed: bool,
@@ -185,8 +188,8 @@ impl ConnShared {
                 read_timeout,
                 write_deadline: 0,
                 read_deadline: 0,
-                write_watched: false,
-                read_watched: false,
+                write_watch: 0,
+                read_watch: 0,
                 write_fixed: false,
                 read_fixed: false,
                 read_manual,
@@ -260,6 +263,9 @@ pub(crate) enum Gate {
     /// The closing frame: refused if one was queued already, and marks the stream closed.
     CloseFrame,
 }
+
+/// `ConnIo::{write,read}_watch` while the poller has been asked to watch a deadline.
+pub(crate) const WATCH_PENDING: u64 = u64::MAX;
 
 /// `ConnIo::proto` bit: the protocol's closing frame is queued; no frame may follow it.
 pub(crate) const PROTO_CLOSE_SENT: u8 = 1;

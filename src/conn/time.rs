@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Conn, ConnIo, Phase};
+use super::{Conn, ConnIo, Phase, WATCH_PENDING};
 use crate::builder::ReadRefresh;
 use crate::poller::{self, Command, TimerKind};
 use crate::timer::{Clock, TimerHandle, TimerTask, timeout_ms};
@@ -33,14 +33,16 @@ impl Conn {
         }
     }
 
+    /// Makes sure the poller watches the deadline of `kind`: asks it (one `Watch` command) when
+    /// no entry is due at or before the deadline.
     fn watch(&self, io: &mut ConnIo, kind: TimerKind) {
-        let flag = match kind {
-            TimerKind::Write => &mut io.write_watched,
-            TimerKind::Read => &mut io.read_watched,
+        let (deadline, watch) = match kind {
+            TimerKind::Write => (io.write_deadline, &mut io.write_watch),
+            TimerKind::Read => (io.read_deadline, &mut io.read_watch),
             TimerKind::Stage | TimerKind::User => return,
         };
-        if !*flag {
-            *flag = true;
+        if deadline != 0 && *watch != WATCH_PENDING && (*watch == 0 || deadline < *watch) {
+            *watch = WATCH_PENDING;
             self.shared.poller.send(Command::Watch {
                 conn: self.shared.clone(),
                 kind,

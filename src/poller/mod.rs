@@ -28,7 +28,7 @@ use slab::Slab;
 use tracing::{debug, warn};
 
 use crate::builder::EngineConfig;
-use crate::conn::{CloseReason, Conn, ConnShared, Phase};
+use crate::conn::{CloseReason, Conn, ConnShared, Phase, WATCH_PENDING};
 use crate::handler::{Handler, IdleAction, ShutdownAction};
 use crate::stats::{PollerStats, count};
 use crate::timer::{Clock, TimerState, TimerWheel, UserTimer, timeout_ms};
@@ -249,8 +249,9 @@ pub(crate) struct Poller<H: Handler> {
     conns: Slab<Connection<H::State>>,
     read_buf: Box<[u8]>,
     listeners: Vec<TcpListener>,
-    wheel: TimerWheel<(usize, TimerKind)>,
-    due: Vec<(usize, TimerKind)>,
+    /// Entries: (token, kind, time the entry was scheduled for; 0 for stages and user timers).
+    wheel: TimerWheel<(usize, TimerKind, u64)>,
+    due: Vec<(usize, TimerKind, u64)>,
     /// User timers (`after` / `every`), named by `generation << 32 | slot` tokens.
     timers: Slab<UserTimer>,
     /// Scratch list of user timers due this iteration: (deadline, seq, token).
@@ -645,8 +646,8 @@ impl<H: Handler> Poller<H> {
                 {
                     io.write_deadline = Clock::deadline(self.now, io.write_timeout);
                 }
-                if io.write_deadline != 0 && !io.write_watched {
-                    io.write_watched = true;
+                if needs_entry(io.write_deadline, io.write_watch) {
+                    io.write_watch = io.write_deadline;
                     watch_write = Some(io.write_deadline);
                 }
             }
@@ -663,7 +664,8 @@ impl<H: Handler> Poller<H> {
         }
         let c = &mut self.conns[slot];
         if let Some(deadline) = watch_write {
-            self.wheel.insert(deadline, (c.token, TimerKind::Write));
+            self.wheel
+                .insert(deadline, (c.token, TimerKind::Write, deadline));
         }
         match c.stage {
             Stage::Open if drained_notice => {
@@ -755,7 +757,7 @@ impl<H: Handler> Poller<H> {
         }
         let c = &mut self.conns[slot];
         c.stage = Stage::Flushing { deadline };
-        self.wheel.insert(deadline, (c.token, TimerKind::Stage));
+        self.wheel.insert(deadline, (c.token, TimerKind::Stage, 0));
         self.flush(slot);
     }
 
@@ -864,7 +866,7 @@ impl<H: Handler> Poller<H> {
         });
         match stage {
             Stage::Connecting { deadline } => {
-                self.wheel.insert(deadline, (token, TimerKind::Stage))
+                self.wheel.insert(deadline, (token, TimerKind::Stage, 0))
             }
             _ => self.open(slot),
         }
@@ -893,10 +895,12 @@ impl<H: Handler> Poller<H> {
             if io.read_timeout != 0 && !io.read_fixed {
                 io.read_deadline = Clock::deadline(self.now, io.read_timeout);
             }
-            if io.read_deadline != 0 && !io.read_watched {
-                io.read_watched = true;
-                self.wheel
-                    .insert(io.read_deadline, (c.token, TimerKind::Read));
+            if needs_entry(io.read_deadline, io.read_watch) {
+                io.read_watch = io.read_deadline;
+                self.wheel.insert(
+                    io.read_deadline,
+                    (c.token, TimerKind::Read, io.read_deadline),
+                );
             }
         }
         let stats = &self.shared.stats;
@@ -957,9 +961,11 @@ impl<H: Handler> Poller<H> {
         });
     }
 
-    /// A write or read deadline entry came due (or was just armed): act on the deadline the
-    /// connection holds now. Passed → close; moved → re-insert; cleared → stop watching.
-    fn check_deadline(&mut self, token: usize, kind: TimerKind) {
+    /// A write or read deadline's wheel entry scheduled for `at` came due, or (`at` =
+    /// `WATCH_PENDING`) a `Watch` command asked for one: act on the deadline the connection
+    /// holds now. Passed → close; moved → re-insert; cleared → stop watching. A stale entry (not
+    /// the canonical one the connection records) does nothing.
+    fn check_deadline(&mut self, token: usize, kind: TimerKind, at: u64) {
         let slot = token & SLOT_MASK;
         let Some(c) = self.conns.get(slot).filter(|c| c.token == token) else {
             return;
@@ -967,33 +973,32 @@ impl<H: Handler> Poller<H> {
         let expired = {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;
-            let (deadline, watched, armed) = match kind {
-                TimerKind::Write => (
-                    &mut io.write_deadline,
-                    &mut io.write_watched,
-                    !io.out.is_empty(),
-                ),
-                TimerKind::Read => (&mut io.read_deadline, &mut io.read_watched, true),
+            let (deadline, watch, armed) = match kind {
+                TimerKind::Write => (io.write_deadline, &mut io.write_watch, !io.out.is_empty()),
+                TimerKind::Read => (io.read_deadline, &mut io.read_watch, true),
                 TimerKind::Stage | TimerKind::User => return,
             };
-            match *deadline {
+            if *watch != at {
+                return;
+            }
+            match deadline {
                 0 => {
-                    *watched = false;
+                    *watch = 0;
                     false
                 }
                 d if armed && self.now >= d => {
-                    *watched = false;
+                    *watch = 0;
                     true
                 }
                 d if armed => {
-                    *watched = true;
-                    self.wheel.insert(d, (token, kind));
+                    *watch = d;
+                    self.wheel.insert(d, (token, kind, d));
                     false
                 }
                 // Nothing queued: a timeout deadline is over (the flush that drained the queue
                 // cleared it already); an absolute one stays for the next queued bytes.
                 _ => {
-                    *watched = false;
+                    *watch = 0;
                     false
                 }
             }
@@ -1020,10 +1025,13 @@ impl<H: Handler> Poller<H> {
             Some(IdleAction::Wait(d)) => {
                 let token = c.token;
                 let mut io = c.conn.shared.lock();
-                io.read_deadline = Clock::deadline(self.now, timeout_ms(Some(d)));
-                io.read_watched = true;
-                self.wheel
-                    .insert(io.read_deadline, (token, TimerKind::Read));
+                let deadline = Clock::deadline(self.now, timeout_ms(Some(d)));
+                io.read_deadline = deadline;
+                if needs_entry(deadline, io.read_watch) {
+                    io.read_watch = deadline;
+                    self.wheel
+                        .insert(deadline, (token, TimerKind::Read, deadline));
+                }
             }
             None => self.begin_close(slot, CloseReason::HandlerPanic, false),
         }
@@ -1059,7 +1067,7 @@ impl<H: Handler> Poller<H> {
                         .get(token & SLOT_MASK)
                         .is_some_and(|c| Arc::ptr_eq(&c.conn.shared, &conn))
                     {
-                        self.check_deadline(token, kind);
+                        self.check_deadline(token, kind, WATCH_PENDING);
                     }
                 }
                 Command::AddTimer(timer) => self.add_timer(*timer),
@@ -1117,7 +1125,7 @@ impl<H: Handler> Poller<H> {
         }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now, &mut due);
-        for (token, kind) in due.drain(..) {
+        for (token, kind, at) in due.drain(..) {
             match kind {
                 TimerKind::Stage => {}
                 TimerKind::User => {
@@ -1125,7 +1133,7 @@ impl<H: Handler> Poller<H> {
                     continue;
                 }
                 TimerKind::Read | TimerKind::Write => {
-                    self.check_deadline(token, kind);
+                    self.check_deadline(token, kind, at);
                     continue;
                 }
             }
@@ -1148,7 +1156,7 @@ impl<H: Handler> Poller<H> {
                 Stage::Connecting { deadline }
                 | Stage::Flushing { deadline }
                 | Stage::Lingering { deadline } => {
-                    self.wheel.insert(deadline, (token, TimerKind::Stage))
+                    self.wheel.insert(deadline, (token, TimerKind::Stage, 0))
                 }
                 Stage::Open => {}
             }
@@ -1156,6 +1164,12 @@ impl<H: Handler> Poller<H> {
         self.due = due;
         self.run_due_timers();
     }
+}
+
+/// True when a deadline needs a new wheel entry: it is set, no `Watch` is in flight, and no
+/// entry is due at or before it.
+fn needs_entry(deadline: u64, watch: u64) -> bool {
+    deadline != 0 && watch != WATCH_PENDING && (watch == 0 || deadline < watch)
 }
 
 /// Runs a handler callback, containing a panic to the connection it was called for: the
@@ -1193,7 +1207,7 @@ mod tests {
         // slab stores Option-like entries: the connection plus a discriminant word.
         let entry = std::mem::size_of::<Connection<()>>() + 8;
         eprintln!("ConnShared {shared} B, slab entry {entry} B");
-        assert!(shared <= 184, "ConnShared grew to {shared} B");
+        assert!(shared <= 192, "ConnShared grew to {shared} B");
         assert!(entry <= 72, "slab entry grew to {entry} B");
     }
 }

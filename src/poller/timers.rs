@@ -57,7 +57,8 @@ impl<H: Handler> Poller<H> {
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let token = ((self.next_gen as usize) << SLOT_BITS) | slot;
         timer.state.token.store(token, Ordering::Release);
-        self.wheel.insert(timer.deadline, (token, TimerKind::User));
+        self.wheel
+            .insert(timer.deadline, (token, TimerKind::User, 0));
         entry.insert(timer);
     }
 
@@ -88,7 +89,7 @@ impl<H: Handler> Poller<H> {
         if self.now >= t.deadline {
             self.due_timers.push((t.deadline, t.seq, token));
         } else {
-            self.wheel.insert(t.deadline, (token, TimerKind::User));
+            self.wheel.insert(t.deadline, (token, TimerKind::User, 0));
         }
     }
 
@@ -160,7 +161,7 @@ impl<H: Handler> Poller<H> {
         if t.deadline <= self.now {
             t.deadline = self.now + period;
         }
-        self.wheel.insert(t.deadline, (token, TimerKind::User));
+        self.wheel.insert(t.deadline, (token, TimerKind::User, 0));
     }
 
     /// Drops every user timer (shutdown): none runs after shutdown starts.
