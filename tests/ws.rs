@@ -216,16 +216,12 @@ fn close_handshakes_from_either_side() {
     let s = raw_upgraded(addr, "/record");
     let conn = next_open(&rx);
     let t0 = Instant::now();
-    drop(rx_drain_after(&rx));
     conn.close(1000, "");
     let close = wait_close(&rx, conn.id());
     assert_eq!(close.code, 1006, "no close frame came back");
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     drop(s);
 }
-
-/// Nothing to drain; keeps the call site readable.
-fn rx_drain_after(_: &std::sync::mpsc::Receiver<WsEvent>) {}
 
 #[test]
 fn bad_handshakes_get_http_errors_and_plain_requests_get_the_hook_response() {
