@@ -87,25 +87,6 @@ impl Handler for Client {
     }
 }
 
-/// Raises this process's open-file soft limit to the hard limit (10,000+ sockets here).
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write a valid, initialised rlimit struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-    assert!(
-        lim.rlim_cur >= 11_000,
-        "need ~10,500 descriptors, the hard limit is {}",
-        lim.rlim_cur
-    );
-}
-
 fn small_receiver(addr: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.set_recv_buffer_size(4096).unwrap();
@@ -115,7 +96,7 @@ fn small_receiver(addr: SocketAddr) -> TcpStream {
 
 #[test]
 fn five_thousand_refreshed_connections_expire_only_the_stuck_and_idle_ones() {
-    raise_nofile_limit();
+    raise_nofile_limit(11_000);
     let (tx, closes) = mpsc::channel();
     let t0 = Instant::now();
     let heavy_pings = Arc::new(AtomicU64::new(0));
