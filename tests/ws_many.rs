@@ -61,5 +61,9 @@ fn two_thousand_concurrent_connections_echo_and_close_cleanly() {
         == 0));
     let stats = engine.stats();
     assert_eq!(stats.opened, CONNS as u64);
-    assert_eq!(stats.closed(netpoll::CloseReason::Local), CONNS as u64, "all by close handshake");
+    assert_eq!(
+        stats.closed(netpoll::CloseReason::Local),
+        CONNS as u64,
+        "all by close handshake"
+    );
 }

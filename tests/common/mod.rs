@@ -180,4 +180,3 @@ pub fn raise_nofile_limit(need: u64) {
         lim.rlim_cur
     );
 }
-
