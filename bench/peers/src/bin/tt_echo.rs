@@ -62,6 +62,8 @@ async fn serve(addr: String, read_buffer: Option<usize>) {
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let mut path = String::new();
+            // The callback's signature is tungstenite's; its error type is large by design.
+            #[allow(clippy::result_large_err)]
             let cb = |req: &Request, resp: Response| {
                 path = req.uri().path().to_string();
                 Ok(resp)
@@ -82,14 +84,13 @@ async fn serve(addr: String, read_buffer: Option<usize>) {
 
 async fn echo(mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) {
     while let Some(Ok(msg)) = ws.next().await {
-        match msg {
-            Message::Text(_) | Message::Binary(_) => {
-                if ws.send(msg).await.is_err() {
-                    return;
-                }
-            }
+        let echo = match msg {
+            Message::Text(_) | Message::Binary(_) => msg,
             Message::Close(_) => return,
-            _ => {}
+            _ => continue,
+        };
+        if ws.send(echo).await.is_err() {
+            return;
         }
     }
 }
