@@ -404,3 +404,74 @@ fn sends_from_many_threads_arrive_whole_and_in_per_thread_order() {
         w.join().unwrap();
     }
 }
+
+/// Counts what `on_fragment` saw: pieces, bytes, and whether first/last were consistent.
+struct Streamer {
+    tx: std::sync::mpsc::Sender<(usize, Vec<u8>)>,
+}
+
+impl netpoll::ws::WsHandler for Streamer {
+    /// Pieces seen and a digest (byte sum, length sum) of the message in progress.
+    type State = (usize, Vec<u8>);
+
+    fn on_request(&mut self, _: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<Self::State> {
+        netpoll::ws::Accept::new((0, Vec::new())).into()
+    }
+
+    fn on_message(
+        &mut self,
+        _: &netpoll::ws::WsConn,
+        _: &mut Self::State,
+        _: netpoll::ws::Message<'_>,
+    ) {
+        panic!("whole messages are not delivered in fragment mode");
+    }
+
+    fn on_fragment(
+        &mut self,
+        _: &netpoll::ws::WsConn,
+        st: &mut Self::State,
+        f: netpoll::ws::Fragment<'_>,
+    ) {
+        assert_eq!(f.first, st.0 == 0);
+        st.0 += 1;
+        // Keep a digest, not the data: the point is that nobody buffers the message.
+        if st.1.is_empty() {
+            st.1 = vec![0; 2];
+        }
+        for &b in f.data {
+            st.1[0] = st.1[0].wrapping_add(b);
+        }
+        st.1[1] = st.1[1].wrapping_add((f.data.len() % 256) as u8);
+        if f.last {
+            let _ = self.tx.send((st.0, std::mem::take(&mut st.1)));
+            st.0 = 0;
+        }
+    }
+}
+
+#[test]
+fn fragment_mode_streams_a_large_message_in_pieces() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = WsServer::builder()
+        .deliver_fragments(true)
+        .max_message_size(64 << 20)
+        .max_frame_size(64 << 20)
+        .start(engine().listen("127.0.0.1:0"), |_| Streamer {
+            tx: tx.clone(),
+        })
+        .unwrap();
+    let mut c = connect(engine.local_addrs()[0], "/");
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
+    c.send(TMessage::Binary(big.clone().into())).unwrap();
+    let (pieces, digest) = rx.recv_timeout(WAIT).unwrap();
+    assert!(
+        pieces > 10,
+        "an 8 MiB message arrives in many pieces, got {pieces}"
+    );
+    let sum = big.iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    assert_eq!(digest[0], sum, "every byte delivered once, unmasked");
+    // A small message is one piece.
+    c.send(TMessage::Text("hi".into())).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().0, 1);
+}

@@ -92,6 +92,20 @@ pub enum Event<'a> {
         /// The peer's reason, validated as UTF-8.
         reason: &'a str,
     },
+    /// A piece of a data message, from [`Decoder::decode_fragments`] only: the message arrives
+    /// as one or more pieces in order, the first with `first`, the last with `last` (a small
+    /// message is one piece with both). Text pieces are validated as UTF-8 across piece
+    /// boundaries, but a piece may end inside a multi-byte character.
+    Fragment {
+        /// The message is text.
+        text: bool,
+        /// Payload bytes, unmasked.
+        data: &'a [u8],
+        /// The message's first piece.
+        first: bool,
+        /// The message's last piece.
+        last: bool,
+    },
 }
 
 /// A message being assembled from fragments, or a large frame arriving in pieces.
@@ -111,6 +125,58 @@ struct Assembly {
     mask_pos: usize,
     /// The frame arriving is the message's last.
     fin: bool,
+    /// Streaming (`decode_fragments`): nothing is buffered; `len` counts the message so far,
+    /// `utf8` carries an incomplete character between pieces, `started` says a piece was
+    /// handed out.
+    streaming: bool,
+    len: u64,
+    utf8: Utf8Stream,
+    started: bool,
+}
+
+/// Incremental UTF-8 validation across pieces: carries at most 3 bytes of a character split
+/// between pieces.
+#[derive(Debug, Default, Clone, Copy)]
+struct Utf8Stream {
+    carry: [u8; 4],
+    carried: usize,
+}
+
+impl Utf8Stream {
+    /// Validates the next piece; false on invalid UTF-8.
+    fn feed(&mut self, mut piece: &[u8]) -> bool {
+        if self.carried > 0 {
+            let width = match self.carry[0] {
+                0xc2..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            let take = (width - self.carried).min(piece.len());
+            self.carry[self.carried..self.carried + take].copy_from_slice(&piece[..take]);
+            self.carried += take;
+            piece = &piece[take..];
+            match std::str::from_utf8(&self.carry[..self.carried]) {
+                Ok(_) => self.carried = 0,
+                Err(e) if e.error_len().is_some() => return false,
+                Err(_) => return true, // still incomplete; the piece is used up
+            }
+        }
+        match std::str::from_utf8(piece) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                let rest = &piece[e.valid_up_to()..];
+                self.carry[..rest.len()].copy_from_slice(rest);
+                self.carried = rest.len();
+                true
+            }
+        }
+    }
+
+    /// True if no character is left incomplete.
+    fn complete(&self) -> bool {
+        self.carried == 0
+    }
 }
 
 /// Per-connection WebSocket frame decoder. 8 bytes while no message is in progress.
@@ -180,6 +246,30 @@ impl Decoder {
         data: &mut [u8],
         role: Role,
         limits: &Limits,
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<Decoded, ProtocolError> {
+        self.run(data, role, limits, false, on_event)
+    }
+
+    /// Like [`decode`](Self::decode), but data messages are handed out as
+    /// [`Event::Fragment`] pieces as they arrive instead of whole: a message of any size
+    /// (within `max_message_size`) is streamed through without being buffered.
+    pub fn decode_fragments(
+        &mut self,
+        data: &mut [u8],
+        role: Role,
+        limits: &Limits,
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<Decoded, ProtocolError> {
+        self.run(data, role, limits, true, on_event)
+    }
+
+    fn run(
+        &mut self,
+        data: &mut [u8],
+        role: Role,
+        limits: &Limits,
+        streaming: bool,
         mut on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
         let mut out = Decoded {
@@ -189,6 +279,25 @@ impl Decoder {
         };
         let mut pos = 0;
         loop {
+            if self
+                .assembly
+                .as_ref()
+                .is_some_and(|a| a.in_frame && a.streaming)
+            {
+                let (done, flow) = self.pass_through(data, &mut pos, &mut on_event)?;
+                out.consumed = pos;
+                if done {
+                    out.frames += 1;
+                }
+                if flow == Flow::Stop {
+                    out.stopped = true;
+                    return Ok(out);
+                }
+                if !done {
+                    return Ok(out);
+                }
+                continue;
+            }
             if self.assembly.as_ref().is_some_and(|a| a.in_frame) {
                 let done = self.stream(data, &mut pos)?;
                 if !done {
@@ -249,7 +358,12 @@ impl Decoder {
                     if a.fragments > limits.max_fragments {
                         return Err(fail(1008, "too many fragments"));
                     }
-                    check_sizes(len, a.buf.len(), limits)?;
+                    let so_far = if a.streaming {
+                        a.len
+                    } else {
+                        a.buf.len() as u64
+                    };
+                    check_sizes(len, so_far, limits)?;
                     a.in_frame = true;
                     a.remaining = len;
                     a.mask = header.mask;
@@ -274,13 +388,20 @@ impl Decoder {
                         }
                         pos += whole;
                         out.frames += 1;
-                        let flow = if text {
-                            match std::str::from_utf8(payload) {
-                                Ok(t) => on_event(Event::Text(t)),
-                                Err(_) => return Err(fail(1007, "text message is not UTF-8")),
+                        let flow = match (text, streaming) {
+                            (true, _) if std::str::from_utf8(payload).is_err() => {
+                                return Err(fail(1007, "text message is not UTF-8"));
                             }
-                        } else {
-                            on_event(Event::Binary(payload))
+                            (_, true) => on_event(Event::Fragment {
+                                text,
+                                data: payload,
+                                first: true,
+                                last: true,
+                            }),
+                            (true, false) => on_event(Event::Text(
+                                std::str::from_utf8(payload).expect("checked above"),
+                            )),
+                            (false, false) => on_event(Event::Binary(payload)),
                         };
                         out.consumed = pos;
                         if flow == Flow::Stop {
@@ -289,12 +410,17 @@ impl Decoder {
                         }
                         continue;
                     }
-                    if header.is_final && whole <= WAIT_WHOLE_MAX {
+                    if header.is_final && whole <= WAIT_WHOLE_MAX && !streaming {
                         return Ok(out); // small: let the caller keep it until it is whole
                     }
+                    let capacity = if streaming {
+                        0
+                    } else {
+                        len.min(WAIT_WHOLE_MAX * 4)
+                    };
                     self.assembly = Some(Box::new(Assembly {
                         text,
-                        buf: Vec::with_capacity(len.min(WAIT_WHOLE_MAX * 4)),
+                        buf: Vec::with_capacity(capacity),
                         utf8_checked: 0,
                         fragments: 1,
                         in_frame: true,
@@ -302,11 +428,58 @@ impl Decoder {
                         mask: header.mask,
                         mask_pos: 0,
                         fin: header.is_final,
+                        streaming,
+                        len: 0,
+                        utf8: Utf8Stream::default(),
+                        started: false,
                     }));
                     pos += header_len;
                 }
             }
         }
+    }
+
+    /// Streaming: unmasks the arriving frame's available payload in place and hands it out as
+    /// a piece. Returns whether the frame is complete, and the callback's flow.
+    fn pass_through(
+        &mut self,
+        data: &mut [u8],
+        pos: &mut usize,
+        on_event: &mut impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<(bool, Flow), ProtocolError> {
+        let a = self.assembly.as_mut().expect("streaming needs an assembly");
+        let take = (data.len() - *pos).min(a.remaining.min(usize::MAX as u64) as usize);
+        let piece = &mut data[*pos..*pos + take];
+        if let Some(mask) = a.mask {
+            apply_mask(piece, mask, a.mask_pos);
+            a.mask_pos = (a.mask_pos + take) % 4;
+        }
+        *pos += take;
+        a.remaining -= take as u64;
+        a.len += take as u64;
+        let frame_done = a.remaining == 0;
+        let last = frame_done && a.fin;
+        if a.text && (!a.utf8.feed(piece) || (last && !a.utf8.complete())) {
+            return Err(fail(1007, "text message is not UTF-8"));
+        }
+        let mut flow = Flow::Continue;
+        // Empty pieces are skipped unless they start or end the message.
+        if take > 0 || last || !a.started {
+            flow = on_event(Event::Fragment {
+                text: a.text,
+                data: piece,
+                first: !a.started,
+                last,
+            });
+            a.started = true;
+        }
+        if frame_done {
+            a.in_frame = false;
+            if a.fin {
+                self.assembly = None;
+            }
+        }
+        Ok((frame_done, flow))
     }
 
     /// Moves the arriving frame's payload into the assembly. True when the frame is complete.
@@ -391,11 +564,11 @@ fn check_header(h: &FrameHeader, len: u64, role: Role) -> Result<(), ProtocolErr
     Ok(())
 }
 
-fn check_sizes(frame_len: u64, so_far: usize, limits: &Limits) -> Result<(), ProtocolError> {
+fn check_sizes(frame_len: u64, so_far: u64, limits: &Limits) -> Result<(), ProtocolError> {
     if frame_len > limits.max_frame_size as u64 {
         return Err(fail(1009, "frame too big"));
     }
-    if so_far as u64 + frame_len > limits.max_message_size as u64 {
+    if so_far + frame_len > limits.max_message_size as u64 {
         return Err(fail(1009, "message too big"));
     }
     Ok(())
@@ -545,6 +718,7 @@ mod tests {
             Event::Ping(b) => Owned::Ping(b.into()),
             Event::Pong(b) => Owned::Pong(b.into()),
             Event::Close { code, reason } => Owned::Close(code, reason.into()),
+            Event::Fragment { .. } => panic!("fragments only come from decode_fragments"),
         }
     }
 
@@ -778,5 +952,88 @@ mod tests {
         let mut close = [0u8; MAX_CONTROL_PAYLOAD];
         let n = encode_close_payload(&mut close, 1001, &"é".repeat(100));
         assert!(n <= 125 && std::str::from_utf8(&close[2..n]).is_ok());
+    }
+
+    /// Feeds `input` in pieces through `decode_fragments` and rebuilds the messages from the
+    /// fragments, checking first/last flags and that nothing gets buffered.
+    fn feed_streaming(input: &[u8], step: usize) -> Result<Vec<Owned>, ProtocolError> {
+        let mut d = Decoder::new();
+        let mut events = Vec::new();
+        let mut current: Option<(bool, Vec<u8>)> = None;
+        let mut kept: Vec<u8> = Vec::new();
+        for piece in input.chunks(step) {
+            kept.extend_from_slice(piece);
+            let r = d.decode_fragments(&mut kept, Role::Server, &Limits::default(), |e| {
+                match e {
+                    Event::Fragment {
+                        text,
+                        data,
+                        first,
+                        last,
+                    } => {
+                        assert_eq!(first, current.is_none(), "first flag");
+                        let (_, buf) = current.get_or_insert((text, Vec::new()));
+                        buf.extend_from_slice(data);
+                        if last {
+                            let (text, buf) = current.take().unwrap();
+                            events.push(if text {
+                                Owned::Text(String::from_utf8(buf).unwrap())
+                            } else {
+                                Owned::Binary(buf)
+                            });
+                        }
+                    }
+                    other => events.push(owned(other)),
+                }
+                Flow::Continue
+            })?;
+            if let Some(a) = &d.assembly {
+                assert_eq!(a.buf.capacity(), 0, "streaming buffers nothing");
+            }
+            kept.drain(..r.consumed);
+            assert!(kept.len() <= 200, "only headers and control frames wait");
+            if r.stopped {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    #[test]
+    fn streaming_hands_out_pieces_that_rebuild_every_message() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let text = "aé€😀".repeat(5000);
+        let mut input = frame(OpKind::Binary, true, &big);
+        input.extend(frame(OpKind::Text, false, &text.as_bytes()[..7]));
+        input.extend(frame(OpKind::Ping, true, b"mid"));
+        input.extend(frame(OpKind::Continue, false, &text.as_bytes()[7..7]));
+        input.extend(frame(OpKind::Continue, true, &text.as_bytes()[7..]));
+        input.extend(frame(OpKind::Text, true, b""));
+        input.extend(frame(OpKind::Binary, true, b"small"));
+        let want = vec![
+            Owned::Binary(big.clone()),
+            Owned::Ping(b"mid".to_vec()),
+            Owned::Text(text.clone()),
+            Owned::Text(String::new()),
+            Owned::Binary(b"small".to_vec()),
+        ];
+        for step in [1, 2, 3, 5, 64, 1000, 65536, input.len()] {
+            assert_eq!(feed_streaming(&input, step).unwrap(), want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn streaming_validates_utf8_across_pieces() {
+        // "€" split across two frames and many pieces is fine; a bad byte fails at once.
+        let mut ok = frame(OpKind::Text, false, &[0xe2]);
+        ok.extend(frame(OpKind::Continue, true, &[0x82, 0xac]));
+        assert_eq!(
+            feed_streaming(&ok, 1).unwrap(),
+            vec![Owned::Text("€".into())]
+        );
+        let bad = frame(OpKind::Text, false, &[b'a', 0xe2, 0x28]);
+        assert_eq!(feed_streaming(&bad, 1).unwrap_err().code, 1007);
+        let cut = frame(OpKind::Text, true, &[b'a', 0xe2, 0x82]);
+        assert_eq!(feed_streaming(&cut, 2).unwrap_err().code, 1007);
     }
 }

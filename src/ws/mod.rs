@@ -109,6 +109,20 @@ impl<S> Accept<S> {
     }
 }
 
+/// A piece of a message delivered by [`WsHandler::on_fragment`]. Borrows the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    /// The message is text. Text is validated as UTF-8 across pieces (a violation closes the
+    /// connection with 1007), but one piece may end inside a multi-byte character.
+    pub text: bool,
+    /// The payload bytes of this piece (possibly empty for an empty message).
+    pub data: &'a [u8],
+    /// The first piece of its message.
+    pub first: bool,
+    /// The last piece of its message.
+    pub last: bool,
+}
+
 /// How a WebSocket connection ended, for [`WsHandler::on_close`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsClose {
@@ -140,6 +154,13 @@ pub trait WsHandler: Send + 'static {
     /// A whole message arrived (fragments reassembled, text validated as UTF-8).
     fn on_message(&mut self, conn: &WsConn, state: &mut Self::State, msg: Message<'_>);
 
+    /// A piece of a message, instead of [`on_message`](Self::on_message), when the server was
+    /// built with [`WsBuilder::deliver_fragments`]: large messages stream through without
+    /// being buffered. The default does nothing (the message is dropped).
+    fn on_fragment(&mut self, conn: &WsConn, state: &mut Self::State, fragment: Fragment<'_>) {
+        let _ = (conn, state, fragment);
+    }
+
     /// A pong arrived (the server pings idle peers by itself; see
     /// [`WsBuilder::idle_timeout`]).
     fn on_pong(&mut self, conn: &WsConn, state: &mut Self::State, payload: &[u8]) {
@@ -165,6 +186,7 @@ pub struct WsConfig {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) pong_timeout: Duration,
+    pub(crate) deliver_fragments: bool,
 }
 
 /// Entry point of the WebSocket server: [`WsServer::builder`].
@@ -194,6 +216,7 @@ impl Default for WsBuilder {
                 handshake_timeout: Duration::from_secs(10),
                 idle_timeout: Some(Duration::from_secs(60)),
                 pong_timeout: Duration::from_secs(10),
+                deliver_fragments: false,
             },
         }
     }
@@ -243,6 +266,14 @@ impl WsBuilder {
     /// See [`idle_timeout`](Self::idle_timeout). Default 10 s.
     pub fn pong_timeout(mut self, t: Duration) -> Self {
         self.config.pong_timeout = t;
+        self
+    }
+
+    /// Deliver data messages piece by piece as they arrive, to
+    /// [`WsHandler::on_fragment`], instead of whole to `on_message`: nothing is buffered, so
+    /// `max_message_size` can be large (streaming uploads). Default off.
+    pub fn deliver_fragments(mut self, on: bool) -> Self {
+        self.config.deliver_fragments = on;
         self
     }
 

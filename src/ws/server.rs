@@ -7,7 +7,7 @@ use tracing::debug;
 use super::conn::{Message, WsConn};
 use super::frame::{Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed};
-use super::{Upgrade, WsClose, WsConfig, WsHandler};
+use super::{Fragment, Upgrade, WsClose, WsConfig, WsHandler};
 use crate::conn::{CloseReason, Conn, Gate, Payload};
 use crate::handler::{Handler, IdleAction, ShutdownAction};
 
@@ -118,20 +118,40 @@ impl<H: WsHandler> Adapter<H> {
         };
         let user = &mut self.user;
         let mut peer_close = None;
-        let result = st
-            .decoder
-            .decode(data, Role::Server, &self.config.limits, |ev| {
-                match ev {
-                    Event::Text(t) => user.on_message(&ws, state, Message::Text(t)),
-                    Event::Binary(b) => user.on_message(&ws, state, Message::Binary(b)),
-                    Event::Ping(p) => {
-                        let _ = ws.pong(p);
-                    }
-                    Event::Pong(p) => user.on_pong(&ws, state, p),
-                    Event::Close { code, .. } => peer_close = Some(code),
+        let on_event = |ev: Event<'_>| {
+            match ev {
+                Event::Text(t) => user.on_message(&ws, state, Message::Text(t)),
+                Event::Binary(b) => user.on_message(&ws, state, Message::Binary(b)),
+                Event::Fragment {
+                    text,
+                    data,
+                    first,
+                    last,
+                } => user.on_fragment(
+                    &ws,
+                    state,
+                    Fragment {
+                        text,
+                        data,
+                        first,
+                        last,
+                    },
+                ),
+                Event::Ping(p) => {
+                    let _ = ws.pong(p);
                 }
-                Flow::Continue
-            });
+                Event::Pong(p) => user.on_pong(&ws, state, p),
+                Event::Close { code, .. } => peer_close = Some(code),
+            }
+            Flow::Continue
+        };
+        let limits = &self.config.limits;
+        let result = if self.config.deliver_fragments {
+            st.decoder
+                .decode_fragments(data, Role::Server, limits, on_event)
+        } else {
+            st.decoder.decode(data, Role::Server, limits, on_event)
+        };
         match result {
             Ok(d) => {
                 if d.frames > 0 {
