@@ -269,6 +269,8 @@ pub(crate) const WATCH_PENDING: u64 = u64::MAX;
 
 /// `ConnIo::proto` bit: the protocol's closing frame is queued; no frame may follow it.
 pub(crate) const PROTO_CLOSE_SENT: u8 = 1;
+/// `ConnIo::proto` bit: the protocol's handshake is not complete; frames are refused.
+pub(crate) const PROTO_HANDSHAKING: u8 = 2;
 
 /// A handle to one connection: cheap to clone, `Send + Sync`, usable from any thread.
 ///
@@ -366,6 +368,11 @@ impl Conn {
         match gate {
             Gate::None => {}
             _ if io.proto & PROTO_CLOSE_SENT != 0 => return Err(WriteError::Closed),
+            _ if io.proto & PROTO_HANDSHAKING != 0 => {
+                return Err(WriteError::Invalid(
+                    "the WebSocket handshake is not complete",
+                ));
+            }
             Gate::Frame => {}
             Gate::CloseFrame => io.proto |= PROTO_CLOSE_SENT,
         }

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::frame::{MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, encode_close_payload, encode_header};
+use super::frame::{
+    MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, apply_mask, encode_close_payload, encode_header,
+};
 use crate::conn::{Conn, ConnId, Gate, PROTO_CLOSE_SENT, Payload};
 use crate::error::WriteError;
 
@@ -54,6 +56,8 @@ impl<'a> Message<'a> {
 #[derive(Clone, PartialEq, Eq)]
 pub struct WsConn {
     conn: Conn,
+    /// This side dialed: frames it sends are masked.
+    client: bool,
 }
 
 impl fmt::Debug for WsConn {
@@ -66,8 +70,13 @@ impl fmt::Debug for WsConn {
 }
 
 impl WsConn {
-    pub(crate) fn new(conn: Conn) -> Self {
-        WsConn { conn }
+    pub(crate) fn with_role(conn: Conn, client: bool) -> Self {
+        WsConn { conn, client }
+    }
+
+    /// True for a connection this side dialed ([`WsEngine::connect`](super::WsEngine::connect)).
+    pub fn is_client(&self) -> bool {
+        self.client
     }
 
     /// The underlying TCP connection (deadlines, timers, pending bytes).
@@ -185,16 +194,42 @@ impl WsConn {
         delay: Duration,
         f: impl FnOnce(&WsConn) + Send + 'static,
     ) -> crate::TimerHandle {
-        self.conn.after(delay, move |c| f(&WsConn::new(c.clone())))
+        let client = self.client;
+        self.conn
+            .after(delay, move |c| f(&WsConn::with_role(c.clone(), client)))
     }
 
     fn frame(&self, kind: OpKind, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
         let mut head = [0u8; MAX_HEADER];
-        let len = match &payload {
-            Payload::Shared(b) => b.len(),
-            Payload::Slice(s) => s.len(),
+        let data: &[u8] = match &payload {
+            Payload::Shared(b) => b,
+            Payload::Slice(s) => s,
         };
-        let n = encode_header(&mut head, kind, true, len, None);
-        self.conn.write_frame(&head[..n], payload, gate)
+        if !self.client {
+            let n = encode_header(&mut head, kind, true, data.len(), None);
+            return self.conn.write_frame(&head[..n], payload, gate);
+        }
+        // A client masks every frame with a fresh random key (RFC 6455 §5.3), in a reused
+        // per-thread buffer: the payload is copied once.
+        let mask: [u8; 4] = rand::random();
+        let n = encode_header(&mut head, kind, true, data.len(), Some(mask));
+        MASK_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            scratch.extend_from_slice(data);
+            apply_mask(&mut scratch, mask, 0);
+            let result = self
+                .conn
+                .write_frame(&head[..n], Payload::Slice(&scratch), gate);
+            if scratch.capacity() > 64 * 1024 {
+                *scratch = Vec::new(); // do not keep a huge buffer per thread
+            }
+            result
+        })
     }
+}
+
+thread_local! {
+    /// Where a client masks outgoing payloads.
+    static MASK_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }

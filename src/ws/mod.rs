@@ -31,21 +31,29 @@
 //! # engine.shutdown(std::time::Duration::from_secs(1));
 //! ```
 
+mod client;
 mod conn;
 pub mod frame;
 pub mod handshake;
 mod server;
 
+use std::io;
+use std::net::ToSocketAddrs;
+use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
+
+pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
 pub use frame::Limits;
 pub use handshake::{HttpResponse, Request};
 
 use crate::builder::{EngineBuilder, ReadRefresh};
-use crate::conn::CloseReason;
-use crate::engine::Engine;
+use crate::conn::{CloseReason, PROTO_HANDSHAKING};
+use crate::engine::{DialOptions, Engine};
 use crate::error::{ConfigError, Error};
 
 /// The upgrade hook's decision (see [`WsHandler::on_request`]).
@@ -138,8 +146,10 @@ pub struct WsClose {
 /// Callbacks of a WebSocket server. Like [`Handler`](crate::Handler), each poller owns one
 /// instance and per-connection state needs no locks.
 pub trait WsHandler: Send + 'static {
-    /// Per-connection state, created by the upgrade hook.
-    type State: 'static;
+    /// Per-connection state, created by the upgrade hook (or given to
+    /// [`WsEngine::connect`]). It lives on the connection's poller thread; it must be `Send`
+    /// only because a client connection's state travels from the connecting thread to it.
+    type State: Send + 'static;
 
     /// An HTTP request arrived: accept it as a WebSocket (for upgrade requests), or answer
     /// it. Not called for malformed upgrade requests (they get 400/405/426 directly). If a
@@ -175,6 +185,105 @@ pub trait WsHandler: Send + 'static {
     /// The connection closed; the last callback for it.
     fn on_close(&mut self, conn: &WsConn, state: Self::State, close: WsClose) {
         let _ = (conn, state, close);
+    }
+
+    /// A connection from [`WsEngine::connect`] did not become a WebSocket; its state comes
+    /// back with the reason. No other callback runs for it.
+    fn on_connect_error(&mut self, state: Self::State, error: ConnectError) {
+        let _ = (state, error);
+    }
+}
+
+/// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`]. Derefs
+/// to the [`Engine`] for addresses, stats and timers.
+pub struct WsEngine<H: WsHandler> {
+    engine: Engine,
+    clients: Arc<client::Clients<H::State>>,
+}
+
+impl<H: WsHandler> std::fmt::Debug for WsEngine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsEngine")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl<H: WsHandler> Deref for WsEngine<H> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl<H: WsHandler> WsEngine<H> {
+    /// Opens a client WebSocket connection to a `ws://` URL without blocking (only the host
+    /// name lookup blocks; give an IP address to avoid it). The TCP connect and the upgrade
+    /// run on a poller; on success the handler's [`on_open`](WsHandler::on_open) runs with
+    /// `opts`'s state, on failure [`on_connect_error`](WsHandler::on_connect_error) gets the
+    /// state back. The returned handle identifies the connection, but sends fail with
+    /// [`WriteError::Invalid`](crate::WriteError::Invalid) until `on_open` has run (a client
+    /// must not send before the server's `101`, RFC 6455 §4.1): start sending from `on_open`.
+    /// Client frames are masked, which copies the payload.
+    ///
+    /// ```no_run
+    /// # use netpoll::ws::{Connect, WsEngine, WsHandler};
+    /// # fn demo<H: WsHandler<State = ()>>(ws: &WsEngine<H>) -> Result<(), netpoll::Error> {
+    /// let conn = ws.connect("ws://127.0.0.1:9001/echo", Connect::new(()).protocol("chat"))?;
+    /// println!("connecting as {}", conn.id());
+    /// # Ok(()) }
+    /// ```
+    pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
+        let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
+        let url = client::parse_url(url).map_err(invalid)?;
+        let addr = (url.host.as_str(), url.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| invalid(format!("{} does not resolve", url.host)))?;
+        let key = tungstenite::handshake::client::generate_key();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let request = client::request(&url, &key, &opts.protocols, &opts.headers);
+        // Registered before the dial so the poller knows the connection when it opens.
+        let mut pending = self
+            .clients
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.clients.count.fetch_add(1, Ordering::AcqRel);
+        let dial = DialOptions {
+            local_addr: opts.local_addr,
+            timeout: opts.timeout,
+        };
+        let conn = match self.engine.dial_with(addr, dial) {
+            Ok(c) => c,
+            Err(e) => {
+                self.clients.count.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        // Queued until the TCP connection is up; frames wait for the upgrade.
+        conn.shared.lock().proto |= PROTO_HANDSHAKING;
+        let _ = conn.write(Bytes::from(request));
+        pending.insert(
+            conn.id(),
+            client::Pending {
+                state: opts.state,
+                accept,
+                protocols: opts.protocols,
+            },
+        );
+        Ok(WsConn::with_role(conn, true))
+    }
+
+    /// The underlying engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Shuts down: every open WebSocket gets 1001 Going Away and up to `timeout` to answer
+    /// (see [`Engine::shutdown`]).
+    pub fn shutdown(self, timeout: Duration) {
+        self.engine.shutdown(timeout)
     }
 }
 
@@ -247,8 +356,9 @@ impl WsBuilder {
         self
     }
 
-    /// Time a client has to send its whole upgrade request; trickling bytes does not extend
-    /// it (slow-loris protection). Default 10 s.
+    /// Time a client has to send its whole upgrade request (and, for connections this engine
+    /// dials, the server to answer); trickling bytes does not extend it (slow-loris
+    /// protection). Default 10 s.
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.config.handshake_timeout = t;
         self
@@ -312,15 +422,21 @@ impl WsBuilder {
     ///
     /// The engine's `read_timeout` becomes the handshake timeout and its `read_refresh`
     /// becomes [`ReadRefresh::Manual`] (only whole frames refresh the idle deadline).
-    pub fn start<H, F>(self, engine: EngineBuilder, mut new_handler: F) -> Result<Engine, Error>
+    pub fn start<H, F>(
+        self,
+        engine: EngineBuilder,
+        mut new_handler: F,
+    ) -> Result<WsEngine<H>, Error>
     where
         H: WsHandler,
         F: FnMut(usize) -> H,
     {
         let config = Arc::new(self.build().map_err(Error::Config)?);
+        let clients = Arc::new(client::Clients::default());
         let engine = engine
             .read_timeout(Some(config.handshake_timeout))
-            .read_refresh(ReadRefresh::Manual);
-        engine.start(|i| server::Adapter::new(new_handler(i), config.clone()))
+            .read_refresh(ReadRefresh::Manual)
+            .start(|i| server::Adapter::new(new_handler(i), config.clone(), clients.clone()))?;
+        Ok(WsEngine { engine, clients })
     }
 }

@@ -1,14 +1,16 @@
 //! The engine [`Handler`] that runs the WebSocket protocol for a [`WsHandler`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tracing::debug;
 
+use super::client::{self, Clients, ConnectError, Pending};
 use super::conn::{Message, WsConn};
 use super::frame::{Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed};
 use super::{Fragment, Upgrade, WsClose, WsConfig, WsHandler};
-use crate::conn::{CloseReason, Conn, Gate, Payload};
+use crate::conn::{CloseReason, Conn, Gate, PROTO_HANDSHAKING, Payload};
 use crate::handler::{Handler, IdleAction, ShutdownAction};
 
 /// Where a connection is in the protocol.
@@ -16,6 +18,8 @@ use crate::handler::{Handler, IdleAction, ShutdownAction};
 enum Phase {
     /// Waiting for the HTTP upgrade request.
     Handshake,
+    /// A connection we dialed, waiting for the server's `101`.
+    ClientHandshake,
     /// Frames flow.
     Open,
     /// The peer's close frame arrived or we failed the connection: input is ignored while the
@@ -26,6 +30,8 @@ enum Phase {
 /// Per-connection protocol state, kept by the poller (16 bytes plus the user's state).
 pub(crate) struct WsState<S> {
     phase: Phase,
+    /// We dialed this connection: we mask what we send and expect unmasked frames.
+    client: bool,
     /// A heartbeat ping is out and nothing has come back yet.
     ping_out: bool,
     /// The close code to report (0 until one is known).
@@ -34,14 +40,97 @@ pub(crate) struct WsState<S> {
     user: Option<S>,
 }
 
-pub(crate) struct Adapter<H> {
+impl<S> WsState<S> {
+    fn ws(&self, conn: &Conn) -> WsConn {
+        WsConn::with_role(conn.clone(), self.client)
+    }
+
+    fn role(&self) -> Role {
+        if self.client {
+            Role::Client
+        } else {
+            Role::Server
+        }
+    }
+}
+
+pub(crate) struct Adapter<H: WsHandler> {
     user: H,
     config: Arc<WsConfig>,
+    clients: Arc<Clients<H::State>>,
 }
 
 impl<H: WsHandler> Adapter<H> {
-    pub(crate) fn new(user: H, config: Arc<WsConfig>) -> Self {
-        Adapter { user, config }
+    pub(crate) fn new(user: H, config: Arc<WsConfig>, clients: Arc<Clients<H::State>>) -> Self {
+        Adapter {
+            user,
+            config,
+            clients,
+        }
+    }
+
+    /// Takes a dialed connection's pending handshake out of the shared table.
+    fn take_pending(&self, conn: &Conn) -> Option<Pending<H::State>> {
+        let p = self
+            .clients
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn.id());
+        if p.is_some() {
+            self.clients.count.fetch_sub(1, Ordering::AcqRel);
+        }
+        p
+    }
+
+    /// A dialed connection failed before it became a WebSocket.
+    fn connect_failed(&mut self, conn: &Conn, error: ConnectError) {
+        if let Some(p) = self.take_pending(conn) {
+            debug!(conn = %conn.id(), %error, "websocket connect failed");
+            self.user.on_connect_error(p.state, error);
+        }
+    }
+
+    /// Reads the server's response to our upgrade request; returns the bytes it used, or
+    /// `None` while it is incomplete.
+    fn client_handshake(
+        &mut self,
+        conn: &Conn,
+        st: &mut WsState<H::State>,
+        data: &[u8],
+    ) -> Option<usize> {
+        let checked = {
+            let pending = self
+                .clients
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let p = pending.get(&conn.id())?;
+            client::check_response(data, &p.accept, &p.protocols)
+        };
+        let error = match checked {
+            Ok(client::Response::Partial) if data.len() <= self.config.max_handshake_size => {
+                return None;
+            }
+            Ok(client::Response::Partial) => ConnectError::Handshake("response too large"),
+            Ok(client::Response::Upgraded { len, .. }) => {
+                let pending = self.take_pending(conn)?;
+                conn.shared.lock().proto &= !PROTO_HANDSHAKING;
+                st.phase = Phase::Open;
+                st.user = Some(pending.state);
+                conn.set_read_timeout(self.config.idle_timeout);
+                let ws = st.ws(conn);
+                if let Some(state) = st.user.as_mut() {
+                    self.user.on_open(&ws, state);
+                }
+                return Some(len);
+            }
+            Err(e) => e,
+        };
+        st.phase = Phase::Done;
+        self.connect_failed(conn, error);
+        conn.abort();
+        Some(data.len())
     }
 
     /// Handles the upgrade request at the start of `data`; returns the bytes it used, or
@@ -88,7 +177,7 @@ impl<H: WsHandler> Adapter<H> {
                 st.user = Some(accept.state);
                 // From now on the read deadline is the heartbeat's.
                 conn.set_read_timeout(self.config.idle_timeout);
-                let ws = WsConn::new(conn.clone());
+                let ws = st.ws(conn);
                 if let Some(state) = st.user.as_mut() {
                     self.user.on_open(&ws, state);
                 }
@@ -112,7 +201,8 @@ impl<H: WsHandler> Adapter<H> {
 
     /// Decodes frames from `data`; returns the bytes consumed.
     fn frames(&mut self, conn: &Conn, st: &mut WsState<H::State>, data: &mut [u8]) -> usize {
-        let ws = WsConn::new(conn.clone());
+        let ws = st.ws(conn);
+        let role = st.role();
         let Some(state) = st.user.as_mut() else {
             return data.len();
         };
@@ -147,10 +237,9 @@ impl<H: WsHandler> Adapter<H> {
         };
         let limits = &self.config.limits;
         let result = if self.config.deliver_fragments {
-            st.decoder
-                .decode_fragments(data, Role::Server, limits, on_event)
+            st.decoder.decode_fragments(data, role, limits, on_event)
         } else {
-            st.decoder.decode(data, Role::Server, limits, on_event)
+            st.decoder.decode(data, role, limits, on_event)
         };
         match result {
             Ok(d) => {
@@ -185,7 +274,7 @@ impl<H: WsHandler> Adapter<H> {
         debug!(conn = %conn.id(), error = %e, "websocket protocol error");
         st.close_code = e.code;
         st.phase = Phase::Done;
-        let _ = WsConn::new(conn.clone()).send_close(e.code, e.reason);
+        let _ = st.ws(conn).send_close(e.code, e.reason);
         conn.close();
     }
 }
@@ -204,9 +293,21 @@ fn respond(conn: &Conn, resp: &HttpResponse) {
 impl<H: WsHandler> Handler for Adapter<H> {
     type State = WsState<H::State>;
 
-    fn on_open(&mut self, _conn: &Conn) -> Self::State {
+    fn on_open(&mut self, conn: &Conn) -> Self::State {
+        let client = self.clients.count.load(Ordering::Acquire) > 0
+            && self
+                .clients
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&conn.id());
         WsState {
-            phase: Phase::Handshake,
+            phase: if client {
+                Phase::ClientHandshake
+            } else {
+                Phase::Handshake
+            },
+            client,
             ping_out: false,
             close_code: 0,
             decoder: Decoder::new(),
@@ -224,18 +325,37 @@ impl<H: WsHandler> Handler for Adapter<H> {
                 }
                 Some(used) => used,
             },
+            Phase::ClientHandshake => match self.client_handshake(conn, st, data) {
+                None => 0,
+                Some(used) if st.phase == Phase::Open => {
+                    used + self.frames(conn, st, &mut data[used..])
+                }
+                Some(used) => used,
+            },
             Phase::Open => self.frames(conn, st, data),
             Phase::Done => data.len(),
         }
     }
 
+    fn on_connect_error(&mut self, conn: &Conn, error: std::io::Error) {
+        self.connect_failed(conn, ConnectError::Io(error));
+    }
+
     fn on_close(&mut self, conn: &Conn, st: Self::State, reason: CloseReason) {
+        if st.phase == Phase::ClientHandshake {
+            let error = match reason {
+                CloseReason::ReadTimeout => ConnectError::Timeout,
+                _ => ConnectError::Closed,
+            };
+            self.connect_failed(conn, error);
+            return;
+        }
+        let ws = st.ws(conn);
         if let Some(state) = st.user {
             let code = match st.close_code {
                 0 => 1006,
                 c => c,
             };
-            let ws = WsConn::new(conn.clone());
             self.user.on_close(
                 &ws,
                 state,
@@ -248,13 +368,14 @@ impl<H: WsHandler> Handler for Adapter<H> {
     }
 
     fn on_drained(&mut self, conn: &Conn, st: &mut Self::State) {
+        let ws = st.ws(conn);
         if let Some(state) = st.user.as_mut() {
-            self.user.on_drained(&WsConn::new(conn.clone()), state);
+            self.user.on_drained(&ws, state);
         }
     }
 
     fn on_idle(&mut self, conn: &Conn, st: &mut Self::State) -> IdleAction {
-        let ws = WsConn::new(conn.clone());
+        let ws = st.ws(conn);
         if st.phase != Phase::Open || st.ping_out || ws.close_sent() {
             // Handshake too slow, heartbeat unanswered, or close handshake unanswered.
             return IdleAction::Close;
@@ -275,7 +396,7 @@ impl<H: WsHandler> Handler for Adapter<H> {
         if st.close_code == 0 {
             st.close_code = 1001;
         }
-        let ws = WsConn::new(conn.clone());
+        let ws = st.ws(conn);
         let _ = ws.send_close(1001, "server shutting down");
         if ws.close_sent() {
             ShutdownAction::Wait // ours, or one the application queued before

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use netpoll::ws::frame::{MAX_HEADER, OpKind, apply_mask, encode_header};
 use netpoll::ws::{
-    Accept, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsHandler,
+    Accept, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsEngine,
+    WsHandler,
 };
-use netpoll::{ConnId, Engine, EngineBuilder};
+use netpoll::{ConnId, EngineBuilder};
 use tungstenite::WebSocket;
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -78,7 +79,10 @@ impl WsHandler for Recorder {
     }
 }
 
-pub fn start_ws(ws: WsBuilder, engine: EngineBuilder) -> (Engine, SocketAddr, Receiver<WsEvent>) {
+pub fn start_ws(
+    ws: WsBuilder,
+    engine: EngineBuilder,
+) -> (WsEngine<Recorder>, SocketAddr, Receiver<WsEvent>) {
     let (tx, rx) = mpsc::channel();
     let engine = ws
         .start(engine.listen("127.0.0.1:0"), |_| Recorder {

@@ -1,0 +1,271 @@
+//! The WebSocket client: against netpoll's own server, against a third-party server
+//! (tungstenite's), and against broken servers that must give clear errors.
+
+mod common;
+mod ws_common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::time::Duration;
+
+use netpoll::Engine;
+use netpoll::ws::{
+    Accept, Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine, WsHandler,
+    WsServer,
+};
+use ws_common::{WAIT, start_ws};
+
+#[derive(Debug)]
+enum Ev {
+    Open(u32, WsConn),
+    Msg(u32, Vec<u8>, bool),
+    Close(u32, WsClose),
+    Failed(u32, String),
+}
+
+/// A client handler: the state is a tag naming the connection in events.
+struct ClientSide {
+    tx: Sender<Ev>,
+    /// Send this when the connection opens.
+    hello: Option<&'static str>,
+}
+
+impl WsHandler for ClientSide {
+    type State = u32;
+
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<u32> {
+        Upgrade::not_found() // this engine only dials
+    }
+
+    fn on_open(&mut self, conn: &WsConn, tag: &mut u32) {
+        assert!(conn.is_client());
+        if let Some(h) = self.hello {
+            conn.send_text(h).unwrap();
+        }
+        let _ = self.tx.send(Ev::Open(*tag, conn.clone()));
+    }
+
+    fn on_message(&mut self, _: &WsConn, tag: &mut u32, msg: Message<'_>) {
+        let _ = self
+            .tx
+            .send(Ev::Msg(*tag, msg.as_bytes().to_vec(), msg.is_text()));
+    }
+
+    fn on_close(&mut self, _: &WsConn, tag: u32, close: WsClose) {
+        let _ = self.tx.send(Ev::Close(tag, close));
+    }
+
+    fn on_connect_error(&mut self, tag: u32, error: ConnectError) {
+        let _ = self.tx.send(Ev::Failed(tag, error.to_string()));
+    }
+}
+
+fn client_engine(hello: Option<&'static str>) -> (WsEngine<ClientSide>, Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let ws = WsServer::builder()
+        .handshake_timeout(Duration::from_millis(500))
+        .start(Engine::builder().pollers(2), |_| ClientSide {
+            tx: tx.clone(),
+            hello,
+        })
+        .unwrap();
+    (ws, rx)
+}
+
+fn next(rx: &Receiver<Ev>) -> Ev {
+    rx.recv_timeout(WAIT).expect("client event")
+}
+
+#[test]
+fn client_echoes_through_netpoll_server_and_closes_cleanly() {
+    let (_server, addr, _srx) = start_ws(WsServer::builder(), Engine::builder().pollers(1));
+    let (client, rx) = client_engine(Some("hello"));
+    let conn = client
+        .connect(&format!("ws://{addr}/echo"), Connect::new(7))
+        .unwrap();
+    assert!(
+        matches!(
+            conn.send_text("too early"),
+            Err(netpoll::WriteError::Invalid(_))
+        ),
+        "no frames before the 101"
+    );
+    let Ev::Open(7, c) = next(&rx) else { panic!() };
+    assert_eq!(c.id(), conn.id());
+    let Ev::Msg(7, m, true) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(m, b"hello");
+    // Large binary both ways (masked by the client, unmasked by the server, echoed).
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 199) as u8).collect();
+    conn.send_binary(&big).unwrap();
+    let Ev::Msg(7, m, false) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(m, big);
+    conn.close(1000, "done");
+    let Ev::Close(7, close) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(close.code, 1000, "the server's echo of our close");
+}
+
+#[test]
+fn client_works_with_a_third_party_server_and_negotiates_a_subprotocol() {
+    // tungstenite's blocking server, choosing the subprotocol "v2".
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let cb = |req: &tungstenite::handshake::server::Request,
+                  mut resp: tungstenite::handshake::server::Response| {
+            let offered = req.headers()["sec-websocket-protocol"].to_str().unwrap();
+            assert_eq!(offered, "v1, v2");
+            assert_eq!(req.headers()["x-token"], "secret");
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", "v2".parse().unwrap());
+            Ok(resp)
+        };
+        let mut ws = tungstenite::accept_hdr(stream, cb).unwrap();
+        loop {
+            match ws.read() {
+                Ok(m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_))) => {
+                    ws.send(m).unwrap()
+                }
+                Ok(tungstenite::Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = ws.flush();
+    });
+    let (client, rx) = client_engine(Some("über"));
+    let opts = Connect::new(1)
+        .protocol("v1")
+        .protocol("v2")
+        .header("X-Token", "secret");
+    let conn = client.connect(&format!("ws://{addr}/"), opts).unwrap();
+    let Ev::Open(1, _) = next(&rx) else { panic!() };
+    let Ev::Msg(1, m, true) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(m, "über".as_bytes());
+    conn.close(1000, "");
+    let Ev::Close(1, close) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(close.code, 1000);
+    server.join().unwrap();
+}
+
+/// A fake server that reads the request and answers with `reply(key)`.
+fn fake_server(reply: fn(&str) -> String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let req = String::from_utf8(got).unwrap();
+        let key = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .to_string();
+        let _ = s.write_all(reply(&key).as_bytes());
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    addr
+}
+
+#[test]
+fn bad_server_responses_give_clear_errors() {
+    let (client, rx) = client_engine(None);
+    let cases: [(fn(&str) -> String, &str); 4] = [
+        (
+            |_| "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
+            "server answered HTTP 404 instead of 101",
+        ),
+        (
+            |_| {
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n"
+                    .into()
+            },
+            "invalid upgrade response: wrong Sec-WebSocket-Accept",
+        ),
+        (
+            |_| "\x00\x01garbage that is not HTTP\r\n\r\n".into(),
+            "invalid upgrade response: not an HTTP response",
+        ),
+        (|_| String::new(), "handshake timed out"),
+    ];
+    for (i, (reply, want)) in cases.into_iter().enumerate() {
+        let addr = fake_server(reply);
+        client
+            .connect(&format!("ws://{addr}/"), Connect::new(i as u32))
+            .unwrap();
+        match next(&rx) {
+            Ev::Failed(tag, why) => {
+                assert_eq!(tag, i as u32);
+                assert_eq!(why, want);
+            }
+            other => panic!("case {i}: expected a connect error, got {other:?}"),
+        }
+    }
+    // Nothing listening: the TCP connect fails.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    client
+        .connect(&format!("ws://127.0.0.1:{port}/"), Connect::new(99))
+        .unwrap();
+    let Ev::Failed(99, why) = next(&rx) else {
+        panic!()
+    };
+    assert!(why.starts_with("connect failed"), "{why}");
+    // Bad URLs fail at once.
+    assert!(client.connect("wss://x/", Connect::new(0)).is_err());
+    assert!(client.connect("http://x/", Connect::new(0)).is_err());
+}
+
+#[test]
+fn two_thousand_client_connections_on_two_pollers() {
+    common::raise_nofile_limit(4_200);
+    let (_server, addr, _srx) = start_ws(WsServer::builder(), Engine::builder().pollers(1));
+    let (client, rx) = client_engine(Some("ping"));
+    const N: u32 = 2000;
+    for i in 0..N {
+        let src = SocketAddr::from(([127, 0, 0, 1 + (i % 4) as u8], 0));
+        client
+            .connect(
+                &format!("ws://{addr}/echo"),
+                Connect::new(i).local_addr(src),
+            )
+            .unwrap();
+    }
+    let mut echoed = vec![false; N as usize];
+    let mut n = 0;
+    while n < N {
+        match next(&rx) {
+            Ev::Msg(tag, m, true) => {
+                assert_eq!(m, b"ping");
+                assert!(!echoed[tag as usize]);
+                echoed[tag as usize] = true;
+                n += 1;
+            }
+            Ev::Open(..) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(client.stats().open(), N as u64);
+}
