@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use netpoll::Engine;
 use netpoll::ws::{
-    Accept, Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine, WsHandler,
+    Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine, WsHandler,
     WsServer,
 };
 use ws_common::{WAIT, start_ws};
@@ -118,6 +118,8 @@ fn client_works_with_a_third_party_server_and_negotiates_a_subprotocol() {
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
+        // The callback's signature (and its large error type) is tungstenite's.
+        #[allow(clippy::result_large_err)]
         let cb = |req: &tungstenite::handshake::server::Request,
                   mut resp: tungstenite::handshake::server::Response| {
             let offered = req.headers()["sec-websocket-protocol"].to_str().unwrap();
@@ -188,7 +190,8 @@ fn fake_server(reply: fn(&str) -> String) -> SocketAddr {
 #[test]
 fn bad_server_responses_give_clear_errors() {
     let (client, rx) = client_engine(None);
-    let cases: [(fn(&str) -> String, &str); 4] = [
+    type Reply = fn(&str) -> String;
+    let cases: [(Reply, &str); 4] = [
         (
             |_| "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into(),
             "server answered HTTP 404 instead of 101",
