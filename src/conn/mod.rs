@@ -136,6 +136,23 @@ pub(crate) struct ConnIo {
     pub(crate) read_manual: bool,
     /// Protocol-layer bits (`PROTO_*`), checked and set atomically with frame writes.
     pub(crate) proto: u8,
+    /// Rarely used per-connection data, allocated only when needed (8 bytes otherwise).
+    pub(crate) ext: Option<Box<ConnExt>>,
+}
+
+/// The lazily allocated part of a connection's state.
+#[derive(Default)]
+pub(crate) struct ConnExt {
+    /// Broadcast groups this connection is a member of; it leaves them when it closes.
+    pub(crate) groups: Vec<std::sync::Weak<crate::ws::group::GroupInner>>,
+}
+
+impl fmt::Debug for ConnExt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnExt")
+            .field("groups", &self.groups.len())
+            .finish()
+    }
 }
 
 impl ConnIo {
@@ -194,6 +211,7 @@ impl ConnShared {
                 read_fixed: false,
                 read_manual,
                 proto: 0,
+                ext: None,
             }),
         }
     }
@@ -213,6 +231,9 @@ impl ConnShared {
 /// cannot be written at once.
 pub(crate) enum Payload<'a> {
     Shared(Bytes),
+    /// Shared bytes that are always queued as they are, never copied (a broadcast frame held
+    /// by every member's queue).
+    Frame(Bytes),
     Slice(&'a [u8]),
 }
 
@@ -222,15 +243,12 @@ const INLINE_SHARED_MAX: usize = 1024;
 
 impl Payload<'_> {
     fn len(&self) -> usize {
-        match self {
-            Payload::Shared(b) => b.len(),
-            Payload::Slice(s) => s.len(),
-        }
+        self.as_slice().len()
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
-            Payload::Shared(b) => b,
+            Payload::Shared(b) | Payload::Frame(b) => b,
             Payload::Slice(s) => s,
         }
     }
@@ -242,7 +260,7 @@ impl Payload<'_> {
             (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
                 out.push_slice_pooled(&b[from..], pool)
             }
-            (Payload::Shared(mut b), _) => {
+            (Payload::Shared(mut b) | Payload::Frame(mut b), _) => {
                 bytes::Buf::advance(&mut b, from);
                 out.push(b)
             }
@@ -357,6 +375,18 @@ impl Conn {
         body: Payload<'_>,
         gate: Gate,
     ) -> Result<(), WriteError> {
+        self.write_frame_with(head, body, gate, None)
+    }
+
+    /// [`write_frame`](Self::write_frame) with the overflow policy overridden (`Some(Error)`:
+    /// refuse and let the caller decide, e.g. a broadcast group's own policy).
+    pub(crate) fn write_frame_with(
+        &self,
+        head: &[u8],
+        body: Payload<'_>,
+        gate: Gate,
+        policy: Option<OverflowPolicy>,
+    ) -> Result<(), WriteError> {
         let shared = &*self.shared;
         let poller = &*shared.poller;
         let on_owner = poller::is_current(poller);
@@ -381,17 +411,16 @@ impl Conn {
         }
         let pending = io.out.len();
         let limit = poller.config().max_outbound_bytes;
-        if pending + len > limit {
-            if gate == Gate::CloseFrame {
-                io.proto &= !PROTO_CLOSE_SENT;
-            }
+        // A close frame (at most 127 bytes) may pass the limit: closing must work under
+        // backpressure too.
+        if pending + len > limit && gate != Gate::CloseFrame {
             count(&poller.stats.overflows, 1);
             let err = WriteError::Overflow {
                 pending,
                 len,
                 limit,
             };
-            if poller.config().overflow_policy == OverflowPolicy::Close {
+            if policy.unwrap_or(poller.config().overflow_policy) == OverflowPolicy::Close {
                 io.phase = Phase::Closed;
                 drop(io);
                 self.request_close(crate::CloseReason::Overflow, false);

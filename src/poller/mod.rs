@@ -98,6 +98,8 @@ pub(crate) enum Command {
         graceful: bool,
     },
     AddTimer(Box<UserTimer>),
+    /// Run a closure on the poller thread (a broadcast's share for this poller's members).
+    Run(Box<dyn FnOnce() + Send>),
     CancelTimer(Arc<TimerState>),
     ResumeAccept,
     Shutdown {
@@ -1071,6 +1073,11 @@ impl<H: Handler> Poller<H> {
                     }
                 }
                 Command::AddTimer(timer) => self.add_timer(*timer),
+                Command::Run(f) => {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        tracing::error!(poller = self.shared.index, "poller task panicked");
+                    }
+                }
                 Command::CancelTimer(state) => self.cancel_timer(&state),
                 Command::ResumeAccept => self.resume_accept(),
                 Command::Shutdown { deadline } => {

@@ -201,10 +201,7 @@ impl WsConn {
 
     fn frame(&self, kind: OpKind, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
         let mut head = [0u8; MAX_HEADER];
-        let data: &[u8] = match &payload {
-            Payload::Shared(b) => b,
-            Payload::Slice(s) => s,
-        };
+        let data = payload.as_slice();
         if !self.client {
             let n = encode_header(&mut head, kind, true, data.len(), None);
             return self.conn.write_frame(&head[..n], payload, gate);

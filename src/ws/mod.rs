@@ -34,6 +34,7 @@
 mod client;
 mod conn;
 pub mod frame;
+pub(crate) mod group;
 pub mod handshake;
 mod server;
 
@@ -49,6 +50,7 @@ use bytes::Bytes;
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
 pub use frame::Limits;
+pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
 
 use crate::builder::{EngineBuilder, ReadRefresh};

@@ -342,6 +342,7 @@ impl<H: WsHandler> Handler for Adapter<H> {
     }
 
     fn on_close(&mut self, conn: &Conn, st: Self::State, reason: CloseReason) {
+        super::group::leave_all(&st.ws(conn));
         if st.phase == Phase::ClientHandshake {
             let error = match reason {
                 CloseReason::ReadTimeout => ConnectError::Timeout,

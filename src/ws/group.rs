@@ -1,0 +1,316 @@
+//! Broadcast groups: one message to many WebSocket connections, encoded once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::Bytes;
+
+use super::conn::{Message, WsConn};
+use super::frame::{MAX_HEADER, OpKind, encode_header};
+use crate::builder::OverflowPolicy;
+use crate::conn::{ConnExt, ConnId, Gate, Payload, Phase};
+use crate::error::WriteError;
+use crate::poller::{Command, PollerShared};
+use crate::stats::count;
+
+/// What a broadcast does for a member whose outbound queue is full (it would pass the
+/// engine's `max_outbound_bytes`). Either way the other members are not held up: each gets
+/// the message queued as soon as its poller runs the broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowPolicy {
+    /// Skip the message for that member and count it in `Stats::dropped_messages`. The member
+    /// stays; it misses messages while it cannot keep up (right for market data and game
+    /// state, where the next message supersedes).
+    Drop,
+    /// Close the member: a close frame with `code` (e.g. 1008 policy violation or 1013 try
+    /// again later) is queued past the limit, then the connection closes after a bounded
+    /// flush. Counted in `Stats::slow_closes`.
+    Close {
+        /// The close code sent to the slow member.
+        code: u16,
+    },
+}
+
+/// A set of WebSocket connections that receive the same messages: a chat room, a topic, a
+/// market-data channel. `Clone + Send + Sync`; use it from any thread.
+///
+/// [`broadcast`](Self::broadcast) encodes the frame once into one `Bytes`, and hands it to
+/// each poller that has members (one command per poller, not one per member); the poller
+/// queues that same `Bytes` on each of its members, without copying, and flushes each with
+/// `writev` at the end of its loop iteration. Messages from several senders may interleave
+/// differently on different members, but every member gets each message whole and each
+/// sender's messages in that sender's order.
+///
+/// A connection leaves its groups when it closes.
+///
+/// ```no_run
+/// # use netpoll::ws::{Group, SlowPolicy, WsConn, Message};
+/// # fn demo(conn: &WsConn) {
+/// let room = Group::new(SlowPolicy::Drop);
+/// room.join(conn);
+/// room.broadcast(Message::Text("welcome"));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Group {
+    inner: Arc<GroupInner>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("len", &self.len())
+            .field("policy", &self.inner.policy)
+            .finish()
+    }
+}
+
+/// Members of one poller: a dense vector for fast iteration and an index by id.
+#[derive(Default)]
+struct Members {
+    conns: Vec<WsConn>,
+    index: HashMap<ConnId, usize>,
+}
+
+impl Members {
+    fn insert(&mut self, conn: &WsConn) -> bool {
+        if self.index.contains_key(&conn.id()) {
+            return false;
+        }
+        self.index.insert(conn.id(), self.conns.len());
+        self.conns.push(conn.clone());
+        true
+    }
+
+    fn remove(&mut self, id: ConnId) -> bool {
+        let Some(i) = self.index.remove(&id) else {
+            return false;
+        };
+        self.conns.swap_remove(i);
+        if let Some(moved) = self.conns.get(i) {
+            self.index.insert(moved.id(), i);
+        }
+        true
+    }
+}
+
+/// One poller's share of a group.
+struct Slot {
+    poller: Arc<PollerShared>,
+    members: Mutex<Members>,
+}
+
+impl Slot {
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) struct GroupInner {
+    policy: SlowPolicy,
+    /// Indexed by poller; filled in as members of each poller join.
+    slots: RwLock<Vec<Option<Arc<Slot>>>>,
+    len: AtomicUsize,
+}
+
+impl GroupInner {
+    fn slot(&self, poller: usize) -> Option<Arc<Slot>> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots.get(poller).cloned().flatten()
+    }
+
+    /// The slot for `conn`'s poller, made on first use; `None` if that index belongs to
+    /// another engine's poller.
+    fn slot_for(&self, conn: &WsConn) -> Option<Arc<Slot>> {
+        let poller = &conn.conn().shared.poller;
+        let i = poller.index;
+        if let Some(slot) = self.slot(i) {
+            return Arc::ptr_eq(&slot.poller, poller).then_some(slot);
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if slots.len() <= i {
+            slots.resize(i + 1, None);
+        }
+        let slot = slots[i].get_or_insert_with(|| {
+            Arc::new(Slot {
+                poller: poller.clone(),
+                members: Mutex::new(Members::default()),
+            })
+        });
+        Arc::ptr_eq(&slot.poller, poller).then(|| slot.clone())
+    }
+
+    /// Removes a member (a closing connection, called by its poller, or `leave`).
+    pub(crate) fn remove(&self, conn: &WsConn) -> bool {
+        let removed = self
+            .slot(conn.conn().poller_index())
+            .is_some_and(|slot| slot.members().remove(conn.id()));
+        if removed {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Queues `frame` on a slot's members (runs on that slot's poller).
+    fn deliver(&self, slot: &Slot, frame: &Bytes, except: Option<ConnId>) {
+        let stats = &slot.poller.stats;
+        let members = slot.members();
+        for m in &members.conns {
+            if Some(m.id()) == except {
+                continue;
+            }
+            let result = m.conn().write_frame_with(
+                &[],
+                Payload::Frame(frame.clone()),
+                Gate::Frame,
+                Some(OverflowPolicy::Error),
+            );
+            if let Err(WriteError::Overflow { .. }) = result {
+                match self.policy {
+                    SlowPolicy::Drop => count(&stats.dropped_messages, 1),
+                    SlowPolicy::Close { code } => {
+                        count(&stats.slow_closes, 1);
+                        m.close(code, "too slow");
+                    }
+                }
+            }
+            // A closed member is removed by its own close; nothing to do here.
+        }
+    }
+}
+
+impl Group {
+    /// An empty group. Members may come from any poller of one engine.
+    pub fn new(policy: SlowPolicy) -> Group {
+        Group {
+            inner: Arc::new(GroupInner {
+                policy,
+                slots: RwLock::new(Vec::new()),
+                len: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Adds `conn`. Returns false if it is already a member or closed, if it belongs to
+    /// another engine than the members so far, or if it is a client connection (groups send
+    /// server frames).
+    pub fn join(&self, conn: &WsConn) -> bool {
+        if conn.is_client() {
+            return false;
+        }
+        let Some(slot) = self.inner.slot_for(conn) else {
+            return false;
+        };
+        // Locks are never nested connection -> members (a broadcast holds members ->
+        // connection). 1. Record the membership on the connection, unless it is closed.
+        {
+            let mut io = conn.conn().shared.lock();
+            if io.phase == Phase::Closed {
+                return false;
+            }
+            let ext = io.ext.get_or_insert_with(Box::<ConnExt>::default);
+            if ext
+                .groups
+                .iter()
+                .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)))
+            {
+                return false;
+            }
+            ext.groups.push(Arc::downgrade(&self.inner));
+        }
+        // 2. Add the member.
+        if slot.members().insert(conn) {
+            self.inner.len.fetch_add(1, Ordering::Relaxed);
+        }
+        // 3. A close that ran between 1 and 2 found nothing to remove yet: undo.
+        if conn.conn().shared.lock().phase == Phase::Closed {
+            self.inner.remove(conn);
+            return false;
+        }
+        true
+    }
+
+    /// Removes `conn`; false if it was not a member.
+    pub fn leave(&self, conn: &WsConn) -> bool {
+        {
+            let mut io = conn.conn().shared.lock();
+            if let Some(ext) = io.ext.as_mut() {
+                ext.groups
+                    .retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)));
+            }
+        }
+        self.inner.remove(conn)
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Relaxed)
+    }
+
+    /// True if the group has no members.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sends `msg` to every member.
+    pub fn broadcast(&self, msg: Message<'_>) {
+        self.send(msg, None)
+    }
+
+    /// Sends `msg` to every member but `except` (typically the sender).
+    pub fn broadcast_except(&self, except: &WsConn, msg: Message<'_>) {
+        self.send(msg, Some(except.id()))
+    }
+
+    fn send(&self, msg: Message<'_>, except: Option<ConnId>) {
+        let frame = encode_frame(msg);
+        let slots: Vec<Arc<Slot>> = {
+            let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
+            slots.iter().flatten().cloned().collect()
+        };
+        for slot in slots {
+            if slot.members().conns.is_empty() {
+                continue;
+            }
+            let inner = self.inner.clone();
+            let frame = frame.clone();
+            let poller = slot.poller.clone();
+            poller.send(Command::Run(Box::new(move || {
+                inner.deliver(&slot, &frame, except)
+            })));
+        }
+    }
+}
+
+/// One unmasked frame (header + payload) in one `Bytes`, shared by every member's queue.
+fn encode_frame(msg: Message<'_>) -> Bytes {
+    let kind = if msg.is_text() {
+        OpKind::Text
+    } else {
+        OpKind::Binary
+    };
+    let payload = msg.as_bytes();
+    let mut head = [0u8; MAX_HEADER];
+    let n = encode_header(&mut head, kind, true, payload.len(), None);
+    let mut frame = Vec::with_capacity(n + payload.len());
+    frame.extend_from_slice(&head[..n]);
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
+}
+
+/// A closing connection leaves every group it joined (called by its poller).
+pub(crate) fn leave_all(conn: &WsConn) {
+    let groups = {
+        let mut io = conn.conn().shared.lock();
+        match io.ext.as_mut() {
+            Some(ext) => std::mem::take(&mut ext.groups),
+            None => return,
+        }
+    };
+    for g in groups {
+        if let Some(g) = g.upgrade() {
+            g.remove(conn);
+        }
+    }
+}
