@@ -8,20 +8,20 @@
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
 //! - `/broadcast`: every message goes to every client connected on `/broadcast`, the sender
-//!   included. The payload is shared by all receivers, not copied per receiver.
+//!   included, through a `Group`: the frame is encoded once and the same bytes are queued on
+//!   every receiver. A receiver that cannot keep up misses messages (`SlowPolicy::Drop`).
 //! - `/`: a WebSocket upgrade echoes like `/echo`; a plain GET gets a short text page.
 //! - anything else: 404; a plain GET on `/echo` or `/broadcast` gets 426.
 //!
 //! Prints `listening on ADDR` once ready. Serves until killed. A client that stops reading is
 //! cut off when its queue would pass `--max-write-buffer` or its write deadline passes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use netpoll::ws::{Accept, Message, Request, Upgrade, WsClose, WsConn, WsHandler, WsServer};
-use netpoll::{ConnId, Engine, OverflowPolicy};
+use netpoll::ws::{
+    Accept, Group, Message, Request, SlowPolicy, Upgrade, WsConn, WsHandler, WsServer,
+};
+use netpoll::{Engine, OverflowPolicy};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -29,10 +29,8 @@ enum Route {
     Broadcast,
 }
 
-type Members = Arc<Mutex<HashMap<ConnId, WsConn>>>;
-
 struct Server {
-    members: Members,
+    broadcast: Group,
 }
 
 impl WsHandler for Server {
@@ -54,7 +52,7 @@ impl WsHandler for Server {
 
     fn on_open(&mut self, conn: &WsConn, route: &mut Route) {
         if *route == Route::Broadcast {
-            self.members.lock().unwrap().insert(conn.id(), conn.clone());
+            self.broadcast.join(conn); // left automatically on close
         }
     }
 
@@ -66,20 +64,7 @@ impl WsHandler for Server {
                     conn.abort();
                 }
             }
-            Route::Broadcast => {
-                let payload = Bytes::copy_from_slice(msg.as_bytes());
-                let members: Vec<WsConn> = self.members.lock().unwrap().values().cloned().collect();
-                for m in members {
-                    // A member that cannot keep up is dropped by the overflow policy.
-                    let _ = m.send_shared(payload.clone(), msg.is_text());
-                }
-            }
-        }
-    }
-
-    fn on_close(&mut self, conn: &WsConn, route: Route, _: WsClose) {
-        if route == Route::Broadcast {
-            self.members.lock().unwrap().remove(&conn.id());
+            Route::Broadcast => self.broadcast.broadcast(msg),
         }
     }
 }
@@ -130,13 +115,13 @@ fn main() {
     if let Some(n) = pollers {
         engine = engine.pollers(n);
     }
-    let members = Members::default();
+    let broadcast = Group::new(SlowPolicy::Drop);
     let engine = WsServer::builder()
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .idle_timeout(idle_timeout)
         .start(engine, |_| Server {
-            members: members.clone(),
+            broadcast: broadcast.clone(),
         })
         .unwrap_or_else(|e| panic!("cannot start: {e}"));
     println!("listening on {}", engine.local_addrs()[0]);

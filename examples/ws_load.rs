@@ -1,151 +1,163 @@
-//! Closed-loop WebSocket echo load generator on netpoll's `dial` and its sans-IO frame layer.
-//!
-//! Each connection upgrades on `--path`, then sends one binary message of `--size` bytes,
-//! waits for the whole echo, and sends the next. Reports echoed messages per second over
-//! `--duration` seconds, measured after every connection is open, and with `--server-pid` the
-//! server's CPU microseconds per message over the same window.
+//! WebSocket load generator on netpoll's WebSocket client (`WsEngine::connect`).
 //!
 //! ```text
-//! cargo run --release --example ws_load -- --addr 127.0.0.1:9001 [--path /echo] --conns 1000 \
-//!     --size 64 --duration 10 [--pollers 1] [--sources 8] [--server-pid PID]
+//! cargo run --release --example ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
+//!     --size 64 --duration 10 [--mode echo|broadcast] [--rate MSGS_PER_SEC] [--pollers 1]
+//!     [--sources 8] [--server-pid PID]
 //! ```
 //!
-//! Every connection sends the same pre-masked frame (one random mask per run): the server
-//! still unmasks every byte, and the client allocates nothing per message. The upgrade
-//! response is checked for `101` only (this is a load tool; the WebSocket client with full
-//! handshake checks comes with the client API).
+//! - `echo` (default): closed loop; each connection sends one binary message of `--size`
+//!   bytes, waits for its echo, and sends the next. Reports echoed messages per second and the
+//!   round-trip latency.
+//! - `broadcast`: every connection joins (use a `/broadcast` URL); one connection sends
+//!   `--rate` messages per second and every connection, the sender included, receives them.
+//!   Reports deliveries per second and the delivery latency (send to receipt).
+//!
+//! Messages carry their send time in the first 8 bytes (`--size` is at least 8). Sockets are
+//! spread over source addresses 127.0.0.1..=127.0.0.N with `--sources N`. With
+//! `--server-pid` the server's CPU time over the measured window is reported too. `--addr`
+//! and `--path` may be given instead of `--url`.
 
 #[path = "support/load.rs"]
 mod load;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use load::{Counters, Options};
-use netpoll::ws::frame::{Decoder, Event, Flow, Limits, MAX_HEADER, OpKind, Role};
-use netpoll::ws::frame::{apply_mask, encode_header};
-use netpoll::{CloseReason, Conn, Engine, Handler};
+use load::{Counters, Options, Samples, now_nanos};
+use netpoll::Engine;
+use netpoll::ws::{
+    Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler, WsServer,
+};
 
 struct Load {
-    request: Bytes,
-    frame: Bytes,
-    size: usize,
+    echo: bool,
     counters: Arc<Counters>,
     local: u64,
-    limits: Limits,
+    samples: Samples,
+    msg: Vec<u8>,
+    /// Broadcast mode: the first connection to open becomes the sender.
+    sender: Arc<Mutex<Option<WsConn>>>,
 }
 
-enum State {
-    Upgrading,
-    Open(Decoder),
+impl Load {
+    fn send_stamped(&mut self, conn: &WsConn) {
+        self.msg[..8].copy_from_slice(&now_nanos().to_le_bytes());
+        let _ = conn.send_binary(&self.msg);
+    }
 }
 
-impl Handler for Load {
-    type State = State;
+impl WsHandler for Load {
+    type State = ();
 
-    fn on_open(&mut self, conn: &Conn) -> State {
-        conn.write(self.request.clone()).expect("upgrade request");
-        State::Upgrading
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+        Upgrade::not_found() // a client only
     }
 
-    fn on_data(&mut self, conn: &Conn, state: &mut State, data: &mut [u8]) -> usize {
-        let mut used = 0;
-        if let State::Upgrading = state {
-            let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                return 0;
-            };
-            if !data.starts_with(b"HTTP/1.1 101") {
-                eprintln!("upgrade refused: {}", String::from_utf8_lossy(&data[..end]));
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                conn.abort();
-                return data.len();
-            }
-            used = end + 4;
-            *state = State::Open(Decoder::new());
-            self.counters.open.fetch_add(1, Ordering::Relaxed);
-            let _ = conn.write(self.frame.clone());
-        }
-        let State::Open(decoder) = state else {
-            unreachable!()
-        };
-        let (counters, local, frame, size) =
-            (&self.counters, &mut self.local, &self.frame, self.size);
-        let result = decoder.decode(&mut data[used..], Role::Client, &self.limits, |ev| {
-            match ev {
-                Event::Binary(b) if b.len() == size => {
-                    counters.count_echo(local);
-                    let _ = conn.write(frame.clone());
-                }
-                Event::Close { .. } => return Flow::Stop,
-                _ => {}
-            }
-            Flow::Continue
-        });
-        match result {
-            Ok(d) => used + d.consumed,
-            Err(e) => {
-                eprintln!("protocol error from server: {e}");
-                conn.abort();
-                data.len()
-            }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        self.counters.open.fetch_add(1, Ordering::Relaxed);
+        if self.echo {
+            self.send_stamped(conn);
+        } else {
+            self.sender
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| conn.clone());
         }
     }
 
-    fn on_close(&mut self, _: &Conn, _: State, reason: CloseReason) {
-        if reason != CloseReason::Shutdown {
-            eprintln!("connection closed during the run: {reason:?}");
+    fn on_message(&mut self, conn: &WsConn, _: &mut (), msg: Message<'_>) {
+        let b = msg.as_bytes();
+        if b.len() < 8 {
+            return;
+        }
+        let sent = u64::from_le_bytes(b[..8].try_into().unwrap());
+        self.samples.record(&self.counters, sent);
+        self.counters.count_echo(&mut self.local);
+        if self.echo {
+            self.send_stamped(conn);
+        }
+    }
+
+    fn on_close(&mut self, _: &WsConn, _: (), close: WsClose) {
+        if !self.counters.stopping.load(Ordering::Relaxed) {
+            eprintln!("connection closed during the run: {close:?}");
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn on_connect_error(&mut self, _: &Conn, error: std::io::Error) {
+    fn on_connect_error(&mut self, _: (), error: ConnectError) {
         eprintln!("connect error: {error}");
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// One masked binary frame of `size` bytes.
-fn masked_frame(size: usize) -> Bytes {
-    let mask: [u8; 4] = std::array::from_fn(|i| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        (t >> (i * 8)) as u8 | 1
-    });
-    let mut head = [0u8; MAX_HEADER];
-    let n = encode_header(&mut head, OpKind::Binary, true, size, Some(mask));
-    let mut payload = vec![b'x'; size];
-    apply_mask(&mut payload, mask, 0);
-    let mut frame = head[..n].to_vec();
-    frame.extend_from_slice(&payload);
-    Bytes::from(frame)
-}
-
 fn main() {
-    let o = Options::parse(9001, true);
+    let mut o = Options::parse(9001, true);
+    o.size = o.size.max(8);
+    let echo = match o.mode.as_str() {
+        "echo" => true,
+        "broadcast" => false,
+        m => panic!("--mode echo|broadcast, not {m}"),
+    };
     let counters = Arc::new(Counters::default());
-    let request = Bytes::from(format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        o.path, o.addr
-    ));
-    let frame = masked_frame(o.size);
-    let engine = Engine::builder()
-        .pollers(o.pollers)
-        .max_connections(o.conns + 16)
-        .start(|_| Load {
-            request: request.clone(),
-            frame: frame.clone(),
-            size: o.size,
-            counters: counters.clone(),
-            local: 0,
-            limits: Limits::default(),
-        })
+    let sender = Arc::new(Mutex::new(None));
+    let size = o.size;
+    let ws = WsServer::builder()
+        .idle_timeout(None)
+        .start(
+            Engine::builder()
+                .pollers(o.pollers)
+                .max_connections(o.conns + 16),
+            |_| Load {
+                echo,
+                counters: counters.clone(),
+                local: 0,
+                samples: Samples::default(),
+                msg: vec![b'x'; size],
+                sender: sender.clone(),
+            },
+        )
         .expect("start client engine");
-    load::dial_all(&engine, &o, &counters);
+    let url = format!("ws://{}{}", o.addr, o.path);
+    for i in 0..o.conns {
+        let src = SocketAddr::from(([127, 0, 0, 1 + (i % o.sources.max(1) as usize) as u8], 0));
+        let opts = Connect::new(())
+            .local_addr(src)
+            .timeout(Duration::from_secs(30));
+        ws.connect(&url, opts).expect("connect");
+    }
+    let t0 = Instant::now();
+    while counters.open.load(Ordering::Relaxed) < o.conns {
+        if counters.failed.load(Ordering::Relaxed) > 0 || t0.elapsed() > Duration::from_secs(60) {
+            eprintln!(
+                "only {} of {} connections opened",
+                counters.open.load(Ordering::Relaxed),
+                o.conns
+            );
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !echo {
+        // The sender paces itself from this thread.
+        let from = sender.lock().unwrap().clone().expect("a sender");
+        let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+        let mut msg = vec![b'b'; size];
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            loop {
+                msg[..8].copy_from_slice(&now_nanos().to_le_bytes());
+                if from.send_binary(&msg).is_err() {
+                    return;
+                }
+                next += interval;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+    }
     load::measure_and_report(&o, &counters);
-    engine.shutdown(Duration::from_secs(1));
+    ws.shutdown(Duration::from_secs(1));
 }

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use netpoll::{DialOptions, Engine};
@@ -15,6 +15,34 @@ pub struct Counters {
     pub open: AtomicUsize,
     pub echoed: AtomicU64,
     pub failed: AtomicUsize,
+    /// Latency samples (microseconds) are kept only while this is set: the measured window.
+    pub measuring: AtomicBool,
+    pub latencies: Mutex<Vec<u32>>,
+    /// The run is over: closes from now on are the client's own shutdown.
+    pub stopping: AtomicBool,
+}
+
+/// A poller-local batch of latency samples, handed to [`Counters::latencies`] 1024 at a time.
+#[derive(Default)]
+pub struct Samples(Vec<u32>);
+
+impl Samples {
+    pub fn record(&mut self, counters: &Counters, sent_at_nanos: u64) {
+        if !counters.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let us = (now_nanos().saturating_sub(sent_at_nanos) / 1000).min(u32::MAX as u64);
+        self.0.push(us as u32);
+        if self.0.len() >= 1024 {
+            counters.latencies.lock().unwrap().append(&mut self.0);
+        }
+    }
+}
+
+/// Nanoseconds since the first call in this process (timestamps carried in messages).
+pub fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 impl Counters {
@@ -33,6 +61,10 @@ impl Counters {
 pub struct Options {
     pub addr: SocketAddr,
     pub path: String,
+    /// `ws` load tools: `echo` or `broadcast`.
+    pub mode: String,
+    /// Broadcast mode: messages per second from the sender.
+    pub rate: f64,
     pub conns: usize,
     pub size: usize,
     pub secs: u64,
@@ -42,12 +74,14 @@ pub struct Options {
 }
 
 impl Options {
-    /// Parses `--addr --conns --size --duration --pollers --sources --server-pid` (and `--path`
-    /// when `with_path`).
-    pub fn parse(default_port: u16, with_path: bool) -> Options {
+    /// Parses `--addr --conns --size --duration --pollers --sources --server-pid` (and, when
+    /// `ws`, `--url ws://HOST:PORT/PATH`, `--path`, `--mode echo|broadcast`, `--rate N`).
+    pub fn parse(default_port: u16, ws: bool) -> Options {
         let mut o = Options {
             addr: SocketAddr::from(([127, 0, 0, 1], default_port)),
             path: "/echo".into(),
+            mode: "echo".into(),
+            rate: 10.0,
             conns: 100,
             size: 64,
             secs: 10,
@@ -60,7 +94,21 @@ impl Options {
             let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
             match a.as_str() {
                 "--addr" => o.addr = val().parse().expect("--addr HOST:PORT"),
-                "--path" if with_path => o.path = val(),
+                "--path" if ws => o.path = val(),
+                "--mode" if ws => o.mode = val(),
+                "--rate" if ws => o.rate = val().parse().expect("--rate MSGS_PER_SEC"),
+                "--url" if ws => {
+                    let url = val();
+                    let rest = url
+                        .strip_prefix("ws://")
+                        .expect("--url ws://HOST:PORT/PATH");
+                    let (authority, path) = match rest.find('/') {
+                        Some(i) => (&rest[..i], &rest[i..]),
+                        None => (rest, "/"),
+                    };
+                    o.addr = authority.parse().expect("--url needs an IP:PORT authority");
+                    o.path = path.to_string();
+                }
                 "--conns" => o.conns = val().parse().expect("--conns N"),
                 "--size" => o.size = val().parse().expect("--size BYTES"),
                 "--duration" => o.secs = val().parse().expect("--duration SECS"),
@@ -118,9 +166,21 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
     let cpu_start = o.server_pid.and_then(cpu_seconds);
     let start_count = counters.echoed.load(Ordering::Relaxed);
     let start = Instant::now();
+    counters.measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(o.secs));
+    counters.measuring.store(false, Ordering::Relaxed);
     let msgs = counters.echoed.load(Ordering::Relaxed) - start_count;
     let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = std::mem::take(&mut *counters.latencies.lock().unwrap());
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1));
+        lat.get(i).copied()
+    };
+    let latency = match (pct(0.5), pct(0.99), lat.last()) {
+        (Some(a), Some(b), Some(c)) => format!(" lat_p50_us={a} lat_p99_us={b} lat_max_us={c}"),
+        _ => String::new(),
+    };
     let cpu = match (cpu_start, o.server_pid.and_then(cpu_seconds)) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
@@ -129,7 +189,7 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
     println!(
         "conns={} size={} msgs={msgs} secs={elapsed:.2} msgs_per_sec={rate:.0} \
          mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} failed={} \
-         total_msgs={}",
+         total_msgs={}{latency}",
         o.conns,
         o.size,
         rate * o.size as f64 / 1e6,
@@ -137,4 +197,5 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
         counters.failed.load(Ordering::Relaxed),
         counters.echoed.load(Ordering::Relaxed)
     );
+    counters.stopping.store(true, Ordering::Relaxed);
 }
