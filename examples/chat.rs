@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use netpoll::Engine;
 use netpoll::ws::{
-    Accept, Group, HttpResponse, Message, Request, SlowPolicy, Upgrade, WsClose, WsConn,
-    WsHandler, WsServer,
+    Accept, Group, HttpResponse, Message, Request, SlowPolicy, Upgrade, WsClose, WsConn, WsHandler,
+    WsServer,
 };
 
 const PAGE: &str = include_str!("chat/index.html");
@@ -111,9 +111,7 @@ impl WsHandler for Chat {
 
 /// The `nick` query parameter, percent-decoded and checked.
 fn nick_from_query(query: &str) -> Option<String> {
-    let raw = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("nick="))?;
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("nick="))?;
     let mut bytes = Vec::new();
     let mut it = raw.bytes();
     while let Some(b) = it.next() {
@@ -181,7 +179,10 @@ fn main() {
         .start(engine, |_| Chat { room: room.clone() })
         .unwrap_or_else(|e| panic!("cannot start: {e}"));
     println!("listening on {}", server.local_addrs()[0]);
-    println!("open http://{}/ in two browser tabs", server.local_addrs()[0]);
+    println!(
+        "open http://{}/ in two browser tabs",
+        server.local_addrs()[0]
+    );
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

@@ -225,22 +225,50 @@ fn two_browser_tabs_chat_and_see_each_other_leave() {
     cdp.page_has(&alice, "2 online", "the online count after bob joined");
 
     cdp.say(&alice, "hello from alice");
-    cdp.page_has(&bob, "alice: hello from alice", "alice's message in bob's tab");
-    cdp.page_has(&alice, "alice: hello from alice", "alice's message in her own tab");
+    cdp.page_has(
+        &bob,
+        "alice: hello from alice",
+        "alice's message in bob's tab",
+    );
+    cdp.page_has(
+        &alice,
+        "alice: hello from alice",
+        "alice's message in her own tab",
+    );
     cdp.say(&bob, "hi alice, bob here");
-    cdp.page_has(&alice, "bob: hi alice, bob here", "bob's message in alice's tab");
+    cdp.page_has(
+        &alice,
+        "bob: hi alice, bob here",
+        "bob's message in alice's tab",
+    );
 
-    cdp.call(None, "Target.closeTarget", json!({ "targetId": bob_target }));
+    cdp.call(
+        None,
+        "Target.closeTarget",
+        json!({ "targetId": bob_target }),
+    );
     cdp.page_has(&alice, "bob left", "the leave notice");
     cdp.page_has(&alice, "1 online", "the online count after bob left");
 
     // A newcomer gets the recent history.
     let (carol_target, carol) = cdp.open_tab(&url);
     cdp.join(&carol, "carol");
-    cdp.page_has(&carol, "alice: hello from alice", "history for a new joiner");
-    cdp.page_has(&carol, "bob: hi alice, bob here", "history for a new joiner");
+    cdp.page_has(
+        &carol,
+        "alice: hello from alice",
+        "history for a new joiner",
+    );
+    cdp.page_has(
+        &carol,
+        "bob: hi alice, bob here",
+        "history for a new joiner",
+    );
     cdp.page_has(&alice, "carol joined", "carol's join notice");
-    cdp.call(None, "Target.closeTarget", json!({ "targetId": carol_target }));
+    cdp.call(
+        None,
+        "Target.closeTarget",
+        json!({ "targetId": carol_target }),
+    );
     cdp.page_has(&alice, "carol left", "carol's leave notice");
 
     let shot = cdp.call(

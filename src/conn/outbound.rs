@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes};
 pub(crate) const MAX_IOVECS: usize = 64;
 
 /// Slices shorter than this are copied into the coalescing tail instead of getting a chunk each.
-const COALESCE_MAX: usize = 4096;
+const COALESCE_MAX: usize = 16 * 1024;
 
 /// An ordered queue of bytes waiting for the socket.
 #[derive(Debug, Default)]
@@ -176,7 +176,7 @@ impl OutboundBuffer {
         }
         if self.tail.capacity() != 0 {
             let mut tail = std::mem::take(&mut self.tail);
-            if tail.capacity() <= COALESCE_MAX * 2 && pool.len() < pool_max {
+            if tail.capacity() <= COALESCE_MAX && pool.len() < pool_max {
                 tail.clear();
                 pool.push(tail);
             }
