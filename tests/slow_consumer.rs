@@ -122,3 +122,28 @@ fn drained_callback_fires_when_slow_reader_catches_up() {
     assert_eq!(&tail, b"after drain");
     peer.write_all(b"x").unwrap();
 }
+
+#[test]
+fn a_per_connection_policy_overrides_the_engines() {
+    // Engine: Error. One connection is switched to Close; another keeps Error.
+    let builder = Engine::builder()
+        .pollers(1)
+        .max_outbound_bytes(LIMIT)
+        .send_buffer_size(64 * 1024)
+        .overflow_policy(OverflowPolicy::Error);
+    let (_engine, addr, rx) = start(builder, Mode::Echo);
+    let _a = client(addr);
+    let cut = next_open(&rx);
+    let _b = client(addr);
+    let kept = next_open(&rx);
+    cut.set_overflow_policy(OverflowPolicy::Close);
+    let (_, err) = fill_until_refused(&cut);
+    assert!(matches!(err, WriteError::Overflow { .. }));
+    assert_eq!(wait_close(&rx, cut.id()), CloseReason::Overflow);
+    let (_, err) = fill_until_refused(&kept);
+    assert!(matches!(err, WriteError::Overflow { .. }));
+    assert!(
+        kept.is_open(),
+        "the engine's Error policy still applies to the other"
+    );
+}

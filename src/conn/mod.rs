@@ -136,6 +136,8 @@ pub(crate) struct ConnIo {
     pub(crate) read_manual: bool,
     /// Protocol-layer bits (`PROTO_*`), checked and set atomically with frame writes.
     pub(crate) proto: u8,
+    /// This connection's overflow policy, if overridden (else the engine's).
+    pub(crate) overflow_policy: Option<OverflowPolicy>,
     /// Rarely used per-connection data, allocated only when needed (8 bytes otherwise).
     pub(crate) ext: Option<Box<ConnExt>>,
 }
@@ -211,6 +213,7 @@ impl ConnShared {
                 read_fixed: false,
                 read_manual,
                 proto: 0,
+                overflow_policy: None,
                 ext: None,
             }),
         }
@@ -420,7 +423,10 @@ impl Conn {
                 len,
                 limit,
             };
-            if policy.unwrap_or(poller.config().overflow_policy) == OverflowPolicy::Close {
+            let policy = policy
+                .or(io.overflow_policy)
+                .unwrap_or(poller.config().overflow_policy);
+            if policy == OverflowPolicy::Close {
                 io.phase = Phase::Closed;
                 drop(io);
                 self.request_close(crate::CloseReason::Overflow, false);
@@ -492,6 +498,14 @@ impl Conn {
                 Err(WriteError::Io(kind))
             }
         }
+    }
+
+    /// Overrides the engine's [`overflow_policy`](crate::EngineBuilder::overflow_policy) for
+    /// this connection's writes: e.g. cut off one slow subscriber (`Close`) while others get
+    /// `WriteError::Overflow` and back off (`Error`). Broadcast groups apply their own
+    /// [`SlowPolicy`](crate::ws::SlowPolicy) instead.
+    pub fn set_overflow_policy(&self, policy: OverflowPolicy) {
+        self.shared.lock().overflow_policy = Some(policy);
     }
 
     fn note_watermark(&self, io: &mut ConnIo) {
