@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# WebSocket echo load run: netpoll's examples/ws_echo side by side with tokio-tungstenite
-# (bench/peers tt_echo, default config), same client (examples/ws_load), same machine, in one
-# run, alternating servers each round.
+# WebSocket echo load run: netpoll's examples/ws_echo side by side with its peers from
+# bench/peers (tokio-tungstenite's tt_echo, default config, and fastwebsockets' fws_echo), same
+# client (examples/ws_load), same machine, in one run, alternating servers each round.
 #
 # Usage: benches/ws_echo_compare.sh [DURATION_SECS] [ROUNDS]
-#   env CONNS (default "100 5000"), SIZES (default "64 4096"), THREADS (server threads,
-#   default 1), CLIENT_POLLERS (default 1). On a 2-core machine: one core for the server, one
-#   for the client.
-# Output: one line per run, then a table of medians with netpoll/tokio-tungstenite ratios;
-# raw lines also go to target/bench/ws_echo_compare.txt.
+#   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"), CONNS (default
+#   "100 5000"), SIZES (default "64 4096"), THREADS (server threads, default 1),
+#   CLIENT_POLLERS (default 1). On a 2-core machine: one core for the server, one for the
+#   client.
+# Output: one line per run, then a table of medians with netpoll's ratio to each peer; raw
+# lines also go to target/bench/ws_echo_compare.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dur="${1:-5}"; rounds="${2:-2}"
 read -r -a counts <<< "${CONNS:-100 5000}"
 read -r -a sizes <<< "${SIZES:-64 4096}"
+read -r -a servers <<< "${SERVERS:-netpoll tokio-tungstenite fastwebsockets}"
 threads="${THREADS:-1}"; cpollers="${CLIENT_POLLERS:-1}"
 cargo build --release --quiet --example ws_echo --example ws_load
-cargo build --release --quiet -p netpoll-peers --bin tt_echo
+cargo build --release --quiet -p netpoll-peers
 bin=target/release
 mkdir -p target/bench
 out=target/bench/ws_echo_compare.txt; : > "$out"
@@ -27,6 +29,8 @@ run() { # server-name conns size
   case $name in
     netpoll) "$bin/examples/ws_echo" --addr "127.0.0.1:$port" --pollers "$threads" > /dev/null & ;;
     tokio-tungstenite) "$bin/tt_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
+    fastwebsockets) "$bin/fws_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
+    *) echo "unknown server $name"; exit 2 ;;
   esac
   pid=$!
   sleep 0.5
@@ -38,21 +42,27 @@ run() { # server-name conns size
 for ((r = 1; r <= rounds; r++)); do
   for c in "${counts[@]}"; do
     for s in "${sizes[@]}"; do
-      run netpoll "$c" "$s"; run tokio-tungstenite "$c" "$s"
+      for name in "${servers[@]}"; do run "$name" "$c" "$s"; done
     done
   done
 done
 python3 - "$out" <<'PY'
 import sys, statistics as st
 rows = [dict(kv.split('=', 1) for kv in l.split()) for l in open(sys.argv[1]) if l.strip()]
-print("\n| conns | size | netpoll msgs/s | tokio-tungstenite msgs/s | ratio | netpoll CPU us/msg | t-t CPU us/msg |")
-print("|---|---|---|---|---|---|---|")
-keys = sorted({(int(r['conns']), int(r['size'])) for r in rows})
-for c, s in keys:
+servers = list(dict.fromkeys(r['server'] for r in rows))
+peers = [p for p in servers if p != 'netpoll']
+head = "| conns | size | " + " | ".join(f"{s} msgs/s" for s in servers)
+head += " | " + " | ".join(f"vs {p}" for p in peers) + " | " + " | ".join(f"{s} CPU us/msg" for s in servers) + " |"
+print("\n" + head)
+print("|" + "---|" * (2 + 2 * len(servers) + len(peers)))
+for c, z in sorted({(int(r['conns']), int(r['size'])) for r in rows}):
     def med(server, key):
-        return st.median(float(r[key]) for r in rows
-                         if r['server'] == server and int(r['conns']) == c and int(r['size']) == s)
-    a, b = med('netpoll', 'msgs_per_sec'), med('tokio-tungstenite', 'msgs_per_sec')
-    ca, cb = med('netpoll', 'server_cpu_us_per_msg'), med('tokio-tungstenite', 'server_cpu_us_per_msg')
-    print(f"| {c} | {s} | {a:,.0f} | {b:,.0f} | {a/b:.2f}x | {ca:.2f} | {cb:.2f} |")
+        v = [float(r[key]) for r in rows if r['server'] == server and int(r['conns']) == c and int(r['size']) == z]
+        return st.median(v) if v else float('nan')
+    rate = {s: med(s, 'msgs_per_sec') for s in servers}
+    cpu = {s: med(s, 'server_cpu_us_per_msg') for s in servers}
+    cells = [f"{rate[s]:,.0f}" for s in servers]
+    cells += [f"{rate['netpoll'] / rate[p]:.2f}x" for p in peers]
+    cells += [f"{cpu[s]:.2f}" for s in servers]
+    print(f"| {c} | {z} | " + " | ".join(cells) + " |")
 PY
