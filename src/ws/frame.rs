@@ -535,13 +535,46 @@ impl Decoder {
 
 /// Parses a frame header: `None` if incomplete, else the header, payload length and header
 /// length. Reserved opcodes are a protocol error.
+///
+/// Hand-written on the slice rather than through tungstenite's `FrameHeader::parse`, which reads
+/// through `io::Read` on a cursor: this is on every frame's path, and the profile showed ~80
+/// instructions per frame there against ~15 here. A unit test checks both agree on every input.
 fn parse_header(data: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, ProtocolError> {
-    let mut cursor = std::io::Cursor::new(data);
-    match FrameHeader::parse(&mut cursor) {
-        Ok(Some((header, len))) => Ok(Some((header, len, cursor.position() as usize))),
-        Ok(None) => Ok(None),
-        Err(_) => Err(fail(1002, "reserved opcode")),
+    let (Some(&b0), Some(&b1)) = (data.first(), data.get(1)) else {
+        return Ok(None);
+    };
+    let (len, mut at) = match b1 & 0x7f {
+        126 => match data.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match data.get(2..10) {
+            Some(b) => (u64::from_be_bytes(b.try_into().expect("8 bytes")), 10),
+            None => return Ok(None),
+        },
+        n => (u64::from(n), 2),
+    };
+    let mask = if b1 & 0x80 != 0 {
+        let Some(m) = data.get(at..at + 4) else {
+            return Ok(None);
+        };
+        at += 4;
+        Some([m[0], m[1], m[2], m[3]])
+    } else {
+        None
+    };
+    if matches!(b0 & 0x0f, 3..=7 | 11..=15) {
+        return Err(fail(1002, "reserved opcode"));
     }
+    let header = FrameHeader {
+        is_final: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
+        rsv2: b0 & 0x20 != 0,
+        rsv3: b0 & 0x10 != 0,
+        opcode: OpCode::from(b0 & 0x0f),
+        mask,
+    };
+    Ok(Some((header, len, at)))
 }
 
 fn check_header(h: &FrameHeader, len: u64, role: Role) -> Result<(), ProtocolError> {
@@ -658,19 +691,28 @@ pub fn encode_header(
     payload_len: usize,
     mask: Option<[u8; 4]>,
 ) -> usize {
-    let header = FrameHeader {
-        is_final: fin,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode: kind.opcode(),
-        mask,
+    // Hand-written for the same reason as `parse_header` (tungstenite's `format` writes through
+    // `io::Write`); a unit test checks it against tungstenite's output.
+    let opcode: u8 = kind.opcode().into();
+    out[0] = if fin { 0x80 } else { 0 } | opcode;
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    let mut n = if payload_len < 126 {
+        out[1] = masked | payload_len as u8;
+        2
+    } else if payload_len <= 0xffff {
+        out[1] = masked | 126;
+        out[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
+        4
+    } else {
+        out[1] = masked | 127;
+        out[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+        10
     };
-    let mut w: &mut [u8] = &mut out[..];
-    header
-        .format(payload_len as u64, &mut w)
-        .expect("a header fits in 14 bytes");
-    MAX_HEADER - w.len()
+    if let Some(m) = mask {
+        out[n..n + 4].copy_from_slice(&m);
+        n += 4;
+    }
+    n
 }
 
 /// The payload of a close frame: the code and as much of `reason` as fits in 123 bytes (cut at
@@ -1035,5 +1077,61 @@ mod tests {
         assert_eq!(feed_streaming(&bad, 1).unwrap_err().code, 1007);
         let cut = frame(OpKind::Text, true, &[b'a', 0xe2, 0x82]);
         assert_eq!(feed_streaming(&cut, 2).unwrap_err().code, 1007);
+    }
+
+    /// The hand-written header codec agrees with tungstenite's on every input shape.
+    #[test]
+    fn header_codec_matches_tungstenite() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..20_000 {
+            // Random header bytes of random length, biased towards the length forms.
+            let mut bytes: Vec<u8> = (0..(next() % 15) as usize).map(|_| next() as u8).collect();
+            if bytes.len() > 1 && next() % 2 == 0 {
+                bytes[1] = (bytes[1] & 0x80) | [125, 126, 127][(next() % 3) as usize];
+            }
+            let mut cursor = std::io::Cursor::new(&bytes[..]);
+            let theirs = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor);
+            let ours = parse_header(&bytes);
+            match (theirs, ours) {
+                (Ok(Some((h, len))), Ok(Some((o, olen, at)))) => {
+                    assert_eq!(
+                        (h, len, cursor.position() as usize),
+                        (o, olen, at),
+                        "{bytes:?}"
+                    );
+                }
+                (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+                // We reject a reserved opcode before the header is complete; they wait.
+                (Ok(None), Err(e)) => assert!(matches!(bytes[0] & 0x0f, 3..=7 | 11..=15), "{e}"),
+                (t, o) => panic!("{bytes:?}: tungstenite {t:?}, ours {o:?}"),
+            }
+        }
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 1 << 33] {
+            for mask in [None, Some(MASK)] {
+                for kind in [OpKind::Text, OpKind::Binary, OpKind::Continue, OpKind::Ping] {
+                    for fin in [true, false] {
+                        let mut ours = [0u8; MAX_HEADER];
+                        let n = encode_header(&mut ours, kind, fin, len, mask);
+                        let h = tungstenite::protocol::frame::FrameHeader {
+                            is_final: fin,
+                            rsv1: false,
+                            rsv2: false,
+                            rsv3: false,
+                            opcode: kind.opcode(),
+                            mask,
+                        };
+                        let mut theirs = Vec::new();
+                        h.format(len as u64, &mut theirs).unwrap();
+                        assert_eq!(&ours[..n], &theirs[..], "len {len} {kind:?}");
+                    }
+                }
+            }
+        }
     }
 }
