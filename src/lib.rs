@@ -43,6 +43,8 @@ mod builder;
 mod conn;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod handler;
 mod poller;
 mod stats;

@@ -31,7 +31,7 @@
 //! # engine.shutdown(std::time::Duration::from_secs(1));
 //! ```
 
-mod client;
+pub(crate) mod client;
 mod conn;
 pub mod frame;
 pub(crate) mod group;

@@ -1,0 +1,245 @@
+//! Checks shared by the fuzz targets (`fuzz/`, cargo-fuzz) and the randomized property tests
+//! that run in `cargo test` (`tests/properties.rs`). Each takes arbitrary bytes, must never
+//! panic on its own account, and panics only when an invariant is broken. Not part of the API.
+
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+
+use crate::conn::OutboundBuffer;
+use crate::ws::frame::{Decoder, Event, Flow, Limits, Role};
+
+/// An owned copy of a decoder event, for comparing runs.
+#[derive(Debug, PartialEq, Eq)]
+enum Owned {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+    Fragment(bool, Vec<u8>, bool, bool),
+}
+
+fn owned(e: Event<'_>) -> Owned {
+    match e {
+        Event::Text(t) => Owned::Text(t.into()),
+        Event::Binary(b) => Owned::Binary(b.into()),
+        Event::Ping(b) => Owned::Ping(b.into()),
+        Event::Pong(b) => Owned::Pong(b.into()),
+        Event::Close { code, reason } => Owned::Close(code, reason.into()),
+        Event::Fragment {
+            text,
+            data,
+            first,
+            last,
+        } => Owned::Fragment(text, data.into(), first, last),
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_frame_size: 1 << 16,
+    max_message_size: 1 << 17,
+    max_fragments: 64,
+};
+
+/// Feeds `input` to a decoder in pieces of `step` bytes, keeping unconsumed bytes as the
+/// engine does; returns the events and the error, if any.
+fn run_decoder(
+    input: &[u8],
+    step: usize,
+    role: Role,
+    streaming: bool,
+) -> (Vec<Owned>, Option<u16>) {
+    let mut d = Decoder::new();
+    let mut events = Vec::new();
+    let mut kept: Vec<u8> = Vec::new();
+    for piece in input.chunks(step.max(1)) {
+        kept.extend_from_slice(piece);
+        let on_event = |e: Event<'_>| {
+            events.push(owned(e));
+            Flow::Continue
+        };
+        let r = if streaming {
+            d.decode_fragments(&mut kept, role, &LIMITS, on_event)
+        } else {
+            d.decode(&mut kept, role, &LIMITS, on_event)
+        };
+        match r {
+            Ok(r) => {
+                assert!(r.consumed <= kept.len(), "consumed more than given");
+                kept.drain(..r.consumed);
+                if r.stopped {
+                    return (events, None);
+                }
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e.code, 1002 | 1007 | 1008 | 1009),
+                    "unexpected close code {}",
+                    e.code
+                );
+                return (events, Some(e.code));
+            }
+        }
+    }
+    (events, None)
+}
+
+/// Joins streamed fragments back into whole messages, checking the first/last flags.
+fn join_fragments(events: Vec<Owned>) -> Vec<Owned> {
+    let mut out = Vec::new();
+    let mut current: Option<(bool, Vec<u8>)> = None;
+    for e in events {
+        match e {
+            Owned::Fragment(text, data, first, last) => {
+                assert_eq!(first, current.is_none(), "first flag out of step");
+                let (_, buf) = current.get_or_insert((text, Vec::new()));
+                buf.extend_from_slice(&data);
+                if last {
+                    let (text, buf) = current.take().expect("set above");
+                    out.push(if text {
+                        Owned::Text(String::from_utf8(buf).expect("validated text"))
+                    } else {
+                        Owned::Binary(buf)
+                    });
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// WebSocket frame decoding: never panics, and gives the same events and outcome however the
+/// input is split into reads, and whether messages are delivered whole or streamed (up to the
+/// point a streamed message is cut off by an error).
+pub fn ws_frames(data: &[u8], client: bool) {
+    let Some((&step, input)) = data.split_first() else {
+        return;
+    };
+    let role = if client { Role::Client } else { Role::Server };
+    let (whole, err) = run_decoder(input, input.len(), role, false);
+    let (split, split_err) = run_decoder(input, usize::from(step % 64) + 1, role, false);
+    assert_eq!(whole, split, "events depend on how the input was split");
+    assert_eq!(err, split_err, "outcome depends on how the input was split");
+    let (streamed, stream_err) = run_decoder(input, usize::from(step % 7) + 1, role, true);
+    if err.is_none() && stream_err.is_none() {
+        assert_eq!(
+            join_fragments(streamed),
+            whole,
+            "streamed and whole messages differ"
+        );
+    }
+}
+
+/// The server's HTTP upgrade parsing and response: never panics.
+pub fn http_request(data: &[u8]) {
+    use crate::ws::handshake::{self, Parsed};
+    let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+    let peer = ([127, 0, 0, 1], 1).into();
+    if let Parsed::Request { request, len } = handshake::parse_request(data, &mut headers, peer) {
+        assert!(len <= data.len());
+        let _ = (
+            request.path(),
+            request.query(),
+            request.origin(),
+            request.is_upgrade(),
+        );
+        let _ = request.protocols().count();
+        if let Ok(key) = handshake::check_upgrade(&request) {
+            let resp = handshake::accept_response(key, Some("p"), &[]);
+            assert!(resp.starts_with("HTTP/1.1 101"));
+        }
+    }
+}
+
+/// The client's check of a server's upgrade response: never panics.
+pub fn client_response(data: &[u8]) {
+    let offered = ["chat".to_string()];
+    let _ = crate::ws::client::check_response(data, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", &offered);
+}
+
+/// A writer that takes at most `cap` bytes per call (a socket with that much room), or
+/// reports `WouldBlock` when `cap` is 0.
+struct Sink {
+    out: Vec<u8>,
+    cap: usize,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.cap == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(self.cap - n);
+            self.out.extend_from_slice(&b[..take]);
+            n += take;
+            if n == self.cap {
+                break;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The outbound queue under a random sequence of pushes (shared and copied, pooled or not),
+/// partial writes and would-blocks: the bytes come out exactly as they went in, and `len`
+/// always matches.
+pub fn outbound(data: &[u8]) {
+    let mut q = OutboundBuffer::new();
+    let mut pool = Vec::new();
+    let mut sink = Sink {
+        out: Vec::new(),
+        cap: 0,
+    };
+    let mut written = Vec::new();
+    let mut counter = 0u8;
+    for op in data.chunks(2) {
+        let (kind, arg) = (op[0] % 6, usize::from(*op.get(1).unwrap_or(&0)));
+        let payload: Vec<u8> = (0..arg * 97 % 20_000)
+            .map(|_| {
+                counter = counter.wrapping_add(1);
+                counter
+            })
+            .collect();
+        match kind {
+            0 => q.push(Bytes::from(payload.clone())),
+            1 => q.push_slice(&payload),
+            2 => q.push_slice_pooled(&payload, &mut pool),
+            3 | 4 => {
+                sink.cap = arg * 61 % 70_000;
+                match q.write_to(&mut sink) {
+                    Ok((n, _)) => assert!(n <= sink.cap, "wrote more than the socket took"),
+                    Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
+                }
+                continue;
+            }
+            _ => {
+                if q.release_into(&mut pool, 8) {
+                    assert_eq!(q.len(), 0);
+                }
+                continue;
+            }
+        }
+        written.extend_from_slice(&payload);
+        assert_eq!(
+            q.len() + sink.out.len(),
+            written.len(),
+            "length bookkeeping"
+        );
+    }
+    sink.cap = usize::MAX;
+    while q.len() > 0 {
+        q.write_to(&mut sink)
+            .expect("an unbounded sink takes everything");
+    }
+    assert_eq!(sink.out, written, "bytes out differ from bytes in");
+}

@@ -1,0 +1,136 @@
+//! Randomized property tests over the same checks the fuzz targets run (`netpoll::fuzz`), so
+//! the stable toolchain exercises them in every `cargo test`: WebSocket frame decoding (server
+//! and client roles, split anywhere, whole or streamed), the HTTP upgrade parser, the client's
+//! response check, and the outbound queue. Inputs mix well-formed frames and requests with
+//! random corruption, so both the accepting and the rejecting paths are covered.
+
+use netpoll::fuzz;
+use netpoll::ws::frame::{MAX_HEADER, OpKind, apply_mask, encode_header};
+
+/// xorshift64*: deterministic, so a failure names a reproducible case.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+const CASES: u64 = 3000;
+
+/// A plausible stream of frames: valid ones of every kind, sometimes corrupted.
+fn frame_stream(rng: &mut Rng, masked: bool) -> Vec<u8> {
+    let mut out = vec![rng.next() as u8]; // split step for the check
+    for _ in 0..rng.below(8) + 1 {
+        let kind = [
+            OpKind::Text,
+            OpKind::Binary,
+            OpKind::Continue,
+            OpKind::Ping,
+            OpKind::Pong,
+            OpKind::Close,
+        ][rng.below(6) as usize];
+        let len = match rng.below(10) {
+            0 => 126 + rng.below(70_000) as usize,
+            1..=3 => rng.below(126) as usize,
+            _ => rng.below(3000) as usize,
+        };
+        let mut payload = match (kind, rng.below(3)) {
+            (OpKind::Text | OpKind::Continue, 0 | 1) => "héllo wörld €😀 "
+                .repeat(len / 20 + 1)
+                .into_bytes()
+                .into_iter()
+                .take(len)
+                .collect(),
+            (OpKind::Close, 0) => {
+                let mut p = [1000u16, 1001, 4000, 1005, 999][rng.below(5) as usize]
+                    .to_be_bytes()
+                    .to_vec();
+                p.extend_from_slice(b"bye");
+                p
+            }
+            _ => rng.bytes(len),
+        };
+        let mask = masked.then(|| [rng.next() as u8, 1, 2, 3]);
+        let mut head = [0u8; MAX_HEADER];
+        let fin = rng.below(4) != 0;
+        let n = encode_header(&mut head, kind, fin, payload.len(), mask);
+        out.extend_from_slice(&head[..n]);
+        if let Some(m) = mask {
+            apply_mask(&mut payload, m, 0);
+        }
+        out.extend_from_slice(&payload);
+    }
+    // Corrupt a few bytes now and then.
+    if rng.below(3) == 0 {
+        for _ in 0..rng.below(4) + 1 {
+            let i = rng.below(out.len() as u64) as usize;
+            out[i] = rng.next() as u8;
+        }
+    }
+    out
+}
+
+#[test]
+fn frame_decoding_is_split_and_mode_independent_and_never_panics() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..CASES {
+        let server = frame_stream(&mut rng, true);
+        let client = frame_stream(&mut rng, false);
+        let n = rng.below(400) as usize;
+        let random = rng.bytes(n);
+        for (input, client_role) in [(&server, false), (&client, true), (&random, false)] {
+            let r = std::panic::catch_unwind(|| fuzz::ws_frames(input, client_role));
+            assert!(r.is_ok(), "case {case}: input {input:?}");
+        }
+    }
+}
+
+#[test]
+fn http_parsers_never_panic() {
+    let mut rng = Rng(42);
+    let good = "GET /chat?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Protocol: a, chat\r\n\r\n";
+    let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+    for _ in 0..CASES {
+        for base in [good, resp] {
+            let mut input = base.as_bytes().to_vec();
+            let keep =
+                rng.below(input.len() as u64 + 1) as usize + rng.below(2) as usize * input.len();
+            input.truncate(keep);
+            for _ in 0..rng.below(4) {
+                if !input.is_empty() {
+                    let i = rng.below(input.len() as u64) as usize;
+                    input[i] = rng.next() as u8;
+                }
+            }
+            fuzz::http_request(&input);
+            fuzz::client_response(&input);
+        }
+        let n = rng.below(300) as usize;
+        let random = rng.bytes(n);
+        fuzz::http_request(&random);
+        fuzz::client_response(&random);
+    }
+}
+
+#[test]
+fn outbound_queue_preserves_bytes_under_random_operations() {
+    let mut rng = Rng(7);
+    for _ in 0..CASES / 3 {
+        let n = 2 * (rng.below(60) as usize + 1);
+        let ops = rng.bytes(n);
+        fuzz::outbound(&ops);
+    }
+}
