@@ -32,8 +32,8 @@
 //! engine.shutdown(std::time::Duration::from_secs(5));
 //! ```
 //!
-//! - [`ws`]: a WebSocket server on the engine (sans-IO protocol core, upgrade hook,
-//!   heartbeats, limits).
+//! - [`ws`]: WebSocket server and client on the engine (sans-IO protocol core, upgrade hook,
+//!   heartbeats, limits, [`ws::WsEngine::connect`]) and broadcast [`ws::Group`]s.
 //!
 //! See `docs/ARCHITECTURE.md` for the threads and the flow of reads and writes.
 
