@@ -21,7 +21,6 @@
 #[path = "support/load.rs"]
 mod load;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -123,24 +122,12 @@ fn main() {
         .expect("start client engine");
     let url = format!("ws://{}{}", o.addr, o.path);
     for i in 0..o.conns {
-        let src = SocketAddr::from(([127, 0, 0, 1 + (i % o.sources.max(1) as usize) as u8], 0));
         let opts = Connect::new(())
-            .local_addr(src)
+            .local_addr(load::source_addr(&o, i))
             .timeout(Duration::from_secs(30));
         ws.connect(&url, opts).expect("connect");
     }
-    let t0 = Instant::now();
-    while counters.open.load(Ordering::Relaxed) < o.conns {
-        if counters.failed.load(Ordering::Relaxed) > 0 || t0.elapsed() > Duration::from_secs(60) {
-            eprintln!(
-                "only {} of {} connections opened",
-                counters.open.load(Ordering::Relaxed),
-                o.conns
-            );
-            std::process::exit(1);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    load::wait_all_open(&o, &counters);
     if !echo {
         // The sender paces itself from this thread.
         let from = sender.lock().unwrap().clone().expect("a sender");

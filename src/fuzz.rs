@@ -9,9 +9,9 @@ use bytes::Bytes;
 use crate::conn::OutboundBuffer;
 use crate::ws::frame::{Decoder, Event, Flow, Limits, Role};
 
-/// An owned copy of a decoder event, for comparing runs.
+/// An owned copy of a decoder event, for comparing runs (also used by the decoder's tests).
 #[derive(Debug, PartialEq, Eq)]
-enum Owned {
+pub(crate) enum Owned {
     Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
@@ -20,7 +20,7 @@ enum Owned {
     Fragment(bool, Vec<u8>, bool, bool),
 }
 
-fn owned(e: Event<'_>) -> Owned {
+pub(crate) fn owned(e: Event<'_>) -> Owned {
     match e {
         Event::Text(t) => Owned::Text(t.into()),
         Event::Binary(b) => Owned::Binary(b.into()),

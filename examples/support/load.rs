@@ -135,17 +135,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
-/// Dials `o.conns` connections spread over the source addresses and waits until all are open
-/// (the handlers count them); exits the process if any fails.
+/// The source address for the `i`-th connection: 127.0.0.1..=127.0.0.N round robin.
+pub fn source_addr(o: &Options, i: usize) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1 + (i % o.sources.max(1) as usize) as u8], 0))
+}
+
+/// Dials `o.conns` TCP connections spread over the source addresses and waits until all are
+/// open (the handlers count them).
 pub fn dial_all(engine: &Engine, o: &Options, counters: &Counters) {
     for i in 0..o.conns {
-        let src = format!("127.0.0.{}:0", 1 + (i % o.sources.max(1) as usize));
         let opts = DialOptions {
-            local_addr: Some(src.parse().unwrap()),
+            local_addr: Some(source_addr(o, i)),
             timeout: Some(Duration::from_secs(30)),
         };
         engine.dial_with(o.addr, opts).expect("dial");
     }
+    wait_all_open(o, counters);
+}
+
+/// Waits until the handlers counted `o.conns` open connections; exits the process if any
+/// failed or a minute passed.
+pub fn wait_all_open(o: &Options, counters: &Counters) {
     let t0 = Instant::now();
     while counters.open.load(Ordering::Relaxed) < o.conns {
         if counters.failed.load(Ordering::Relaxed) > 0 || t0.elapsed() > Duration::from_secs(60) {

@@ -744,25 +744,7 @@ mod tests {
         v
     }
 
-    #[derive(Debug, PartialEq, Eq)]
-    enum Owned {
-        Text(String),
-        Binary(Vec<u8>),
-        Ping(Vec<u8>),
-        Pong(Vec<u8>),
-        Close(Option<u16>, String),
-    }
-
-    fn owned(e: Event<'_>) -> Owned {
-        match e {
-            Event::Text(t) => Owned::Text(t.into()),
-            Event::Binary(b) => Owned::Binary(b.into()),
-            Event::Ping(b) => Owned::Ping(b.into()),
-            Event::Pong(b) => Owned::Pong(b.into()),
-            Event::Close { code, reason } => Owned::Close(code, reason.into()),
-            Event::Fragment { .. } => panic!("fragments only come from decode_fragments"),
-        }
-    }
+    use crate::fuzz::{Owned, owned};
 
     /// Feeds `input` in pieces of `step` bytes, keeping unconsumed bytes like the engine does.
     fn feed(input: &[u8], step: usize, limits: &Limits) -> Result<Vec<Owned>, ProtocolError> {
