@@ -237,7 +237,7 @@ pub fn outbound(data: &[u8]) {
         );
     }
     sink.cap = usize::MAX;
-    while q.len() > 0 {
+    while !q.is_empty() {
         q.write_to(&mut sink)
             .expect("an unbounded sink takes everything");
     }
