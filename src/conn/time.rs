@@ -41,7 +41,7 @@ impl Conn {
             TimerKind::Read => (io.read_deadline, &mut io.read_watch),
             TimerKind::Stage | TimerKind::User => return,
         };
-        if deadline != 0 && *watch != WATCH_PENDING && (*watch == 0 || deadline < *watch) {
+        if poller::needs_entry(deadline, *watch) {
             *watch = WATCH_PENDING;
             self.shared.poller.send(Command::Watch {
                 conn: self.shared.clone(),

@@ -1177,7 +1177,7 @@ impl<H: Handler> Poller<H> {
 
 /// True when a deadline needs a new wheel entry: it is set, no `Watch` is in flight, and no
 /// entry is due at or before it.
-fn needs_entry(deadline: u64, watch: u64) -> bool {
+pub(crate) fn needs_entry(deadline: u64, watch: u64) -> bool {
     deadline != 0 && watch != WATCH_PENDING && (watch == 0 || deadline < watch)
 }
 

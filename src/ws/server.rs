@@ -137,36 +137,25 @@ impl<H: WsHandler> Adapter<H> {
     /// `None` while the request is incomplete.
     fn handshake(&mut self, conn: &Conn, st: &mut WsState<H::State>, data: &[u8]) -> Option<usize> {
         let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        let too_big = HttpResponse::new(431);
         let (request, len) = match handshake::parse_request(data, &mut headers, conn.peer_addr()) {
             Parsed::Partial if data.len() > self.config.max_handshake_size => {
-                respond(conn, &HttpResponse::new(431));
-                st.phase = Phase::Done;
-                return Some(data.len());
+                return Some(refuse(conn, st, &too_big, data));
             }
             Parsed::Partial => return None,
-            Parsed::Invalid(resp) => {
-                respond(conn, &resp);
-                st.phase = Phase::Done;
-                return Some(data.len());
+            Parsed::Invalid(resp) => return Some(refuse(conn, st, &resp, data)),
+            Parsed::Request { len, .. } if len > self.config.max_handshake_size => {
+                return Some(refuse(conn, st, &too_big, data));
             }
             Parsed::Request { request, len } => (request, len),
         };
-        if len > self.config.max_handshake_size {
-            respond(conn, &HttpResponse::new(431));
-            st.phase = Phase::Done;
-            return Some(data.len());
-        }
-        let key = if request.is_upgrade() {
-            match handshake::check_upgrade(&request) {
-                Ok(key) => Some(key),
-                Err(resp) => {
-                    respond(conn, &resp);
-                    st.phase = Phase::Done;
-                    return Some(data.len());
-                }
-            }
-        } else {
-            None
+        let key = match request
+            .is_upgrade()
+            .then(|| handshake::check_upgrade(&request))
+        {
+            Some(Err(resp)) => return Some(refuse(conn, st, &resp, data)),
+            Some(Ok(key)) => Some(key),
+            None => None,
         };
         match (self.user.on_request(&request), key) {
             (Upgrade::Accept(accept), Some(key)) => {
@@ -187,15 +176,9 @@ impl<H: WsHandler> Adapter<H> {
                 let resp = HttpResponse::new(426)
                     .header("Upgrade", "websocket")
                     .header("Sec-WebSocket-Version", "13");
-                respond(conn, &resp);
-                st.phase = Phase::Done;
-                Some(data.len())
+                Some(refuse(conn, st, &resp, data))
             }
-            (Upgrade::Respond(resp), _) => {
-                respond(conn, &resp);
-                st.phase = Phase::Done;
-                Some(data.len())
-            }
+            (Upgrade::Respond(resp), _) => Some(refuse(conn, st, &resp, data)),
         }
     }
 
@@ -277,6 +260,14 @@ impl<H: WsHandler> Adapter<H> {
         let _ = st.ws(conn).send_close(e.code, e.reason);
         conn.close();
     }
+}
+
+/// Answers a request that does not become a WebSocket with `resp`, closes, and ignores the
+/// rest of the input; returns the bytes used (all of `data`).
+fn refuse<S>(conn: &Conn, st: &mut WsState<S>, resp: &HttpResponse, data: &[u8]) -> usize {
+    respond(conn, resp);
+    st.phase = Phase::Done;
+    data.len()
 }
 
 /// Sends a plain HTTP response (head and body in one frame-less write) and closes.
