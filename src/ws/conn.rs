@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::frame::{
     MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, apply_mask, encode_close_payload, encode_header,
 };
-use crate::conn::{Conn, ConnId, Gate, PROTO_CLOSE_SENT, Payload};
+use crate::conn::{Conn, ConnId, Gate, PROTO_CLOSE_SENT, Payload, Phase};
 use crate::error::WriteError;
 
 /// A received message. Borrows the poller's read buffer (or the connection's assembly buffer)
@@ -101,7 +101,8 @@ impl WsConn {
 
     /// True until the close handshake starts (either side) or the connection closes.
     pub fn is_open(&self) -> bool {
-        self.conn.is_open() && self.conn.shared.lock().proto & PROTO_CLOSE_SENT == 0
+        let io = self.conn.shared.lock();
+        io.phase != Phase::Closed && io.proto & PROTO_CLOSE_SENT == 0
     }
 
     /// Sends a message (copied only if it cannot be written at once).
