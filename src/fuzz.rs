@@ -7,7 +7,7 @@ use std::io::{self, IoSlice, Write};
 use bytes::Bytes;
 
 use crate::conn::OutboundBuffer;
-use crate::ws::frame::{Decoder, Event, Flow, Limits, Role};
+use crate::ws::frame::{Decoder, Event, Flow, Limits, ProtocolError, Role};
 
 /// An owned copy of a decoder event, for comparing runs (also used by the decoder's tests).
 #[derive(Debug, PartialEq, Eq)]
@@ -43,13 +43,15 @@ const LIMITS: Limits = Limits {
 };
 
 /// Feeds `input` to a decoder in pieces of `step` bytes, keeping unconsumed bytes as the
-/// engine does; returns the events and the error, if any.
-fn run_decoder(
+/// engine does, until the end, a close frame or an error; returns the events and the error.
+/// (Also the feeding loop of the decoder's unit tests.)
+pub(crate) fn run_decoder(
     input: &[u8],
     step: usize,
     role: Role,
     streaming: bool,
-) -> (Vec<Owned>, Option<u16>) {
+    limits: &Limits,
+) -> (Vec<Owned>, Option<ProtocolError>) {
     let mut d = Decoder::new();
     let mut events = Vec::new();
     let mut kept: Vec<u8> = Vec::new();
@@ -60,9 +62,9 @@ fn run_decoder(
             Flow::Continue
         };
         let r = if streaming {
-            d.decode_fragments(&mut kept, role, &LIMITS, on_event)
+            d.decode_fragments(&mut kept, role, limits, on_event)
         } else {
-            d.decode(&mut kept, role, &LIMITS, on_event)
+            d.decode(&mut kept, role, limits, on_event)
         };
         match r {
             Ok(r) => {
@@ -78,7 +80,7 @@ fn run_decoder(
                     "unexpected close code {}",
                     e.code
                 );
-                return (events, Some(e.code));
+                return (events, Some(e));
             }
         }
     }
@@ -118,11 +120,11 @@ pub fn ws_frames(data: &[u8], client: bool) {
         return;
     };
     let role = if client { Role::Client } else { Role::Server };
-    let (whole, err) = run_decoder(input, input.len(), role, false);
-    let (split, split_err) = run_decoder(input, usize::from(step % 64) + 1, role, false);
+    let (whole, err) = run_decoder(input, input.len(), role, false, &LIMITS);
+    let (split, split_err) = run_decoder(input, usize::from(step % 64) + 1, role, false, &LIMITS);
     assert_eq!(whole, split, "events depend on how the input was split");
     assert_eq!(err, split_err, "outcome depends on how the input was split");
-    let (streamed, stream_err) = run_decoder(input, usize::from(step % 7) + 1, role, true);
+    let (streamed, stream_err) = run_decoder(input, usize::from(step % 7) + 1, role, true, &LIMITS);
     if err.is_none() && stream_err.is_none() {
         assert_eq!(
             join_fragments(streamed),

@@ -744,25 +744,14 @@ mod tests {
         v
     }
 
-    use crate::fuzz::{Owned, owned};
+    use crate::fuzz::{Owned, owned, run_decoder};
 
     /// Feeds `input` in pieces of `step` bytes, keeping unconsumed bytes like the engine does.
     fn feed(input: &[u8], step: usize, limits: &Limits) -> Result<Vec<Owned>, ProtocolError> {
-        let mut d = Decoder::new();
-        let mut events = Vec::new();
-        let mut kept: Vec<u8> = Vec::new();
-        for piece in input.chunks(step) {
-            kept.extend_from_slice(piece);
-            let r = d.decode(&mut kept, Role::Server, limits, |e| {
-                events.push(owned(e));
-                Flow::Continue
-            })?;
-            kept.drain(..r.consumed);
-            if r.stopped {
-                break;
-            }
+        match run_decoder(input, step, Role::Server, false, limits) {
+            (events, None) => Ok(events),
+            (_, Some(e)) => Err(e),
         }
-        Ok(events)
     }
 
     #[test]
