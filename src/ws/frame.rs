@@ -112,10 +112,8 @@ pub enum Event<'a> {
 #[derive(Debug)]
 struct Assembly {
     text: bool,
+    /// The message so far (empty when streaming).
     buf: Vec<u8>,
-    /// `buf[..utf8_checked]` is valid UTF-8 (text only); the rest is at most an incomplete
-    /// sequence at the end.
-    utf8_checked: usize,
     fragments: usize,
     /// A data frame's payload is arriving: bytes still to come.
     in_frame: bool,
@@ -125,13 +123,14 @@ struct Assembly {
     mask_pos: usize,
     /// The frame arriving is the message's last.
     fin: bool,
-    /// Streaming (`decode_fragments`): nothing is buffered; `len` counts the message so far,
-    /// `utf8` carries an incomplete character between pieces, `started` says a piece was
-    /// handed out.
+    /// Streaming (`decode_fragments`): pieces are handed out, nothing is buffered; `started`
+    /// says a piece was handed out.
     streaming: bool,
-    len: u64,
-    utf8: Utf8Stream,
     started: bool,
+    /// Payload bytes of the message so far (for the size limit).
+    len: u64,
+    /// Text is validated piece by piece (fail fast), carrying a character split between pieces.
+    utf8: Utf8Stream,
 }
 
 /// Incremental UTF-8 validation across pieces: carries at most 3 bytes of a character split
@@ -358,12 +357,7 @@ impl Decoder {
                     if a.fragments > limits.max_fragments {
                         return Err(fail(1008, "too many fragments"));
                     }
-                    let so_far = if a.streaming {
-                        a.len
-                    } else {
-                        a.buf.len() as u64
-                    };
-                    check_sizes(len, so_far, limits)?;
+                    check_sizes(len, a.len, limits)?;
                     a.in_frame = true;
                     a.remaining = len;
                     a.mask = header.mask;
@@ -421,7 +415,6 @@ impl Decoder {
                     self.assembly = Some(Box::new(Assembly {
                         text,
                         buf: Vec::with_capacity(capacity),
-                        utf8_checked: 0,
                         fragments: 1,
                         in_frame: true,
                         remaining: len as u64,
@@ -439,19 +432,21 @@ impl Decoder {
         }
     }
 
-    /// Streaming: unmasks the arriving frame's available payload in place and hands it out as
-    /// a piece. Returns whether the frame is complete, and the callback's flow.
-    fn pass_through(
+    /// Takes the arriving frame's available payload: unmasks it in place, counts it and
+    /// validates text. Returns where it lies in `data` and whether the frame is complete.
+    fn take_piece(
         &mut self,
         data: &mut [u8],
         pos: &mut usize,
-        on_event: &mut impl FnMut(Event<'_>) -> Flow,
-    ) -> Result<(bool, Flow), ProtocolError> {
-        let a = self.assembly.as_mut().expect("streaming needs an assembly");
+    ) -> Result<(std::ops::Range<usize>, bool), ProtocolError> {
+        let a = self
+            .assembly
+            .as_mut()
+            .expect("a frame in progress needs an assembly");
         let take = (data.len() - *pos).min(a.remaining.min(usize::MAX as u64) as usize);
-        let piece = &mut data[*pos..*pos + take];
+        let range = *pos..*pos + take;
         if let Some(mask) = a.mask {
-            apply_mask(piece, mask, a.mask_pos);
+            apply_mask(&mut data[range.clone()], mask, a.mask_pos);
             a.mask_pos = (a.mask_pos + take) % 4;
         }
         *pos += take;
@@ -459,56 +454,50 @@ impl Decoder {
         a.len += take as u64;
         let frame_done = a.remaining == 0;
         let last = frame_done && a.fin;
-        if a.text && (!a.utf8.feed(piece) || (last && !a.utf8.complete())) {
+        // Fail fast on invalid UTF-8, not only at the end of the message.
+        if a.text && (!a.utf8.feed(&data[range.clone()]) || (last && !a.utf8.complete())) {
             return Err(fail(1007, "text message is not UTF-8"));
         }
+        if frame_done {
+            a.in_frame = false;
+        }
+        Ok((range, frame_done))
+    }
+
+    /// Streaming: hands the arriving frame's available payload out as a piece. Returns whether
+    /// the frame is complete, and the callback's flow.
+    fn pass_through(
+        &mut self,
+        data: &mut [u8],
+        pos: &mut usize,
+        on_event: &mut impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<(bool, Flow), ProtocolError> {
+        let (range, frame_done) = self.take_piece(data, pos)?;
+        let a = self.assembly.as_mut().expect("checked by take_piece");
+        let last = frame_done && a.fin;
         let mut flow = Flow::Continue;
         // Empty pieces are skipped unless they start or end the message.
-        if take > 0 || last || !a.started {
+        if !range.is_empty() || last || !a.started {
             flow = on_event(Event::Fragment {
                 text: a.text,
-                data: piece,
+                data: &data[range],
                 first: !a.started,
                 last,
             });
             a.started = true;
         }
-        if frame_done {
-            a.in_frame = false;
-            if a.fin {
-                self.assembly = None;
-            }
+        if last {
+            self.assembly = None;
         }
         Ok((frame_done, flow))
     }
 
     /// Moves the arriving frame's payload into the assembly. True when the frame is complete.
     fn stream(&mut self, data: &mut [u8], pos: &mut usize) -> Result<bool, ProtocolError> {
-        let a = self.assembly.as_mut().expect("streaming needs an assembly");
-        let take = (data.len() - *pos).min(a.remaining.min(usize::MAX as u64) as usize);
-        let chunk = &mut data[*pos..*pos + take];
-        if let Some(mask) = a.mask {
-            apply_mask(chunk, mask, a.mask_pos);
-            a.mask_pos = (a.mask_pos + take) % 4;
-        }
-        a.buf.extend_from_slice(chunk);
-        *pos += take;
-        a.remaining -= take as u64;
-        if a.text {
-            // Fail fast on invalid UTF-8, not only at the end of the message.
-            match std::str::from_utf8(&a.buf[a.utf8_checked..]) {
-                Ok(_) => a.utf8_checked = a.buf.len(),
-                Err(e) if e.error_len().is_some() => {
-                    return Err(fail(1007, "text message is not UTF-8"));
-                }
-                Err(e) => a.utf8_checked += e.valid_up_to(),
-            }
-        }
-        if a.remaining > 0 {
-            return Ok(false);
-        }
-        a.in_frame = false;
-        Ok(true)
+        let (range, frame_done) = self.take_piece(data, pos)?;
+        let a = self.assembly.as_mut().expect("checked by take_piece");
+        a.buf.extend_from_slice(&data[range]);
+        Ok(frame_done)
     }
 
     /// After a frame completed: if it was the message's last, hand the message out and free
