@@ -39,22 +39,9 @@ async fn upgrade_request(
 }
 
 fn main() {
-    let mut addr = "127.0.0.1:9102".to_string();
-    let mut threads = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let v = args.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--addr" => addr = v,
-            "--threads" => threads = Some(v.parse::<usize>().expect("--threads N")),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        rt.worker_threads(n);
-    }
-    rt.enable_all().build().unwrap().block_on(async move {
+    let flags = netpoll_peers::Flags::parse("127.0.0.1:9102", &[]);
+    let addr = flags.addr.clone();
+    flags.runtime().block_on(async move {
         let listener = TcpListener::bind(&addr).await.unwrap();
         println!("listening on {}", listener.local_addr().unwrap());
         loop {

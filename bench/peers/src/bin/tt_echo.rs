@@ -23,25 +23,14 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 type Peers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 
 fn main() {
-    let mut addr = "127.0.0.1:9101".to_string();
-    let mut threads = None;
-    let mut read_buffer = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let v = args.next().unwrap_or_else(|| panic!("{a} needs a value"));
-        match a.as_str() {
-            "--addr" => addr = v,
-            "--threads" => threads = Some(v.parse::<usize>().expect("--threads N")),
-            "--read-buffer" => read_buffer = Some(v.parse::<usize>().expect("--read-buffer N")),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        rt.worker_threads(n);
-    }
-    let rt = rt.enable_all().build().unwrap();
-    rt.block_on(serve(addr, read_buffer));
+    let flags = netpoll_peers::Flags::parse("127.0.0.1:9101", &["--read-buffer"]);
+    let read_buffer = flags
+        .extra
+        .get("--read-buffer")
+        .map(|v| v.parse::<usize>().expect("--read-buffer N"));
+    flags
+        .runtime()
+        .block_on(serve(flags.addr.clone(), read_buffer));
 }
 
 async fn serve(addr: String, read_buffer: Option<usize>) {
