@@ -203,19 +203,21 @@ pub fn outbound(data: &[u8]) {
         cap: 0,
     };
     let mut written = Vec::new();
-    let mut counter = 0u8;
+    // Bytes 0, 1, 2, ... wrapping: each write continues the sequence, so a lost, repeated or
+    // reordered byte shows in the final comparison.
+    static RAMP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let ramp = RAMP.get_or_init(|| (0..21_000 + 256).map(|i| i as u8).collect());
+    let mut next = 0usize;
     for op in data.chunks(2) {
         let (kind, arg) = (op[0] % 6, usize::from(*op.get(1).unwrap_or(&0)));
-        let payload: Vec<u8> = (0..arg * 97 % 20_000)
-            .map(|_| {
-                counter = counter.wrapping_add(1);
-                counter
-            })
-            .collect();
+        // Mostly small writes (what coalescing sees), a fifth of them up to ~20 KB (past the
+        // pooled-tail size): every size class, at a fraction of the bytes per input.
+        let len = if arg < 200 { arg } else { (arg - 199) * 350 };
+        let payload = &ramp[next..next + len];
         match kind {
-            0 => q.push(Bytes::from(payload.clone())),
-            1 => q.push_slice(&payload),
-            2 => q.push_slice_pooled(&payload, &mut pool),
+            0 => q.push(Bytes::copy_from_slice(payload)),
+            1 => q.push_slice(payload),
+            2 => q.push_slice_pooled(payload, &mut pool),
             3 | 4 => {
                 sink.cap = arg * 61 % 70_000;
                 match q.write_to(&mut sink) {
@@ -231,7 +233,8 @@ pub fn outbound(data: &[u8]) {
                 continue;
             }
         }
-        written.extend_from_slice(&payload);
+        next = (next + len) % 256;
+        written.extend_from_slice(payload);
         assert_eq!(
             q.len() + sink.out.len(),
             written.len(),
