@@ -22,6 +22,8 @@ use crate::poller::{Command, PollerShared};
 /// Number of slots. With the default 50 ms tick one rotation covers 25.6 s; later deadlines sit
 /// in the slot they hash to and are re-inserted when it comes round early.
 const SLOTS: usize = 512;
+/// Entries a slot keeps room for once emptied; a bigger slot gives its memory back.
+const SLOT_KEEP: usize = 16;
 
 /// A hashed timing wheel of `T` keys, sans-IO: the caller supplies the time.
 ///
@@ -102,6 +104,11 @@ impl<T> TimerWheel<T> {
             let slot = &mut self.slots[((self.next_tick + i) % SLOTS as u64) as usize];
             self.len -= slot.len();
             due.append(slot);
+            // A burst (a wave of connections, say) must not leave every slot holding its
+            // peak capacity after the load is gone.
+            if slot.capacity() > SLOT_KEEP {
+                *slot = Vec::new();
+            }
         }
         self.next_tick = now_tick + 1;
     }
@@ -289,6 +296,22 @@ mod tests {
         assert_eq!(due, (0..1000).collect::<Vec<_>>());
         assert!(w.is_empty());
         assert_eq!(w.next_timeout(0), None);
+    }
+
+    #[test]
+    fn a_burst_does_not_leave_its_capacity_behind() {
+        let mut w = TimerWheel::new(TICK);
+        for i in 0..10_000u32 {
+            w.insert(50, i);
+        }
+        w.insert(60, 1);
+        let mut due = Vec::new();
+        w.expire(50, &mut due);
+        assert_eq!(due.len(), 10_000);
+        let held: usize = w.slots.iter().map(Vec::capacity).sum();
+        assert!(held <= SLOTS * SLOT_KEEP, "{held} entries of room kept");
+        w.expire(60, &mut due);
+        assert_eq!(due.len(), 10_001, "other slots untouched");
     }
 
     #[test]

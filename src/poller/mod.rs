@@ -201,6 +201,9 @@ pub(crate) fn now_ms(poller: &PollerShared) -> u64 {
 /// allocate in steady state even with thousands of busy connections.
 const TAIL_POOL_MAX: usize = 1024;
 
+/// Expired wheel entries the poller's scratch list keeps room for between ticks.
+const DUE_KEEP: usize = 4096;
+
 /// Runs `f` with this thread's tail buffer pool (only meaningful on a poller thread).
 pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
     TAIL_POOL.with(|p| f(&mut p.borrow_mut()))
@@ -1169,6 +1172,10 @@ impl<H: Handler> Poller<H> {
                 }
                 Stage::Open => {}
             }
+        }
+        // Keep the scratch list's memory only up to a moderate burst.
+        if due.capacity() > DUE_KEEP {
+            due = Vec::new();
         }
         self.due = due;
         self.run_due_timers();
