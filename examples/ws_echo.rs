@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example ws_echo -- --addr 127.0.0.1:9001 [--pollers N]
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--write-timeout SECS]
-//!     [--idle-timeout SECS] [--stats]
+//!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
+//!     [--send-buffer BYTES] [--control]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -15,13 +16,18 @@
 //!
 //! Prints `listening on ADDR` once ready. Serves until killed. A client that stops reading is
 //! cut off when its queue would pass `--max-write-buffer` or its write deadline passes.
+//!
+//! With `--control` it reads commands from stdin (for test drivers such as `examples/soak`):
+//! `stats` prints one line `stats key=value ...` with the engine's counters; `quit` (or the end
+//! of stdin) shuts down gracefully (close frames 1001, up to 5 s), prints the final `stats`
+//! line and exits.
 
 use std::time::Duration;
 
 use netpoll::ws::{
     Accept, Group, Message, Request, SlowPolicy, Upgrade, WsConn, WsHandler, WsServer,
 };
-use netpoll::{Engine, OverflowPolicy};
+use netpoll::{CloseReason, Engine, OverflowPolicy, Stats};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -89,7 +95,11 @@ fn main() {
     let mut max_write_buffer = None;
     let mut write_timeout = Some(Duration::from_secs(30));
     let mut idle_timeout = Some(Duration::from_secs(60));
+    let mut pong_timeout = Duration::from_secs(10);
+    let mut handshake_timeout = Duration::from_secs(10);
     let mut stats = false;
+    let mut control = false;
+    let mut send_buffer = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -101,7 +111,16 @@ fn main() {
             }
             "--write-timeout" => write_timeout = seconds_flag(args.next(), "--write-timeout"),
             "--idle-timeout" => idle_timeout = seconds_flag(args.next(), "--idle-timeout"),
+            "--pong-timeout" => {
+                pong_timeout = seconds_flag(args.next(), "--pong-timeout").expect("positive")
+            }
+            "--handshake-timeout" => {
+                handshake_timeout =
+                    seconds_flag(args.next(), "--handshake-timeout").expect("positive")
+            }
             "--stats" => stats = true,
+            "--control" => control = true,
+            "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -115,16 +134,35 @@ fn main() {
     if let Some(n) = pollers {
         engine = engine.pollers(n);
     }
+    if let Some(n) = send_buffer {
+        // A small kernel send buffer makes a stalled reader show in the engine's queue
+        // (write deadline, outbound limit) sooner; the kernel's default grows to megabytes.
+        engine = engine.send_buffer_size(n);
+    }
     let broadcast = Group::new(SlowPolicy::Drop);
     let engine = WsServer::builder()
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .idle_timeout(idle_timeout)
+        .pong_timeout(pong_timeout)
+        .handshake_timeout(handshake_timeout)
         .start(engine, |_| Server {
             broadcast: broadcast.clone(),
         })
         .unwrap_or_else(|e| panic!("cannot start: {e}"));
     println!("listening on {}", engine.local_addrs()[0]);
+    if control {
+        for line in std::io::stdin().lines() {
+            match line.as_deref().map(str::trim) {
+                Ok("stats") => println!("stats {}", stats_line(&engine.stats())),
+                Ok("quit") | Err(_) => break,
+                Ok(other) => eprintln!("unknown command {other:?}"),
+            }
+        }
+        let last = engine.shutdown(Duration::from_secs(5));
+        println!("stats {}", stats_line(&last));
+        return;
+    }
     loop {
         std::thread::sleep(Duration::from_secs(10));
         if stats {
@@ -139,4 +177,31 @@ fn main() {
             );
         }
     }
+}
+
+/// The counters a test driver checks, as `key=value` pairs.
+fn stats_line(s: &Stats) -> String {
+    let fields = [
+        ("accepted", s.accepted),
+        ("opened", s.opened),
+        ("open", s.open()),
+        ("closed", s.closed_total()),
+        ("freed", s.freed),
+        ("peer_closed", s.closed(CloseReason::PeerClosed)),
+        ("local", s.closed(CloseReason::Local)),
+        ("io", s.closed(CloseReason::Io(std::io::ErrorKind::Other))),
+        ("overflow", s.closed(CloseReason::Overflow)),
+        ("write_timeout", s.closed(CloseReason::WriteTimeout)),
+        ("read_timeout", s.closed(CloseReason::ReadTimeout)),
+        ("shutdown", s.closed(CloseReason::Shutdown)),
+        ("handler_panic", s.closed(CloseReason::HandlerPanic)),
+        ("overflows", s.overflows),
+        ("dropped_messages", s.dropped_messages),
+        ("slow_closes", s.slow_closes),
+        ("close_flush_timeouts", s.close_flush_timeouts),
+        ("bytes_in", s.bytes_in),
+        ("bytes_out", s.bytes_out),
+    ];
+    let pairs: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(" ")
 }

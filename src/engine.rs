@@ -269,8 +269,12 @@ impl Engine {
     ///
     /// Called from a handler callback it cannot wait for its own thread: it then starts the
     /// shutdown and returns, and the pollers finish on their own.
-    pub fn shutdown(mut self, timeout: Duration) {
+    ///
+    /// Returns the final counters (taken after the pollers finished, when it could wait for
+    /// them), so a server can report what its shutdown closed.
+    pub fn shutdown(mut self, timeout: Duration) -> Stats {
         self.stop(timeout);
+        self.stats()
     }
 
     fn stop(&mut self, timeout: Duration) {

@@ -284,7 +284,7 @@ impl<H: WsHandler> WsEngine<H> {
 
     /// Shuts down: every open WebSocket gets 1001 Going Away and up to `timeout` to answer
     /// (see [`Engine::shutdown`]).
-    pub fn shutdown(self, timeout: Duration) {
+    pub fn shutdown(self, timeout: Duration) -> crate::Stats {
         self.engine.shutdown(timeout)
     }
 }
