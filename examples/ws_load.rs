@@ -12,6 +12,11 @@
 //! - `broadcast`: every connection joins (use a `/broadcast` URL); one connection sends
 //!   `--rate` messages per second and every connection, the sender included, receives them.
 //!   Reports deliveries per second and the delivery latency (send to receipt).
+//! - `idle`: each connection sends one message and waits for its echo, then stays idle. Prints
+//!   `ready conns=N connect_secs=S` once every connection has had its echo, then holds the
+//!   connections for `--duration` seconds (for measuring a server's memory per connection).
+//!
+//! Every report has `connect_secs`, the time from the first connect until all were open.
 //!
 //! Messages carry their send time in the first 8 bytes (`--size` is at least 8). Sockets are
 //! spread over source addresses 127.0.0.1..=127.0.0.N with `--sources N`. With
@@ -31,8 +36,15 @@ use netpoll::ws::{
     Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler, WsServer,
 };
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Echo,
+    Broadcast,
+    Idle,
+}
+
 struct Load {
-    echo: bool,
+    mode: Mode,
     counters: Arc<Counters>,
     local: u64,
     samples: Samples,
@@ -57,7 +69,7 @@ impl WsHandler for Load {
 
     fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
         self.counters.open.fetch_add(1, Ordering::Relaxed);
-        if self.echo {
+        if self.mode != Mode::Broadcast {
             self.send_stamped(conn);
         } else {
             self.sender
@@ -72,10 +84,14 @@ impl WsHandler for Load {
         if b.len() < 8 {
             return;
         }
+        if self.mode == Mode::Idle {
+            self.counters.echoed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let sent = u64::from_le_bytes(b[..8].try_into().unwrap());
         self.samples.record(&self.counters, sent);
         self.counters.count_echo(&mut self.local);
-        if self.echo {
+        if self.mode == Mode::Echo {
             self.send_stamped(conn);
         }
     }
@@ -96,10 +112,11 @@ impl WsHandler for Load {
 fn main() {
     let mut o = Options::parse(9001, true);
     o.size = o.size.max(8);
-    let echo = match o.mode.as_str() {
-        "echo" => true,
-        "broadcast" => false,
-        m => panic!("--mode echo|broadcast, not {m}"),
+    let mode = match o.mode.as_str() {
+        "echo" => Mode::Echo,
+        "broadcast" => Mode::Broadcast,
+        "idle" => Mode::Idle,
+        m => panic!("--mode echo|broadcast|idle, not {m}"),
     };
     let counters = Arc::new(Counters::default());
     let sender = Arc::new(Mutex::new(None));
@@ -111,7 +128,7 @@ fn main() {
                 .pollers(o.pollers)
                 .max_connections(o.conns + 16),
             |_| Load {
-                echo,
+                mode,
                 counters: counters.clone(),
                 local: 0,
                 samples: Samples::default(),
@@ -121,6 +138,7 @@ fn main() {
         )
         .expect("start client engine");
     let url = format!("ws://{}{}", o.addr, o.path);
+    counters.connect_start.get_or_init(Instant::now);
     for i in 0..o.conns {
         let opts = Connect::new(())
             .local_addr(load::source_addr(&o, i))
@@ -128,7 +146,24 @@ fn main() {
         ws.connect(&url, opts).expect("connect");
     }
     load::wait_all_open(&o, &counters);
-    if !echo {
+    if mode == Mode::Idle {
+        let t0 = Instant::now();
+        while counters.echoed.load(Ordering::Relaxed) < o.conns as u64 {
+            if t0.elapsed() > Duration::from_secs(60) || counters.failed.load(Ordering::Relaxed) > 0
+            {
+                eprintln!("not every connection got its echo");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let secs = counters.connect_secs.get().copied().unwrap_or(f64::NAN);
+        println!("ready conns={} connect_secs={secs:.3}", o.conns);
+        std::thread::sleep(Duration::from_secs(o.secs));
+        counters.stopping.store(true, Ordering::Relaxed);
+        ws.shutdown(Duration::from_secs(1));
+        return;
+    }
+    if mode == Mode::Broadcast {
         // The sender paces itself from this thread.
         let from = sender.lock().unwrap().clone().expect("a sender");
         let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));

@@ -20,6 +20,9 @@ pub struct Counters {
     pub latencies: Mutex<Vec<u32>>,
     /// The run is over: closes from now on are the client's own shutdown.
     pub stopping: AtomicBool,
+    /// When the first connection was started, and how long until all were open.
+    pub connect_start: OnceLock<Instant>,
+    pub connect_secs: OnceLock<f64>,
 }
 
 /// A poller-local batch of latency samples, handed to [`Counters::latencies`] 1024 at a time.
@@ -143,6 +146,7 @@ pub fn source_addr(o: &Options, i: usize) -> SocketAddr {
 /// Dials `o.conns` TCP connections spread over the source addresses and waits until all are
 /// open (the handlers count them).
 pub fn dial_all(engine: &Engine, o: &Options, counters: &Counters) {
+    counters.connect_start.get_or_init(Instant::now);
     for i in 0..o.conns {
         let opts = DialOptions {
             local_addr: Some(source_addr(o, i)),
@@ -154,9 +158,10 @@ pub fn dial_all(engine: &Engine, o: &Options, counters: &Counters) {
 }
 
 /// Waits until the handlers counted `o.conns` open connections; exits the process if any
-/// failed or a minute passed.
+/// failed or a minute passed. Records how long the connections took to open, counted from
+/// `Counters::connect_start` (set before the first connect).
 pub fn wait_all_open(o: &Options, counters: &Counters) {
-    let t0 = Instant::now();
+    let t0 = *counters.connect_start.get_or_init(Instant::now);
     while counters.open.load(Ordering::Relaxed) < o.conns {
         if counters.failed.load(Ordering::Relaxed) > 0 || t0.elapsed() > Duration::from_secs(60) {
             eprintln!(
@@ -166,8 +171,9 @@ pub fn wait_all_open(o: &Options, counters: &Counters) {
             );
             std::process::exit(1);
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
+    let _ = counters.connect_secs.set(t0.elapsed().as_secs_f64());
 }
 
 /// Warms up, measures `o.secs` seconds and prints the report line.
@@ -196,10 +202,11 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
         _ => f64::NAN,
     };
     let rate = msgs as f64 / elapsed;
+    let connect_secs = counters.connect_secs.get().copied().unwrap_or(f64::NAN);
     println!(
         "conns={} size={} msgs={msgs} secs={elapsed:.2} msgs_per_sec={rate:.0} \
          mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} failed={} \
-         total_msgs={}{latency}",
+         total_msgs={} connect_secs={connect_secs:.3}{latency}",
         o.conns,
         o.size,
         rate * o.size as f64 / 1e6,

@@ -1,0 +1,905 @@
+//! The whole benchmark comparison in one command: builds netpoll's examples and the peer
+//! servers, runs every scenario with server and client in separate processes, writes the
+//! results (JSON and CSV) and a Markdown summary, and draws the charts.
+//!
+//! ```text
+//! cargo run --release -p netpoll-peers --bin suite [-- --secs 3] [--quick] [--out DIR]
+//!     [--charts DIR]
+//! cargo run --release -p netpoll-peers --bin suite -- --charts-only target/bench/results.json
+//! ```
+//!
+//! Scenarios (servers on one thread, the client `examples/ws_load` on one poller, sockets
+//! spread over 127.0.0.1..=127.0.0.16):
+//! - `echo`: 100, 1000, 5000, 15000 connections x 64 B, 1 KiB, 16 KiB messages, closed loop;
+//!   messages/s, MB/s, latency p50/p99/max, server CPU per message, connect time;
+//! - `broadcast`: 1000 and 10000 receivers on `/broadcast`, 10 messages/s of 64 B from one of
+//!   them; deliveries/s and delivery latency (send to receipt, over every delivery);
+//! - `idle`: server RSS growth per connection at 1000, 10000 and 15000 idle connections, each
+//!   upgraded and having echoed one message (netpoll with its defaults: write deadline and
+//!   heartbeat on); the connect time of the same runs gives the connection rate;
+//! - `tcp_echo`: netpoll's TCP engine (`examples/tcp_echo`) against a minimal mio echo server
+//!   (`examples/mio_echo`, the ceiling), 100 and 5000 connections x 64 B.
+//!
+//! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
+//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`). Each configuration
+//! runs every server back to back, so the ratios compare runs minutes apart at most.
+//! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
+//! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use plotters::prelude::*;
+use serde_json::{Value, json};
+
+const WS_SERVERS: [&str; 4] = [
+    "netpoll",
+    "tokio-tungstenite",
+    "tokio-tungstenite-4k",
+    "fastwebsockets",
+];
+
+struct Suite {
+    bin: PathBuf,
+    port: u16,
+    secs: u64,
+    results: Vec<Value>,
+}
+
+/// A server process that printed `listening on ADDR`.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("server running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+/// `key=value` pairs of a report line.
+fn fields(line: &str) -> BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A number from a report line's field as JSON (null when missing or not a number).
+fn num(f: &BTreeMap<String, String>, key: &str) -> Value {
+    f.get(key)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .map_or(Value::Null, |v| json!(v))
+}
+
+impl Suite {
+    fn start(&mut self, server: &str) -> Server {
+        self.port += 1;
+        let addr = format!("127.0.0.1:{}", self.port);
+        let b = &self.bin;
+        let mut cmd = match server {
+            "netpoll" => {
+                let mut c = Command::new(b.join("examples/ws_echo"));
+                c.args(["--pollers", "1"]);
+                c
+            }
+            "tokio-tungstenite" | "tokio-tungstenite-4k" => {
+                let mut c = Command::new(b.join("tt_echo"));
+                c.args(["--threads", "1"]);
+                if server.ends_with("4k") {
+                    c.args(["--read-buffer", "4096"]);
+                }
+                c
+            }
+            "fastwebsockets" => {
+                let mut c = Command::new(b.join("fws_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            "netpoll-tcp" => {
+                let mut c = Command::new(b.join("examples/tcp_echo"));
+                c.args(["--pollers", "1"]);
+                c
+            }
+            "mio" => {
+                let mut c = Command::new(b.join("examples/mio_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            other => panic!("unknown server {other}"),
+        };
+        let mut child = cmd
+            .args(["--addr", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {server}: {e}"));
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{server} did not start"));
+        assert!(line.starts_with("listening on"), "{server}: {line}");
+        Server { child, addr }
+    }
+
+    /// Runs a load tool to completion and returns its last report line's fields.
+    fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
+        let out = Command::new(self.bin.join("examples").join(tool))
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("load tool runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("");
+        if !out.status.success() {
+            eprintln!("suite: {tool} {args:?} failed: {line}");
+        }
+        fields(line)
+    }
+
+    fn echo(&mut self, conns: usize, size: usize) {
+        for server in WS_SERVERS {
+            let s = self.start(server);
+            let f = self.load(
+                "ws_load",
+                &[
+                    format!("--addr={}", s.addr),
+                    format!("--conns={conns}"),
+                    format!("--size={size}"),
+                    format!("--duration={}", self.secs),
+                    format!("--server-pid={}", s.child.id()),
+                ],
+            );
+            self.record(json!({
+                "scenario": "echo", "server": server, "conns": conns, "size": size,
+                "msgs_per_sec": num(&f, "msgs_per_sec"), "mb_per_sec": num(&f, "mb_per_sec"),
+                "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
+                "lat_max_us": num(&f, "lat_max_us"),
+                "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
+                "connect_secs": num(&f, "connect_secs"), "failed": num(&f, "failed"),
+            }));
+        }
+    }
+
+    fn broadcast(&mut self, receivers: usize) {
+        for server in WS_SERVERS {
+            let s = self.start(server);
+            let f = self.load(
+                "ws_load",
+                &[
+                    format!("--addr={}", s.addr),
+                    "--path=/broadcast".into(),
+                    "--mode=broadcast".into(),
+                    "--rate=10".into(),
+                    format!("--conns={receivers}"),
+                    format!("--duration={}", self.secs + 2),
+                    format!("--server-pid={}", s.child.id()),
+                ],
+            );
+            self.record(json!({
+                "scenario": "broadcast", "server": server, "receivers": receivers, "rate": 10,
+                "deliveries_per_sec": num(&f, "msgs_per_sec"),
+                "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
+                "lat_max_us": num(&f, "lat_max_us"),
+                "server_cpu_us_per_delivery": num(&f, "server_cpu_us_per_msg"),
+                "failed": num(&f, "failed"),
+            }));
+        }
+    }
+
+    fn idle(&mut self, conns: usize) {
+        for server in WS_SERVERS {
+            let s = self.start(server);
+            std::thread::sleep(Duration::from_millis(300));
+            let before = s.rss_kib();
+            let mut load = Command::new(self.bin.join("examples/ws_load"))
+                .args([
+                    format!("--addr={}", s.addr),
+                    "--mode=idle".into(),
+                    format!("--conns={conns}"),
+                    "--duration=60".into(),
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("ws_load runs");
+            let mut ready = String::new();
+            BufReader::new(load.stdout.take().expect("piped"))
+                .read_line(&mut ready)
+                .expect("ready line");
+            // Let the server finish whatever the last handshakes left (and the RSS settle).
+            std::thread::sleep(Duration::from_secs(1));
+            let after = s.rss_kib();
+            let _ = load.kill();
+            let _ = load.wait();
+            let f = fields(&ready);
+            let connect_secs = num(&f, "connect_secs");
+            let ok = ready.starts_with("ready");
+            self.record(json!({
+                "scenario": "idle", "server": server, "conns": conns,
+                "rss_before_kib": before, "rss_after_kib": after,
+                "bytes_per_conn": if ok {
+                    json!((after.saturating_sub(before) * 1024) as f64 / conns as f64)
+                } else { Value::Null },
+                "connect_secs": connect_secs,
+                "conns_per_sec": connect_secs.as_f64().map_or(Value::Null, |s| json!(conns as f64 / s)),
+            }));
+        }
+    }
+
+    fn tcp(&mut self, conns: usize) {
+        for server in ["netpoll-tcp", "mio"] {
+            let s = self.start(server);
+            let f = self.load(
+                "tcp_load",
+                &[
+                    format!("--addr={}", s.addr),
+                    format!("--conns={conns}"),
+                    "--size=64".into(),
+                    format!("--duration={}", self.secs),
+                    "--sources=16".into(),
+                    format!("--server-pid={}", s.child.id()),
+                ],
+            );
+            self.record(json!({
+                "scenario": "tcp_echo", "server": server, "conns": conns, "size": 64,
+                "msgs_per_sec": num(&f, "msgs_per_sec"),
+                "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
+                "lat_p99_us": num(&f, "lat_p99_us"),
+            }));
+        }
+    }
+
+    fn record(&mut self, v: Value) {
+        println!("{v}");
+        self.results.push(v);
+    }
+}
+
+fn build() {
+    for args in [
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "netpoll",
+            "--examples",
+        ][..],
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "netpoll-peers",
+            "--bins",
+        ][..],
+    ] {
+        let status = Command::new(env!("CARGO"))
+            .args(args)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo {args:?} failed");
+    }
+}
+
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "kernel": kernel.trim(),
+        "date": date,
+    })
+}
+
+fn main() {
+    let mut secs = 3;
+    let mut quick = false;
+    let mut out = PathBuf::from("target/bench");
+    let mut charts = PathBuf::from("docs/bench");
+    let mut charts_only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (a.clone(), None),
+        };
+        let mut value = || inline.clone().or_else(|| args.next()).expect("a value");
+        match flag.as_str() {
+            "--secs" => secs = value().parse().expect("--secs N"),
+            "--quick" => quick = true,
+            "--out" => out = value().into(),
+            "--charts" => charts = value().into(),
+            "--charts-only" => charts_only = Some(PathBuf::from(value())),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    if let Some(results) = charts_only {
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
+                .expect("results JSON");
+        draw_charts(&doc, &charts);
+        print!("{}", summary(&doc));
+        return;
+    }
+
+    let t0 = Instant::now();
+    build();
+    let bin = std::env::current_exe()
+        .expect("own path")
+        .parent()
+        .expect("target/release")
+        .to_path_buf();
+    let mut suite = Suite {
+        bin,
+        port: 21000,
+        secs,
+        results: Vec::new(),
+    };
+    let (conns, sizes, receivers, idle): (&[usize], &[usize], &[usize], &[usize]) = if quick {
+        (&[100, 1000], &[64], &[1000], &[1000])
+    } else {
+        (
+            &[100, 1000, 5000, 15000],
+            &[64, 1024, 16384],
+            &[1000, 10000],
+            &[1000, 10000, 15000],
+        )
+    };
+    for &c in conns {
+        for &z in sizes {
+            suite.echo(c, z);
+        }
+    }
+    for &r in receivers {
+        suite.broadcast(r);
+    }
+    for &n in idle {
+        suite.idle(n);
+    }
+    for n in [100, 5000] {
+        suite.tcp(n);
+    }
+    let doc = json!({
+        "machine": machine(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "seconds_per_run": secs,
+        "wall_seconds": t0.elapsed().as_secs(),
+        "results": suite.results,
+    });
+    std::fs::create_dir_all(&out).expect("output directory");
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .expect("write results.json");
+    write_csv(&doc, &out.join("results.csv"));
+    let md = summary(&doc);
+    std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
+    draw_charts(&doc, &charts);
+    print!("{md}");
+    println!(
+        "suite: {} runs in {} s; results in {}, charts in {}",
+        doc["results"].as_array().map_or(0, Vec::len),
+        t0.elapsed().as_secs(),
+        out.display(),
+        charts.display()
+    );
+}
+
+fn write_csv(doc: &Value, path: &Path) {
+    let rows = doc["results"].as_array().expect("results");
+    let mut columns: Vec<String> = Vec::new();
+    for r in rows {
+        for k in r.as_object().expect("object").keys() {
+            if !columns.contains(k) {
+                columns.push(k.clone());
+            }
+        }
+    }
+    let mut f = std::fs::File::create(path).expect("results.csv");
+    writeln!(f, "{}", columns.join(",")).unwrap();
+    for r in rows {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| match &r[c] {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            })
+            .collect();
+        writeln!(f, "{}", cells.join(",")).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the results back
+
+fn rows<'a>(doc: &'a Value, scenario: &str) -> impl Iterator<Item = &'a Value> + 'a {
+    let scenario = scenario.to_string();
+    doc["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(move |r| r["scenario"] == scenario.as_str())
+}
+
+fn find<'a>(
+    doc: &'a Value,
+    scenario: &str,
+    server: &str,
+    keys: &[(&str, u64)],
+) -> Option<&'a Value> {
+    rows(doc, scenario)
+        .find(|r| r["server"] == server && keys.iter().all(|(k, v)| r[*k].as_u64() == Some(*v)))
+}
+
+fn metric(doc: &Value, scenario: &str, server: &str, keys: &[(&str, u64)], m: &str) -> Option<f64> {
+    find(doc, scenario, server, keys).and_then(|r| r[m].as_f64())
+}
+
+fn distinct(doc: &Value, scenario: &str, key: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = rows(doc, scenario)
+        .filter_map(|r| r[key].as_u64())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn cell(v: Option<f64>, digits: usize) -> String {
+    match v {
+        Some(x) if digits == 0 => group(x.round() as u64),
+        Some(x) => format!("{x:.digits$}"),
+        None => "-".into(),
+    }
+}
+
+fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+fn size_label(size: u64) -> String {
+    if size >= 1024 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+fn short(server: &str) -> &str {
+    match server {
+        "tokio-tungstenite" => "tt",
+        "tokio-tungstenite-4k" => "tt-4k",
+        "fastwebsockets" => "fws",
+        other => other,
+    }
+}
+
+/// The Markdown tables of BENCHMARKS.md, from the results.
+fn summary(doc: &Value) -> String {
+    let mut md = String::new();
+    let m = &doc["machine"];
+    md += &format!(
+        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`.\n\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["date"].as_str().unwrap_or("?"),
+        doc["command"].as_str().unwrap_or("?"),
+    );
+    let peers = &WS_SERVERS[1..];
+
+    md += "### Echo: messages per second (one server thread)\n\n| conns | size |";
+    for s in WS_SERVERS {
+        md += &format!(" {} |", short(s));
+    }
+    for p in peers {
+        md += &format!(" vs {} |", short(p));
+    }
+    md += "\n|---|---|";
+    md += &"---|".repeat(WS_SERVERS.len() + peers.len());
+    md += "\n";
+    for c in distinct(doc, "echo", "conns") {
+        for z in distinct(doc, "echo", "size") {
+            let keys = [("conns", c), ("size", z)];
+            let rate = |s: &str| metric(doc, "echo", s, &keys, "msgs_per_sec");
+            md += &format!("| {} | {} |", group(c), size_label(z));
+            for s in WS_SERVERS {
+                md += &format!(" {} |", cell(rate(s), 0));
+            }
+            for p in peers {
+                md += &format!(" {} |", ratio(rate("netpoll"), rate(p)));
+            }
+            md += "\n";
+        }
+    }
+
+    md += "\n### Echo: latency p50 / p99 (ms) and server CPU per message (µs)\n\n| conns | size |";
+    for s in WS_SERVERS {
+        md += &format!(" {} p50/p99 |", short(s));
+    }
+    for s in WS_SERVERS {
+        md += &format!(" {} CPU |", short(s));
+    }
+    md += "\n|---|---|";
+    md += &"---|".repeat(2 * WS_SERVERS.len());
+    md += "\n";
+    for c in distinct(doc, "echo", "conns") {
+        for z in distinct(doc, "echo", "size") {
+            let keys = [("conns", c), ("size", z)];
+            md += &format!("| {} | {} |", group(c), size_label(z));
+            for s in WS_SERVERS {
+                let ms = |k: &str| metric(doc, "echo", s, &keys, k).map(|us| us / 1000.0);
+                md += &format!(
+                    " {} / {} |",
+                    cell(ms("lat_p50_us"), 2),
+                    cell(ms("lat_p99_us"), 2)
+                );
+            }
+            for s in WS_SERVERS {
+                let cpu = metric(doc, "echo", s, &keys, "server_cpu_us_per_msg");
+                md += &format!(" {} |", cell(cpu, 2));
+            }
+            md += "\n";
+        }
+    }
+
+    md += "\n### Broadcast: 10 messages/s of 64 B to every receiver\n\n\
+           | receivers | server | deliveries/s | p50 ms | p99 ms | max ms | CPU µs/delivery |\n\
+           |---|---|---|---|---|---|---|\n";
+    for r in distinct(doc, "broadcast", "receivers") {
+        for s in WS_SERVERS {
+            let keys = [("receivers", r)];
+            let v = |k: &str| metric(doc, "broadcast", s, &keys, k);
+            let ms = |k: &str| v(k).map(|us| us / 1000.0);
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                group(r),
+                s,
+                cell(v("deliveries_per_sec"), 0),
+                cell(ms("lat_p50_us"), 2),
+                cell(ms("lat_p99_us"), 2),
+                cell(ms("lat_max_us"), 2),
+                cell(v("server_cpu_us_per_delivery"), 2),
+            );
+        }
+    }
+
+    md += "\n### Idle connections: server RSS growth per connection (bytes), connection rate\n\n\
+           | conns |";
+    for s in WS_SERVERS {
+        md += &format!(" {} B/conn |", short(s));
+    }
+    for s in WS_SERVERS {
+        md += &format!(" {} conns/s |", short(s));
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(2 * WS_SERVERS.len());
+    md += "\n";
+    for c in distinct(doc, "idle", "conns") {
+        md += &format!("| {} |", group(c));
+        for s in WS_SERVERS {
+            md += &format!(
+                " {} |",
+                cell(metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"), 0)
+            );
+        }
+        for s in WS_SERVERS {
+            md += &format!(
+                " {} |",
+                cell(metric(doc, "idle", s, &[("conns", c)], "conns_per_sec"), 0)
+            );
+        }
+        md += "\n";
+    }
+
+    md += "\n### TCP echo, 64 B: netpoll's engine against a minimal mio server (the ceiling)\n\n\
+           | conns | netpoll msgs/s | mio msgs/s | ratio | netpoll CPU µs/msg | mio CPU µs/msg |\n\
+           |---|---|---|---|---|---|\n";
+    for c in distinct(doc, "tcp_echo", "conns") {
+        let v = |s: &str, k: &str| metric(doc, "tcp_echo", s, &[("conns", c)], k);
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            group(c),
+            cell(v("netpoll-tcp", "msgs_per_sec"), 0),
+            cell(v("mio", "msgs_per_sec"), 0),
+            ratio(v("netpoll-tcp", "msgs_per_sec"), v("mio", "msgs_per_sec")),
+            cell(v("netpoll-tcp", "server_cpu_us_per_msg"), 2),
+            cell(v("mio", "server_cpu_us_per_msg"), 2),
+        );
+    }
+    md
+}
+
+// ---------------------------------------------------------------------------------------
+// Charts
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(214, 39, 40),  // netpoll
+    RGBColor(31, 119, 180), // tokio-tungstenite
+    RGBColor(140, 86, 75),  // tokio-tungstenite-4k
+    RGBColor(44, 160, 44),  // fastwebsockets
+];
+
+/// One panel: a line per server of `y(server, x)` over the categorical `xs`.
+#[allow(clippy::too_many_arguments)]
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    xs: &[u64],
+    x_desc: &str,
+    y_desc: &str,
+    log_y: bool,
+    y: &dyn Fn(&str, u64) -> Option<f64>,
+) where
+    DB::ErrorType: 'static,
+{
+    let values: Vec<f64> = WS_SERVERS
+        .iter()
+        .flat_map(|s| xs.iter().filter_map(|&x| y(s, x)))
+        .collect();
+    if values.is_empty() {
+        return;
+    }
+    let max = values.iter().cloned().fold(0.0, f64::max) * 1.15;
+    let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+    let n = xs.len();
+    let xs_owned = xs.to_vec();
+    let label = move |i: &f64| {
+        let k = i.round();
+        if (i - k).abs() < 0.01 && k >= 0.0 && (k as usize) < xs_owned.len() {
+            group(xs_owned[k as usize])
+        } else {
+            String::new()
+        }
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64);
+    let x_range = -0.3f64..(n as f64 - 0.7);
+    if log_y {
+        let mut chart = builder
+            .build_cartesian_2d(x_range, (min * 0.7..max * 1.5).log_scale())
+            .expect("chart");
+        chart
+            .configure_mesh()
+            .x_labels(n)
+            .x_label_formatter(&label)
+            .y_label_formatter(&|v| group(v.round() as u64))
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .disable_x_mesh()
+            .draw()
+            .expect("mesh");
+        lines(&mut chart, xs, y);
+    } else {
+        let mut chart = builder
+            .build_cartesian_2d(x_range, 0.0..max)
+            .expect("chart");
+        chart
+            .configure_mesh()
+            .x_labels(n)
+            .x_label_formatter(&label)
+            .y_label_formatter(&|v| {
+                if *v >= 10_000.0 {
+                    format!("{}k", group((v / 1000.0).round() as u64))
+                } else if *v >= 10.0 {
+                    group(v.round() as u64)
+                } else {
+                    format!("{v:.1}")
+                }
+            })
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .disable_x_mesh()
+            .draw()
+            .expect("mesh");
+        lines(&mut chart, xs, y);
+    }
+}
+
+fn lines<'a, DB: DrawingBackend + 'a, Y: plotters::coord::ranged1d::Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    xs: &[u64],
+    y: &dyn Fn(&str, u64) -> Option<f64>,
+) where
+    DB::ErrorType: 'static,
+{
+    for (i, s) in WS_SERVERS.iter().enumerate() {
+        let color = COLORS[i];
+        let points: Vec<(f64, f64)> = xs
+            .iter()
+            .enumerate()
+            .filter_map(|(k, &x)| y(s, x).map(|v| (k as f64, v)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .expect("line")
+            .label(*s)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .expect("points");
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .expect("legend");
+}
+
+fn draw_charts(doc: &Value, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("charts directory");
+    let conns = distinct(doc, "echo", "conns");
+    let sizes = distinct(doc, "echo", "size");
+
+    // Throughput vs connections, a panel per message size.
+    let path = dir.join("echo_throughput.svg");
+    let root = SVGBackend::new(&path, (420 * sizes.len().max(1) as u32, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    for (area, &z) in root
+        .split_evenly((1, sizes.len().max(1)))
+        .iter()
+        .zip(&sizes)
+    {
+        panel(
+            area,
+            &format!("echo {} messages", size_label(z)),
+            &conns,
+            "connections",
+            "messages/s",
+            false,
+            &|s, c| metric(doc, "echo", s, &[("conns", c), ("size", z)], "msgs_per_sec"),
+        );
+    }
+    root.present().expect("write chart");
+
+    // Latency p99, a panel per message size.
+    let path = dir.join("echo_latency_p99.svg");
+    let root = SVGBackend::new(&path, (420 * sizes.len().max(1) as u32, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    for (area, &z) in root
+        .split_evenly((1, sizes.len().max(1)))
+        .iter()
+        .zip(&sizes)
+    {
+        panel(
+            area,
+            &format!("echo p99 latency, {}", size_label(z)),
+            &conns,
+            "connections",
+            "ms (log)",
+            true,
+            &|s, c| {
+                metric(doc, "echo", s, &[("conns", c), ("size", z)], "lat_p99_us")
+                    .map(|us| us / 1000.0)
+            },
+        );
+    }
+    root.present().expect("write chart");
+
+    // Scaling: server CPU per message vs connections (smallest size).
+    if let Some(&z) = sizes.first() {
+        let path = dir.join("cpu_per_message.svg");
+        let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
+        root.fill(&WHITE).unwrap();
+        panel(
+            &root,
+            &format!("server CPU per message, {} echo", size_label(z)),
+            &conns,
+            "connections",
+            "µs per message",
+            false,
+            &|s, c| {
+                metric(
+                    doc,
+                    "echo",
+                    s,
+                    &[("conns", c), ("size", z)],
+                    "server_cpu_us_per_msg",
+                )
+            },
+        );
+        root.present().expect("write chart");
+    }
+
+    // Memory per idle connection.
+    let idle = distinct(doc, "idle", "conns");
+    let path = dir.join("memory_per_connection.svg");
+    let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    panel(
+        &root,
+        "server memory per idle WebSocket connection",
+        &idle,
+        "idle connections",
+        "bytes (log)",
+        true,
+        &|s, c| metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"),
+    );
+    root.present().expect("write chart");
+
+    // Broadcast delivery latency.
+    let receivers = distinct(doc, "broadcast", "receivers");
+    let path = dir.join("broadcast_latency_p99.svg");
+    let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    panel(
+        &root,
+        "broadcast delivery latency p99",
+        &receivers,
+        "receivers",
+        "ms (log)",
+        true,
+        &|s, r| {
+            metric(doc, "broadcast", s, &[("receivers", r)], "lat_p99_us").map(|us| us / 1000.0)
+        },
+    );
+    root.present().expect("write chart");
+}
