@@ -75,6 +75,16 @@ impl Server {
     }
 }
 
+/// `--flag=value` as the two arguments the load tools take.
+fn split_flags(args: &[String]) -> Vec<String> {
+    args.iter()
+        .flat_map(|a| match a.split_once('=') {
+            Some((f, v)) if a.starts_with("--") => vec![f.to_string(), v.to_string()],
+            _ => vec![a.clone()],
+        })
+        .collect()
+}
+
 /// `key=value` pairs of a report line.
 fn fields(line: &str) -> BTreeMap<String, String> {
     line.split_whitespace()
@@ -150,7 +160,8 @@ impl Suite {
     /// Runs a load tool to completion and returns its last report line's fields.
     fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
         let out = Command::new(self.bin.join("examples").join(tool))
-            .args(args)
+            .args(split_flags(args))
+            .args(["--pollers", "1", "--sources", "16"])
             .stderr(Stdio::inherit())
             .output()
             .expect("load tool runs");
@@ -218,12 +229,13 @@ impl Suite {
             std::thread::sleep(Duration::from_millis(300));
             let before = s.rss_kib();
             let mut load = Command::new(self.bin.join("examples/ws_load"))
-                .args([
+                .args(split_flags(&[
                     format!("--addr={}", s.addr),
                     "--mode=idle".into(),
                     format!("--conns={conns}"),
                     "--duration=60".into(),
-                ])
+                    "--sources=16".into(),
+                ]))
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("ws_load runs");
@@ -261,7 +273,6 @@ impl Suite {
                     format!("--conns={conns}"),
                     "--size=64".into(),
                     format!("--duration={}", self.secs),
-                    "--sources=16".into(),
                     format!("--server-pid={}", s.child.id()),
                 ],
             );
@@ -696,7 +707,8 @@ fn panel<DB: DrawingBackend>(
     if values.is_empty() {
         return;
     }
-    let max = values.iter().cloned().fold(0.0, f64::max) * 1.15;
+    // Headroom above the highest point for the legend.
+    let max = values.iter().cloned().fold(0.0, f64::max) * 1.4;
     let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
     let n = xs.len();
     let xs_owned = xs.to_vec();
