@@ -86,3 +86,54 @@ fn handoff_spreads_connections_over_pollers() {
     }
     assert_eq!(per_poller, [2, 2, 2, 2], "round robin over pollers");
 }
+
+/// Writes a mix of small (corked) and large (straight to the socket when nothing is queued)
+/// messages from inside `on_data`, and bytes from the peer pick the order.
+struct Mixed;
+
+impl netpoll::Handler for Mixed {
+    type State = ();
+
+    fn on_open(&mut self, _: &netpoll::Conn) {}
+
+    fn on_data(&mut self, conn: &netpoll::Conn, _: &mut (), data: &mut [u8]) -> usize {
+        for &b in data.iter() {
+            for (i, &len) in mixed_plan(b).iter().enumerate() {
+                conn.write_slice(&pattern(len, b.wrapping_add(i as u8)))
+                    .expect("write");
+            }
+        }
+        data.len()
+    }
+}
+
+fn mixed_plan(b: u8) -> Vec<usize> {
+    match b {
+        b'a' => vec![10, 100_000, 10, 20_000, 8192, 8191, 3],
+        _ => vec![300_000, 7, 9000, 9000, 1],
+    }
+}
+
+#[test]
+fn small_and_large_writes_from_a_callback_keep_their_order() {
+    let engine = Engine::builder()
+        .pollers(1)
+        .send_buffer_size(32 * 1024) // large writes go out in part and queue the rest
+        .listen("127.0.0.1:0")
+        .start(|_| Mixed)
+        .unwrap();
+    let mut s = client(engine.local_addrs()[0]);
+    s.write_all(b"abab").unwrap();
+    let want: Vec<u8> = b"abab"
+        .iter()
+        .flat_map(|&b| {
+            mixed_plan(b)
+                .into_iter()
+                .enumerate()
+                .flat_map(move |(i, len)| pattern(len, b.wrapping_add(i as u8)))
+        })
+        .collect();
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == want, "bytes out of order");
+}

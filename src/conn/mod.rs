@@ -240,6 +240,9 @@ pub(crate) enum Payload<'a> {
     Slice(&'a [u8]),
 }
 
+/// Writes at least this long made on the owning poller skip corking when nothing is queued.
+const DIRECT_WRITE_MIN: usize = 8 * 1024;
+
 /// Shared payloads shorter than this are copied into the coalescing tail behind a frame
 /// header rather than queued as their own chunk: a copy is cheaper than sealing the tail.
 const INLINE_SHARED_MAX: usize = 1024;
@@ -435,8 +438,11 @@ impl Conn {
         }
         // Queue behind what is already waiting (someone is due to flush it: the poller at the
         // end of this loop iteration if corked, the writable edge otherwise), while connecting,
-        // or when corking on the owning poller.
-        if pending != 0 || io.phase == Phase::Connecting || on_owner {
+        // or when corking on the owning poller. Corking batches small writes; a large one with
+        // nothing queued goes straight to the socket like a write from another thread, saving
+        // its copy into the queue (and, past the pooled-buffer size, an allocation).
+        let cork = on_owner && (len < DIRECT_WRITE_MIN || matches!(body, Payload::Frame(_)));
+        if pending != 0 || io.phase == Phase::Connecting || cork {
             if on_owner {
                 poller::with_tail_pool(|pool| {
                     io.out.push_slice_pooled(head, pool);
