@@ -3,8 +3,8 @@
 //! results (JSON and CSV) and a Markdown summary, and draws the charts.
 //!
 //! ```text
-//! cargo run --release -p netpoll-peers --bin suite [-- --secs 3] [--quick] [--out DIR]
-//!     [--charts DIR]
+//! cargo run --release -p netpoll-peers --bin suite [-- --secs 3] [--rounds 2] [--quick]
+//!     [--out DIR] [--charts DIR]
 //! cargo run --release -p netpoll-peers --bin suite -- --charts-only target/bench/results.json
 //! ```
 //!
@@ -22,7 +22,8 @@
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
 //! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`). Each configuration
-//! runs every server back to back, so the ratios compare runs minutes apart at most.
+//! runs every server back to back, so the ratios compare runs minutes apart at most. The echo
+//! and TCP runs are repeated `--rounds` times and the summary and charts show medians.
 //! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
 //! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
 
@@ -47,6 +48,7 @@ struct Suite {
     bin: PathBuf,
     port: u16,
     secs: u64,
+    round: usize,
     results: Vec<Value>,
 }
 
@@ -285,7 +287,8 @@ impl Suite {
         }
     }
 
-    fn record(&mut self, v: Value) {
+    fn record(&mut self, mut v: Value) {
+        v["round"] = json!(self.round);
         println!("{v}");
         self.results.push(v);
     }
@@ -344,6 +347,7 @@ fn machine() -> Value {
 
 fn main() {
     let mut secs = 3;
+    let mut rounds = 2;
     let mut quick = false;
     let mut out = PathBuf::from("target/bench");
     let mut charts = PathBuf::from("docs/bench");
@@ -357,6 +361,7 @@ fn main() {
         let mut value = || inline.clone().or_else(|| args.next()).expect("a value");
         match flag.as_str() {
             "--secs" => secs = value().parse().expect("--secs N"),
+            "--rounds" => rounds = value().parse().expect("--rounds N"),
             "--quick" => quick = true,
             "--out" => out = value().into(),
             "--charts" => charts = value().into(),
@@ -384,6 +389,7 @@ fn main() {
         bin,
         port: 21000,
         secs,
+        round: 1,
         results: Vec::new(),
     };
     let (conns, sizes, receivers, idle): (&[usize], &[usize], &[usize], &[usize]) = if quick {
@@ -396,24 +402,31 @@ fn main() {
             &[1000, 10000, 15000],
         )
     };
-    for &c in conns {
-        for &z in sizes {
-            suite.echo(c, z);
+    // Throughput runs are repeated (the summary takes medians): one run's noise on a shared
+    // machine is ±20%.
+    for round in 1..=rounds {
+        suite.round = round;
+        for &c in conns {
+            for &z in sizes {
+                suite.echo(c, z);
+            }
+        }
+        for n in [100, 5000] {
+            suite.tcp(n);
         }
     }
+    suite.round = 1;
     for &r in receivers {
         suite.broadcast(r);
     }
     for &n in idle {
         suite.idle(n);
     }
-    for n in [100, 5000] {
-        suite.tcp(n);
-    }
     let doc = json!({
         "machine": machine(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "seconds_per_run": secs,
+        "rounds": rounds,
         "wall_seconds": t0.elapsed().as_secs(),
         "results": suite.results,
     });
@@ -474,18 +487,22 @@ fn rows<'a>(doc: &'a Value, scenario: &str) -> impl Iterator<Item = &'a Value> +
         .filter(move |r| r["scenario"] == scenario.as_str())
 }
 
-fn find<'a>(
-    doc: &'a Value,
-    scenario: &str,
-    server: &str,
-    keys: &[(&str, u64)],
-) -> Option<&'a Value> {
-    rows(doc, scenario)
-        .find(|r| r["server"] == server && keys.iter().all(|(k, v)| r[*k].as_u64() == Some(*v)))
-}
-
+/// The median of metric `m` over the rounds of one configuration.
 fn metric(doc: &Value, scenario: &str, server: &str, keys: &[(&str, u64)], m: &str) -> Option<f64> {
-    find(doc, scenario, server, keys).and_then(|r| r[m].as_f64())
+    let mut v: Vec<f64> = rows(doc, scenario)
+        .filter(|r| r["server"] == server && keys.iter().all(|(k, v)| r[*k].as_u64() == Some(*v)))
+        .filter_map(|r| r[m].as_f64())
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
 }
 
 fn distinct(doc: &Value, scenario: &str, key: &str) -> Vec<u64> {
@@ -546,12 +563,15 @@ fn summary(doc: &Value) -> String {
     let mut md = String::new();
     let m = &doc["machine"];
     md += &format!(
-        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`.\n\n",
+        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`. Echo and TCP figures are medians \
+         of {} rounds of {} s each.\n\n",
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
         m["kernel"].as_str().unwrap_or("?"),
         m["date"].as_str().unwrap_or("?"),
         doc["command"].as_str().unwrap_or("?"),
+        doc["rounds"].as_u64().unwrap_or(1),
+        doc["seconds_per_run"],
     );
     let peers = &WS_SERVERS[1..];
 
