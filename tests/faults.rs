@@ -353,20 +353,53 @@ fn race_writers(conn: &Conn, threads: u8, start: &Arc<Barrier>) -> Vec<thread::J
         .collect()
 }
 
+/// A warmed-up engine, a connected peer, and `THREADS` writers already racing on its
+/// connection (see [`race_writers`]).
+struct Race {
+    engine: Engine,
+    rx: std::sync::mpsc::Receiver<common::Event>,
+    baseline: isize,
+    peer: TcpStream,
+    conn: Conn,
+    writers: Vec<thread::JoinHandle<u32>>,
+}
+
+impl Race {
+    const THREADS: u8 = 8;
+
+    fn start() -> Race {
+        let (engine, addr, rx) = start_warm(common::Mode::Sink);
+        let baseline = live_bytes();
+        let peer = common::client(addr);
+        let conn = common::next_open(&rx);
+        let start = Arc::new(Barrier::new(usize::from(Self::THREADS) + 1));
+        let writers = race_writers(&conn, Self::THREADS, &start);
+        start.wait();
+        Race {
+            engine,
+            rx,
+            baseline,
+            peer,
+            conn,
+            writers,
+        }
+    }
+}
+
 #[test]
 fn writes_from_many_threads_racing_a_graceful_peer_close() {
     // Eight threads write records as fast as they can while the peer reads a little,
     // half-closes and reads to the end: it gets, per writer, exactly the records that were
     // accepted, whole and in order.
     let _serial = serial();
-    const THREADS: u8 = 8;
-    let (engine, addr, rx) = start_warm(common::Mode::Sink);
-    let baseline = live_bytes();
-    let mut peer = common::client(addr);
-    let conn = common::next_open(&rx);
-    let start = Arc::new(Barrier::new(usize::from(THREADS) + 1));
-    let writers = race_writers(&conn, THREADS, &start);
-    start.wait();
+    let Race {
+        engine,
+        rx,
+        baseline,
+        mut peer,
+        conn,
+        writers,
+    } = Race::start();
     let mut first = vec![0u8; 64 * 1024];
     peer.read_exact(&mut first).unwrap();
     peer.shutdown(Shutdown::Write).unwrap();
@@ -377,7 +410,7 @@ fn writes_from_many_threads_racing_a_graceful_peer_close() {
     assert_eq!(common::wait_close(&rx, conn.id()), CloseReason::PeerClosed);
     assert_no_second_close(&rx, conn.id());
     assert_eq!(all.len() % 32, 0, "a record was cut");
-    let mut next = vec![0u32; usize::from(THREADS)];
+    let mut next = vec![0u32; usize::from(Race::THREADS)];
     for r in all.chunks(32) {
         let t = usize::from(r[4]);
         assert!(r[4..].iter().all(|&b| b == r[4]), "records interleaved");
@@ -393,14 +426,14 @@ fn writes_from_many_threads_racing_a_graceful_peer_close() {
 #[test]
 fn writes_from_many_threads_racing_a_reset() {
     let _serial = serial();
-    const THREADS: u8 = 8;
-    let (engine, addr, rx) = start_warm(common::Mode::Sink);
-    let baseline = live_bytes();
-    let mut peer = common::client(addr);
-    let conn = common::next_open(&rx);
-    let start = Arc::new(Barrier::new(usize::from(THREADS) + 1));
-    let writers = race_writers(&conn, THREADS, &start);
-    start.wait();
+    let Race {
+        engine,
+        rx,
+        baseline,
+        mut peer,
+        conn,
+        writers,
+    } = Race::start();
     let mut some = vec![0u8; 256 * 1024];
     peer.read_exact(&mut some).unwrap();
     reset(peer);

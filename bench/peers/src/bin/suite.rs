@@ -826,6 +826,25 @@ fn lines<'a, DB: DrawingBackend + 'a, Y: plotters::coord::ranged1d::Ranged<Value
         .expect("legend");
 }
 
+/// A chart of one panel written to `dir/name`.
+#[allow(clippy::too_many_arguments)]
+fn single_chart(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    xs: &[u64],
+    x_desc: &str,
+    y_desc: &str,
+    log_y: bool,
+    y: &dyn Fn(&str, u64) -> Option<f64>,
+) {
+    let path = dir.join(name);
+    let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    panel(&root, title, xs, x_desc, y_desc, log_y, y);
+    root.present().expect("write chart");
+}
+
 fn draw_charts(doc: &Value, dir: &Path) {
     std::fs::create_dir_all(dir).expect("charts directory");
     let conns = distinct(doc, "echo", "conns");
@@ -878,54 +897,35 @@ fn draw_charts(doc: &Value, dir: &Path) {
 
     // Scaling: server CPU per message vs connections (smallest size).
     if let Some(&z) = sizes.first() {
-        let path = dir.join("cpu_per_message.svg");
-        let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
-        root.fill(&WHITE).unwrap();
-        panel(
-            &root,
+        single_chart(
+            dir,
+            "cpu_per_message.svg",
             &format!("server CPU per message, {} echo", size_label(z)),
             &conns,
             "connections",
             "µs per message",
             false,
             &|s, c| {
-                metric(
-                    doc,
-                    "echo",
-                    s,
-                    &[("conns", c), ("size", z)],
-                    "server_cpu_us_per_msg",
-                )
+                let keys = [("conns", c), ("size", z)];
+                metric(doc, "echo", s, &keys, "server_cpu_us_per_msg")
             },
         );
-        root.present().expect("write chart");
     }
-
-    // Memory per idle connection.
-    let idle = distinct(doc, "idle", "conns");
-    let path = dir.join("memory_per_connection.svg");
-    let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
-    root.fill(&WHITE).unwrap();
-    panel(
-        &root,
+    single_chart(
+        dir,
+        "memory_per_connection.svg",
         "server memory per idle WebSocket connection",
-        &idle,
+        &distinct(doc, "idle", "conns"),
         "idle connections",
         "bytes (log)",
         true,
         &|s, c| metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"),
     );
-    root.present().expect("write chart");
-
-    // Broadcast delivery latency.
-    let receivers = distinct(doc, "broadcast", "receivers");
-    let path = dir.join("broadcast_latency_p99.svg");
-    let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
-    root.fill(&WHITE).unwrap();
-    panel(
-        &root,
+    single_chart(
+        dir,
+        "broadcast_latency_p99.svg",
         "broadcast delivery latency p99",
-        &receivers,
+        &distinct(doc, "broadcast", "receivers"),
         "receivers",
         "ms (log)",
         true,
@@ -933,5 +933,4 @@ fn draw_charts(doc: &Value, dir: &Path) {
             metric(doc, "broadcast", s, &[("receivers", r)], "lat_p99_us").map(|us| us / 1000.0)
         },
     );
-    root.present().expect("write chart");
 }
