@@ -845,55 +845,63 @@ fn single_chart(
     root.present().expect("write chart");
 }
 
+/// A chart with one panel per message size, side by side, written to `dir/name`.
+#[allow(clippy::too_many_arguments)]
+fn per_size_chart(
+    dir: &Path,
+    name: &str,
+    sizes: &[u64],
+    conns: &[u64],
+    title: &dyn Fn(u64) -> String,
+    y_desc: &str,
+    log_y: bool,
+    y: &dyn Fn(&str, u64, u64) -> Option<f64>,
+) {
+    let path = dir.join(name);
+    let panels = sizes.len().max(1);
+    let root = SVGBackend::new(&path, (420 * panels as u32, 360)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    for (area, &z) in root.split_evenly((1, panels)).iter().zip(sizes) {
+        panel(
+            area,
+            &title(z),
+            conns,
+            "connections",
+            y_desc,
+            log_y,
+            &|s, c| y(s, c, z),
+        );
+    }
+    root.present().expect("write chart");
+}
+
 fn draw_charts(doc: &Value, dir: &Path) {
     std::fs::create_dir_all(dir).expect("charts directory");
     let conns = distinct(doc, "echo", "conns");
     let sizes = distinct(doc, "echo", "size");
 
-    // Throughput vs connections, a panel per message size.
-    let path = dir.join("echo_throughput.svg");
-    let root = SVGBackend::new(&path, (420 * sizes.len().max(1) as u32, 360)).into_drawing_area();
-    root.fill(&WHITE).unwrap();
-    for (area, &z) in root
-        .split_evenly((1, sizes.len().max(1)))
-        .iter()
-        .zip(&sizes)
-    {
-        panel(
-            area,
-            &format!("echo {} messages", size_label(z)),
-            &conns,
-            "connections",
-            "messages/s",
-            false,
-            &|s, c| metric(doc, "echo", s, &[("conns", c), ("size", z)], "msgs_per_sec"),
-        );
-    }
-    root.present().expect("write chart");
-
-    // Latency p99, a panel per message size.
-    let path = dir.join("echo_latency_p99.svg");
-    let root = SVGBackend::new(&path, (420 * sizes.len().max(1) as u32, 360)).into_drawing_area();
-    root.fill(&WHITE).unwrap();
-    for (area, &z) in root
-        .split_evenly((1, sizes.len().max(1)))
-        .iter()
-        .zip(&sizes)
-    {
-        panel(
-            area,
-            &format!("echo p99 latency, {}", size_label(z)),
-            &conns,
-            "connections",
-            "ms (log)",
-            true,
-            &|s, c| {
-                metric(doc, "echo", s, &[("conns", c), ("size", z)], "lat_p99_us")
-                    .map(|us| us / 1000.0)
-            },
-        );
-    }
-    root.present().expect("write chart");
+    per_size_chart(
+        dir,
+        "echo_throughput.svg",
+        &sizes,
+        &conns,
+        &|z| format!("echo {} messages", size_label(z)),
+        "messages/s",
+        false,
+        &|s, c, z| metric(doc, "echo", s, &[("conns", c), ("size", z)], "msgs_per_sec"),
+    );
+    per_size_chart(
+        dir,
+        "echo_latency_p99.svg",
+        &sizes,
+        &conns,
+        &|z| format!("echo p99 latency, {}", size_label(z)),
+        "ms (log)",
+        true,
+        &|s, c, z| {
+            metric(doc, "echo", s, &[("conns", c), ("size", z)], "lat_p99_us").map(|us| us / 1000.0)
+        },
+    );
 
     // Scaling: server CPU per message vs connections (smallest size).
     if let Some(&z) = sizes.first() {
