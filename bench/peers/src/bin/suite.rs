@@ -558,6 +558,16 @@ fn short(server: &str) -> &str {
     }
 }
 
+/// A Markdown table's header row and separator.
+fn table_head(lead: &[&str], columns: impl Iterator<Item = String>) -> String {
+    let names: Vec<String> = lead.iter().map(|s| s.to_string()).chain(columns).collect();
+    format!(
+        "| {} |\n|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    )
+}
+
 /// The Markdown tables of BENCHMARKS.md, from the results.
 fn summary(doc: &Value) -> String {
     let mut md = String::new();
@@ -575,16 +585,14 @@ fn summary(doc: &Value) -> String {
     );
     let peers = &WS_SERVERS[1..];
 
-    md += "### Echo: messages per second (one server thread)\n\n| conns | size |";
-    for s in WS_SERVERS {
-        md += &format!(" {} |", short(s));
-    }
-    for p in peers {
-        md += &format!(" vs {} |", short(p));
-    }
-    md += "\n|---|---|";
-    md += &"---|".repeat(WS_SERVERS.len() + peers.len());
-    md += "\n";
+    md += "### Echo: messages per second (one server thread)\n\n";
+    md += &table_head(
+        &["conns", "size"],
+        WS_SERVERS
+            .iter()
+            .map(|s| short(s).to_string())
+            .chain(peers.iter().map(|p| format!("vs {}", short(p)))),
+    );
     for c in distinct(doc, "echo", "conns") {
         for z in distinct(doc, "echo", "size") {
             let keys = [("conns", c), ("size", z)];
@@ -600,16 +608,14 @@ fn summary(doc: &Value) -> String {
         }
     }
 
-    md += "\n### Echo: latency p50 / p99 (ms) and server CPU per message (µs)\n\n| conns | size |";
-    for s in WS_SERVERS {
-        md += &format!(" {} p50/p99 |", short(s));
-    }
-    for s in WS_SERVERS {
-        md += &format!(" {} CPU |", short(s));
-    }
-    md += "\n|---|---|";
-    md += &"---|".repeat(2 * WS_SERVERS.len());
-    md += "\n";
+    md += "\n### Echo: latency p50 / p99 (ms) and server CPU per message (µs)\n\n";
+    md += &table_head(
+        &["conns", "size"],
+        WS_SERVERS
+            .iter()
+            .map(|s| format!("{} p50/p99", short(s)))
+            .chain(WS_SERVERS.iter().map(|s| format!("{} CPU", short(s)))),
+    );
     for c in distinct(doc, "echo", "conns") {
         for z in distinct(doc, "echo", "size") {
             let keys = [("conns", c), ("size", z)];
@@ -651,17 +657,14 @@ fn summary(doc: &Value) -> String {
         }
     }
 
-    md += "\n### Idle connections: server RSS growth per connection (bytes), connection rate\n\n\
-           | conns |";
-    for s in WS_SERVERS {
-        md += &format!(" {} B/conn |", short(s));
-    }
-    for s in WS_SERVERS {
-        md += &format!(" {} conns/s |", short(s));
-    }
-    md += "\n|---|";
-    md += &"---|".repeat(2 * WS_SERVERS.len());
-    md += "\n";
+    md += "\n### Idle connections: server RSS growth per connection (bytes), connection rate\n\n";
+    md += &table_head(
+        &["conns"],
+        WS_SERVERS
+            .iter()
+            .map(|s| format!("{} B/conn", short(s)))
+            .chain(WS_SERVERS.iter().map(|s| format!("{} conns/s", short(s)))),
+    );
     for c in distinct(doc, "idle", "conns") {
         md += &format!("| {} |", group(c));
         for s in WS_SERVERS {
