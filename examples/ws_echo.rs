@@ -4,7 +4,7 @@
 //! cargo run --release --example ws_echo -- --addr 127.0.0.1:9001 [--pollers N]
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
-//!     [--send-buffer BYTES] [--control]
+//!     [--send-buffer BYTES] [--events N] [--control]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -100,6 +100,7 @@ fn main() {
     let mut stats = false;
     let mut control = false;
     let mut send_buffer = None;
+    let mut events = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -121,6 +122,7 @@ fn main() {
             "--stats" => stats = true,
             "--control" => control = true,
             "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
+            "--events" => events = Some(number_flag(args.next(), "--events")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -133,6 +135,9 @@ fn main() {
         .write_timeout(write_timeout);
     if let Some(n) = pollers {
         engine = engine.pollers(n);
+    }
+    if let Some(n) = events {
+        engine = engine.events_capacity(n);
     }
     if let Some(n) = send_buffer {
         // A small kernel send buffer makes a stalled reader show in the engine's queue
