@@ -358,8 +358,9 @@ impl Conn {
     ///
     /// From another thread, the bytes go straight to the socket when nothing is queued; only
     /// what the socket does not take is queued. Inside a handler callback on the owning poller
-    /// the write is corked: queued and flushed with one `writev` per loop iteration, together
-    /// with everything else written to this connection meanwhile.
+    /// a write under 8 KiB is corked: queued and flushed with one `writev` per loop iteration,
+    /// together with everything else written to this connection meanwhile; a larger one with
+    /// nothing queued goes straight to the socket as from another thread.
     pub fn write(&self, data: Bytes) -> Result<(), WriteError> {
         self.write_payload(Payload::Shared(data))
     }
