@@ -8,7 +8,7 @@
 //! insert/expire are O(1) per entry.
 //!
 //! Times are plain `u64`s in whatever unit the owner picks; the engine uses milliseconds since
-//! its start ([`Clock`]), so a deadline costs 8 bytes in a connection instead of an `Instant`'s
+//! its start (`Clock`), so a deadline costs 8 bytes in a connection instead of an `Instant`'s
 //! 16, and a timeout 4.
 
 use std::fmt;
