@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release --examples
-//! ./target/release/examples/soak --duration 60 [--warmup 10] [--server PATH] [--echo 200]
+//! ./target/release/examples/soak --duration 60 [--warmup 20] [--server PATH] [--echo 200]
 //!     [--listeners 200] [--slow 4] [--vanish 6] [--garbage 4] [--churn 6] [--sources 16]
 //!     [--report-every SECS]
 //! ```
@@ -24,8 +24,8 @@
 //! - churn: tungstenite clients that connect, echo one message and close (properly, or by
 //!   dropping the socket), over and over.
 //!
-//! A warm-up round of the same mix runs first, so the server's pools, slab and allocator
-//! arenas have grown to their working size; its RSS after the warm-up (all clients gone) is
+//! A warm-up round of the same mix runs first (20 s by default), so the server's pools, slab
+//! and allocator arenas have grown to their working size; its RSS after the warm-up (all clients gone) is
 //! the baseline. At the end, with every client gone, the server must have no open connection
 //! and as many descriptors as at the baseline, its counters must add up (accepted = closed =
 //! freed, no handler panic), and its RSS must be within 10% of the baseline. Exits non-zero
@@ -80,7 +80,7 @@ impl Options {
         let exe = std::env::current_exe().expect("own path");
         let mut o = Options {
             duration: Duration::from_secs(60),
-            warmup: Duration::from_secs(10),
+            warmup: Duration::from_secs(20),
             server: exe.with_file_name("ws_echo").to_string_lossy().into_owned(),
             echo: 200,
             listeners: 200,
