@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netpoll::ws::frame::{
-    Decoder, Event, Flow, Limits, MAX_HEADER, OpKind, Role, apply_mask, encode_header,
+    Decoder, Event, Flow, Limits, MAX_HEADER, OpKind, Role, apply_mask, encode_frame, encode_header,
 };
 
 const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
@@ -18,12 +18,7 @@ fn frames(kind: OpKind, size: usize, count: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let mut out = Vec::new();
     for _ in 0..count {
-        let mut head = [0u8; MAX_HEADER];
-        let n = encode_header(&mut head, kind, true, size, Some(MASK));
-        out.extend_from_slice(&head[..n]);
-        let start = out.len();
-        out.extend_from_slice(&payload);
-        apply_mask(&mut out[start..], MASK, 0);
+        encode_frame(&mut out, kind, true, &payload, Some(MASK));
     }
     out
 }

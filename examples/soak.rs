@@ -42,7 +42,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use netpoll::Engine;
-use netpoll::ws::frame::{MAX_HEADER, OpKind, apply_mask, encode_header};
+use netpoll::ws::frame::{OpKind, encode_frame};
 use netpoll::ws::{Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler};
 
 /// Server settings the checks below rely on.
@@ -369,12 +369,8 @@ fn connect_with(
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 fn masked_frame(kind: OpKind, payload: &[u8]) -> Vec<u8> {
-    let mut head = [0u8; MAX_HEADER];
-    let n = encode_header(&mut head, kind, true, payload.len(), Some(MASK));
-    let mut frame = head[..n].to_vec();
-    let start = frame.len();
-    frame.extend_from_slice(payload);
-    apply_mask(&mut frame[start..], MASK, 0);
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, kind, true, payload, Some(MASK));
     frame
 }
 

@@ -5,7 +5,7 @@
 //! random corruption, so both the accepting and the rejecting paths are covered.
 
 use netpoll::fuzz;
-use netpoll::ws::frame::{MAX_HEADER, OpKind, apply_mask, encode_header};
+use netpoll::ws::frame::{OpKind, encode_frame};
 
 /// xorshift64*: deterministic, so a failure names a reproducible case.
 struct Rng(u64);
@@ -44,7 +44,7 @@ fn frame_stream(rng: &mut Rng, masked: bool) -> Vec<u8> {
             1..=3 => rng.below(126) as usize,
             _ => rng.below(3000) as usize,
         };
-        let mut payload = match (kind, rng.below(3)) {
+        let payload = match (kind, rng.below(3)) {
             (OpKind::Text | OpKind::Continue, 0 | 1) => "héllo wörld €😀 "
                 .repeat(len / 20 + 1)
                 .into_bytes()
@@ -61,14 +61,8 @@ fn frame_stream(rng: &mut Rng, masked: bool) -> Vec<u8> {
             _ => rng.bytes(len),
         };
         let mask = masked.then(|| [rng.next() as u8, 1, 2, 3]);
-        let mut head = [0u8; MAX_HEADER];
         let fin = rng.below(4) != 0;
-        let n = encode_header(&mut head, kind, fin, payload.len(), mask);
-        out.extend_from_slice(&head[..n]);
-        if let Some(m) = mask {
-            apply_mask(&mut payload, m, 0);
-        }
-        out.extend_from_slice(&payload);
+        encode_frame(&mut out, kind, fin, &payload, mask);
     }
     // Corrupt a few bytes now and then.
     if rng.below(3) == 0 {

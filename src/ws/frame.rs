@@ -671,6 +671,35 @@ impl OpKind {
     }
 }
 
+/// Appends a whole frame to `out`: the header and the payload, masked with `mask` if given
+/// (a client's frame). For building frames in a buffer (raw clients, tests, benchmarks);
+/// netpoll's own sends write the header and the payload separately instead.
+///
+/// ```
+/// use netpoll::ws::frame::{OpKind, encode_frame};
+/// let mut out = Vec::new();
+/// encode_frame(&mut out, OpKind::Text, true, b"Hi", None);
+/// assert_eq!(out, [0x81, 2, b'H', b'i']);
+/// encode_frame(&mut out, OpKind::Binary, true, b"Hi", Some([1, 2, 3, 4]));
+/// assert_eq!(&out[4..], [0x82, 0x82, 1, 2, 3, 4, b'H' ^ 1, b'i' ^ 2]);
+/// ```
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    kind: OpKind,
+    fin: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    let mut head = [0u8; MAX_HEADER];
+    let n = encode_header(&mut head, kind, fin, payload.len(), mask);
+    out.extend_from_slice(&head[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(m) = mask {
+        apply_mask(&mut out[start..], m, 0);
+    }
+}
+
 /// Encodes a frame header into `out` and returns its length (2 to 14 bytes). The payload is
 /// sent separately, so it is never copied to prepend a header.
 pub fn encode_header(
@@ -724,12 +753,8 @@ mod tests {
 
     /// A client frame: header + masked payload.
     fn frame(kind: OpKind, fin: bool, payload: &[u8]) -> Vec<u8> {
-        let mut head = [0u8; MAX_HEADER];
-        let n = encode_header(&mut head, kind, fin, payload.len(), Some(MASK));
-        let mut v = head[..n].to_vec();
-        let mut p = payload.to_vec();
-        apply_mask(&mut p, MASK, 0);
-        v.extend_from_slice(&p);
+        let mut v = Vec::new();
+        encode_frame(&mut v, kind, fin, payload, Some(MASK));
         v
     }
 

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use netpoll::ws::frame::{MAX_HEADER, OpKind, apply_mask, encode_header};
+use netpoll::ws::frame::{OpKind, encode_frame};
 use netpoll::ws::{
     Accept, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsEngine,
     WsHandler,
@@ -150,12 +150,8 @@ pub const MASK: [u8; 4] = [0xa1, 0x0b, 0x5c, 0x77];
 
 /// A masked client frame, built by hand (for frames tungstenite would refuse to send).
 pub fn raw_frame(kind: OpKind, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mut head = [0u8; MAX_HEADER];
-    let n = encode_header(&mut head, kind, fin, payload.len(), Some(MASK));
-    let mut v = head[..n].to_vec();
-    let mut p = payload.to_vec();
-    apply_mask(&mut p, MASK, 0);
-    v.extend_from_slice(&p);
+    let mut v = Vec::new();
+    encode_frame(&mut v, kind, fin, payload, Some(MASK));
     v
 }
 
