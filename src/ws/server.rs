@@ -116,13 +116,7 @@ impl<H: WsHandler> Adapter<H> {
             Ok(client::Response::Upgraded { len, .. }) => {
                 let pending = self.take_pending(conn)?;
                 conn.shared.lock().proto &= !PROTO_HANDSHAKING;
-                st.phase = Phase::Open;
-                st.user = Some(pending.state);
-                conn.set_read_timeout(self.config.idle_timeout);
-                let ws = st.ws(conn);
-                if let Some(state) = st.user.as_mut() {
-                    self.user.on_open(&ws, state);
-                }
+                self.open(conn, st, pending.state);
                 return Some(len);
             }
             Err(e) => e,
@@ -162,14 +156,7 @@ impl<H: WsHandler> Adapter<H> {
                 let resp =
                     handshake::accept_response(key, accept.protocol.as_deref(), &accept.headers);
                 let _ = conn.write_slice(resp.as_bytes());
-                st.phase = Phase::Open;
-                st.user = Some(accept.state);
-                // From now on the read deadline is the heartbeat's.
-                conn.set_read_timeout(self.config.idle_timeout);
-                let ws = st.ws(conn);
-                if let Some(state) = st.user.as_mut() {
-                    self.user.on_open(&ws, state);
-                }
+                self.open(conn, st, accept.state);
                 Some(len)
             }
             (Upgrade::Accept(_), None) => {
@@ -179,6 +166,18 @@ impl<H: WsHandler> Adapter<H> {
                 Some(refuse(conn, st, &resp, data))
             }
             (Upgrade::Respond(resp), _) => Some(refuse(conn, st, &resp, data)),
+        }
+    }
+
+    /// The handshake is done (either side): the connection carries frames from now on, its
+    /// read deadline becomes the heartbeat's, and the user's `on_open` runs.
+    fn open(&mut self, conn: &Conn, st: &mut WsState<H::State>, state: H::State) {
+        st.phase = Phase::Open;
+        st.user = Some(state);
+        conn.set_read_timeout(self.config.idle_timeout);
+        let ws = st.ws(conn);
+        if let Some(state) = st.user.as_mut() {
+            self.user.on_open(&ws, state);
         }
     }
 
