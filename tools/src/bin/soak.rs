@@ -2,8 +2,8 @@
 //! clients for a set time, then checks that nothing leaked and nothing was lost.
 //!
 //! ```text
-//! cargo build --release --examples
-//! ./target/release/examples/soak --duration 60 [--warmup 20] [--server PATH] [--echo 200]
+//! cargo build --release --example ws_echo -p netpoll-tools --bin soak
+//! ./target/release/soak --duration 60 [--warmup 20] [--server PATH] [--echo 200]
 //!     [--listeners 200] [--slow 4] [--vanish 6] [--garbage 4] [--churn 6] [--sources 16]
 //!     [--report-every SECS]
 //! ```
@@ -81,7 +81,12 @@ impl Options {
         let mut o = Options {
             duration: Duration::from_secs(60),
             warmup: Duration::from_secs(20),
-            server: exe.with_file_name("ws_echo").to_string_lossy().into_owned(),
+            // ws_echo is one of netpoll's examples, built into `examples/` beside this binary.
+            server: exe
+                .with_file_name("examples")
+                .join("ws_echo")
+                .to_string_lossy()
+                .into_owned(),
             echo: 200,
             listeners: 200,
             slow: 4,
@@ -142,7 +147,7 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot run {path}: {e} (build it: cargo build --release --examples)")
+                panic!("cannot run {path}: {e} (build it: cargo build --release --example ws_echo)")
             });
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));

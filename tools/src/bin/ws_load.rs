@@ -1,7 +1,7 @@
 //! WebSocket load generator on netpoll's WebSocket client (`WsEngine::connect`).
 //!
 //! ```text
-//! cargo run --release --example ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
+//! cargo run --release -p netpoll-tools --bin ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
 //!     --size 64 --duration 10 [--mode echo|broadcast] [--rate MSGS_PER_SEC] [--pollers 1]
 //!     [--sources 8] [--server-pid PID]
 //! ```
@@ -23,18 +23,15 @@
 //! `--server-pid` the server's CPU time over the measured window is reported too. `--addr`
 //! and `--path` may be given instead of `--url`.
 
-#[path = "support/load.rs"]
-mod load;
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use load::{Counters, Options, Samples, now_nanos};
 use netpoll::Engine;
 use netpoll::ws::{
     Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler, WsServer,
 };
+use netpoll_tools::load::{self, Counters, Options, Samples, now_nanos};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -3,12 +3,12 @@
 //! results (JSON and CSV) and a Markdown summary, and draws the charts.
 //!
 //! ```text
-//! cargo run --release -p netpoll-peers --bin suite [-- --secs 3] [--rounds 2] [--quick]
+//! cargo run --release -p netpoll-tools --bin suite [-- --secs 3] [--rounds 2] [--quick]
 //!     [--out DIR] [--charts DIR]
-//! cargo run --release -p netpoll-peers --bin suite -- --charts-only target/bench/results.json
+//! cargo run --release -p netpoll-tools --bin suite -- --charts-only target/bench/results.json
 //! ```
 //!
-//! Scenarios (servers on one thread, the client `examples/ws_load` on one poller, sockets
+//! Scenarios (servers on one thread, the client `ws_load` on one poller, sockets
 //! spread over 127.0.0.1..=127.0.0.16):
 //! - `echo`: 100, 1000, 5000, 15000 connections x 64 B, 1 KiB, 16 KiB messages, closed loop;
 //!   messages/s, MB/s, latency p50/p99/max, server CPU per message, connect time;
@@ -18,7 +18,7 @@
 //!   upgraded and having echoed one message (netpoll with its defaults: write deadline and
 //!   heartbeat on); the connect time of the same runs gives the connection rate;
 //! - `tcp_echo`: netpoll's TCP engine (`examples/tcp_echo`) against a minimal mio echo server
-//!   (`examples/mio_echo`, the ceiling), 100 and 5000 connections x 64 B.
+//!   (`mio_echo`, the ceiling), 100 and 5000 connections x 64 B.
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
 //! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`). Each configuration
@@ -133,7 +133,7 @@ impl Suite {
                 c
             }
             "mio" => {
-                let mut c = Command::new(b.join("examples/mio_echo"));
+                let mut c = Command::new(b.join("mio_echo"));
                 c.args(["--threads", "1"]);
                 c
             }
@@ -161,7 +161,7 @@ impl Suite {
 
     /// Runs a load tool to completion and returns its last report line's fields.
     fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
-        let out = Command::new(self.bin.join("examples").join(tool))
+        let out = Command::new(self.bin.join(tool))
             .args(split_flags(args))
             .args(["--pollers", "1", "--sources", "16"])
             .stderr(Stdio::inherit())
@@ -230,7 +230,7 @@ impl Suite {
             let s = self.start(server);
             std::thread::sleep(Duration::from_millis(300));
             let before = s.rss_kib();
-            let mut load = Command::new(self.bin.join("examples/ws_load"))
+            let mut load = Command::new(self.bin.join("ws_load"))
                 .args(split_flags(&[
                     format!("--addr={}", s.addr),
                     "--mode=idle".into(),
@@ -309,7 +309,7 @@ fn build() {
             "--release",
             "--quiet",
             "-p",
-            "netpoll-peers",
+            "netpoll-tools",
             "--bins",
         ][..],
     ] {

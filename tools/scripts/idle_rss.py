@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Server RSS growth per idle connection.
 
-Usage: benches/idle_rss.py SERVER_PID HOST:PORT CONNS [SOURCES] [--ws PATH]
+Usage: tools/scripts/idle_rss.py SERVER_PID HOST:PORT CONNS [SOURCES] [--ws PATH]
 Opens CONNS idle TCP connections from 127.0.0.1..127.0.0.SOURCES and makes each do one round
 trip, so the server has accepted, registered and served every one: one byte echoed (plain TCP)
 or, with --ws, a WebSocket upgrade on PATH followed by one small text message echoed. Then waits

@@ -3,7 +3,7 @@
 //! byte echo, not a product.
 //!
 //! ```text
-//! cargo run --release --example mio_echo -- --addr 127.0.0.1:9100 [--threads N]
+//! cargo run --release -p netpoll-tools --bin mio_echo -- --addr 127.0.0.1:9100 [--threads N]
 //! ```
 //! With several threads each runs its own `SO_REUSEPORT` listener and loop.
 

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# TCP echo load run: netpoll's examples/tcp_echo side by side with examples/mio_echo (a
+# TCP echo load run: netpoll's examples/tcp_echo side by side with tools mio_echo (a
 # minimal single-purpose mio echo server, the practical ceiling for byte echo), same client
-# (examples/tcp_load), same machine, in one run, alternating servers each round.
+# (tools tcp_load), same machine, in one run, alternating servers each round.
 #
-# Usage: benches/tcp_echo_compare.sh [DURATION_SECS] [ROUNDS] [CONN_COUNTS...]
+# Usage: tools/scripts/tcp_echo_compare.sh [DURATION_SECS] [ROUNDS] [CONN_COUNTS...]
 #   defaults: 5 s, 2 rounds, connection counts "100 5000"; message size 64 B (SIZE env).
 #   Server and client each get one thread (POLLERS env), on a 2-core machine.
 # Output: one line per run, then a summary table of medians with netpoll/mio ratios;
 # raw lines also go to target/bench/tcp_echo_compare.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dur="${1:-5}"; rounds="${2:-2}"; shift $(( $# > 2 ? 2 : $# )) || true
 counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100 5000)
 size="${SIZE:-64}"; pollers="${POLLERS:-1}"
-cargo build --release --quiet --example tcp_echo --example mio_echo --example tcp_load
-bin=target/release/examples
+cargo build --release --quiet --example tcp_echo
+cargo build --release --quiet -p netpoll-tools --bin mio_echo --bin tcp_load
+bin=target/release
 mkdir -p target/bench
 out=target/bench/tcp_echo_compare.txt; : > "$out"
 port=19300
@@ -22,7 +23,7 @@ run() { # server-name conns
   local name=$1 conns=$2 pid line
   port=$((port + 1))
   case $name in
-    netpoll) "$bin/tcp_echo" --addr "127.0.0.1:$port" --pollers "$pollers" > /dev/null & ;;
+    netpoll) "$bin/examples/tcp_echo" --addr "127.0.0.1:$port" --pollers "$pollers" > /dev/null & ;;
     mio)     "$bin/mio_echo" --addr "127.0.0.1:$port" --threads "$pollers" > /dev/null & ;;
   esac
   pid=$!

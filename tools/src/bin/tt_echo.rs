@@ -2,7 +2,7 @@
 //! `examples/ws_echo` (`/echo` echoes, `/broadcast` relays to every `/broadcast` client).
 //!
 //! ```text
-//! cargo run --release -p netpoll-peers --bin tt_echo -- --addr 127.0.0.1:9101 [--threads N]
+//! cargo run --release -p netpoll-tools --bin tt_echo -- --addr 127.0.0.1:9101 [--threads N]
 //!     [--read-buffer BYTES]
 //! ```
 //! `--threads` sets tokio's worker threads (default: all cores). `--read-buffer` sets
@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 type Peers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 
 fn main() {
-    let flags = netpoll_peers::Flags::parse("127.0.0.1:9101", &["--read-buffer"]);
+    let flags = netpoll_tools::Flags::parse("127.0.0.1:9101", &["--read-buffer"]);
     let read_buffer = flags
         .extra
         .get("--read-buffer")

@@ -3,19 +3,20 @@
 # `strace -c -f` over a whole run (connect, warm-up and measurement). strace slows both
 # servers a lot, so only the per-message counts mean anything, not the rates.
 #
-# Usage: benches/syscalls_per_msg.sh [CONNS...]   (default: 100 5000)
+# Usage: tools/scripts/syscalls_per_msg.sh [CONNS...]   (default: 100 5000)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 counts=("$@"); [ ${#counts[@]} -gt 0 ] || counts=(100 5000)
-cargo build --release --quiet --example tcp_echo --example mio_echo --example tcp_load
-bin=target/release/examples
+cargo build --release --quiet --example tcp_echo
+cargo build --release --quiet -p netpoll-tools --bin mio_echo --bin tcp_load
+bin=target/release
 port=19500
 for c in "${counts[@]}"; do
   for name in netpoll mio; do
     port=$((port + 1))
     trace=$(mktemp)
     case $name in
-      netpoll) strace -c -f -o "$trace" "$bin/tcp_echo" --addr "127.0.0.1:$port" --pollers 1 > /dev/null & ;;
+      netpoll) strace -c -f -o "$trace" "$bin/examples/tcp_echo" --addr "127.0.0.1:$port" --pollers 1 > /dev/null & ;;
       mio)     strace -c -f -o "$trace" "$bin/mio_echo" --addr "127.0.0.1:$port" --threads 1 > /dev/null & ;;
     esac
     spid=$!
@@ -23,7 +24,7 @@ for c in "${counts[@]}"; do
     line=$("$bin/tcp_load" --addr "127.0.0.1:$port" --conns "$c" --size 64 --duration 3 --sources 8)
     total=$(sed -n 's/.*total_msgs=\([0-9]*\).*/\1/p' <<< "$line")
     # Ending the traced server (not strace) makes strace write its summary and exit.
-    pkill -f "examples/[a-z_]*echo --addr 127.0.0.1:$port" || true
+    pkill -f "[a-z_]*echo --addr 127.0.0.1:$port" || true
     wait "$spid" 2>/dev/null || true
     python3 - "$trace" "$name" "$c" "$total" <<'PY'
 import sys

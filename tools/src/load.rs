@@ -1,6 +1,5 @@
 //! Shared parts of the closed-loop load generators (`tcp_load`, `ws_load`): flags, dialing
 //! spread over source addresses, the measured window and the report line.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # WebSocket echo load run: netpoll's examples/ws_echo side by side with its peers from
-# bench/peers (tokio-tungstenite's tt_echo, default config, and fastwebsockets' fws_echo), same
-# client (examples/ws_load), same machine, in one run, alternating servers each round.
+# tools (tokio-tungstenite's tt_echo, default config, and fastwebsockets' fws_echo), same
+# client (tools ws_load), same machine, in one run, alternating servers each round.
 #
-# Usage: benches/ws_echo_compare.sh [DURATION_SECS] [ROUNDS]
+# Usage: tools/scripts/ws_echo_compare.sh [DURATION_SECS] [ROUNDS]
 #   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"), CONNS (default
 #   "100 5000"), SIZES (default "64 4096"), THREADS (server threads, default 1),
 #   CLIENT_POLLERS (default 1). On a 2-core machine: one core for the server, one for the
@@ -11,14 +11,14 @@
 # Output: one line per run, then a table of medians with netpoll's ratio to each peer; raw
 # lines also go to target/bench/ws_echo_compare.txt.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 dur="${1:-5}"; rounds="${2:-2}"
 read -r -a counts <<< "${CONNS:-100 5000}"
 read -r -a sizes <<< "${SIZES:-64 4096}"
 read -r -a servers <<< "${SERVERS:-netpoll tokio-tungstenite fastwebsockets}"
 threads="${THREADS:-1}"; cpollers="${CLIENT_POLLERS:-1}"
-cargo build --release --quiet --example ws_echo --example ws_load
-cargo build --release --quiet -p netpoll-peers
+cargo build --release --quiet --example ws_echo
+cargo build --release --quiet -p netpoll-tools
 bin=target/release
 mkdir -p target/bench
 out=target/bench/ws_echo_compare.txt; : > "$out"
@@ -34,7 +34,7 @@ run() { # server-name conns size
   esac
   pid=$!
   sleep 0.5
-  line=$("$bin/examples/ws_load" --addr "127.0.0.1:$port" --path /echo --conns "$conns" \
+  line=$("$bin/ws_load" --addr "127.0.0.1:$port" --path /echo --conns "$conns" \
          --size "$size" --duration "$dur" --pollers "$cpollers" --sources 8 --server-pid "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "server=$name $line" | tee -a "$out"

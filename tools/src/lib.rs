@@ -1,4 +1,11 @@
-//! What the peer servers share: their command line and their tokio runtime.
+//! netpoll's tools (not part of the library): the soak run, the load clients, the peer servers
+//! netpoll is benchmarked against, and the benchmark suite, as binaries in `src/bin`; scripts
+//! for one-off measurements in `scripts/`.
+//!
+//! This library holds what they share: the load clients' connection set-up and reporting
+//! ([`load`]), and the peer servers' command line and tokio runtime ([`Flags`]).
+
+pub mod load;
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 //! copied once per message and shared), any other path echoes.
 //!
 //! ```text
-//! cargo run --release -p netpoll-peers --bin fws_echo -- --addr 127.0.0.1:9102 [--threads N]
+//! cargo run --release -p netpoll-tools --bin fws_echo -- --addr 127.0.0.1:9102 [--threads N]
 //! ```
 //! Prints `listening on ADDR` when ready.
 
@@ -96,7 +96,7 @@ async fn upgrade_request(
 }
 
 fn main() {
-    let flags = netpoll_peers::Flags::parse("127.0.0.1:9102", &[]);
+    let flags = netpoll_tools::Flags::parse("127.0.0.1:9102", &[]);
     let addr = flags.addr.clone();
     flags.runtime().block_on(async move {
         let listener = TcpListener::bind(&addr).await.unwrap();

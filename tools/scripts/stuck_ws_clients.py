@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Opens N WebSocket connections that upgrade and then never read (slow consumers).
 
-Usage: benches/stuck_ws_clients.py HOST:PORT PATH N [SECONDS]
+Usage: tools/scripts/stuck_ws_clients.py HOST:PORT PATH N [SECONDS]
 Each socket has a 4 KiB receive buffer. Holds them for SECONDS (default 3600), then exits.
 Prints `stuck=N` once all are upgraded.
 """

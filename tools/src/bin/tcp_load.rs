@@ -5,7 +5,7 @@
 //! after every connection is open.
 //!
 //! ```text
-//! cargo run --release --example tcp_load -- --addr 127.0.0.1:9000 --conns 5000 --size 64 \
+//! cargo run --release -p netpoll-tools --bin tcp_load -- --addr 127.0.0.1:9000 --conns 5000 --size 64 \
 //!     --duration 10 [--pollers 1] [--sources 8]
 //! ```
 //! `--sources N` spreads client sockets over source addresses 127.0.0.1..=127.0.0.N.
@@ -15,15 +15,12 @@
 //! server_cpu_s=.. server_cpu_us_per_msg=.. failed=.. total_msgs=..` (total_msgs counts from
 //! the first connection on, in batches of 64 per poller).
 
-#[path = "support/load.rs"]
-mod load;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use load::{Counters, Options};
 use netpoll::{CloseReason, Conn, Engine, Handler};
+use netpoll_tools::load::{self, Counters, Options};
 
 struct Load {
     msg: Bytes,
