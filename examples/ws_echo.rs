@@ -151,21 +151,24 @@ fn main() {
         .idle_timeout(idle_timeout)
         .pong_timeout(pong_timeout)
         .handshake_timeout(handshake_timeout)
-        .start(engine, |_| Server {
-            broadcast: broadcast.clone(),
+        .start(engine, {
+            let broadcast = broadcast.clone();
+            move |_| Server {
+                broadcast: broadcast.clone(),
+            }
         })
         .unwrap_or_else(|e| panic!("cannot start: {e}"));
     println!("listening on {}", engine.local_addrs()[0]);
     if control {
         for line in std::io::stdin().lines() {
             match line.as_deref().map(str::trim) {
-                Ok("stats") => println!("stats {}", stats_line(&engine.stats())),
+                Ok("stats") => println!("stats {}", stats_line(&engine.stats(), &broadcast)),
                 Ok("quit") | Err(_) => break,
                 Ok(other) => eprintln!("unknown command {other:?}"),
             }
         }
         let last = engine.shutdown(Duration::from_secs(5));
-        println!("stats {}", stats_line(&last));
+        println!("stats {}", stats_line(&last, &broadcast));
         return;
     }
     loop {
@@ -184,8 +187,9 @@ fn main() {
     }
 }
 
-/// The counters a test driver checks, as `key=value` pairs.
-fn stats_line(s: &Stats) -> String {
+/// The counters a test driver checks, as `key=value` pairs: the engine's, and the broadcast
+/// group's.
+fn stats_line(s: &Stats, group: &Group) -> String {
     let fields = [
         ("accepted", s.accepted),
         ("opened", s.opened),
@@ -201,8 +205,8 @@ fn stats_line(s: &Stats) -> String {
         ("shutdown", s.closed(CloseReason::Shutdown)),
         ("handler_panic", s.closed(CloseReason::HandlerPanic)),
         ("overflows", s.overflows),
-        ("dropped_messages", s.dropped_messages),
-        ("slow_closes", s.slow_closes),
+        ("dropped_messages", group.dropped_messages()),
+        ("slow_closes", group.slow_closes()),
         ("close_flush_timeouts", s.close_flush_timeouts),
         ("bytes_in", s.bytes_in),
         ("bytes_out", s.bytes_out),

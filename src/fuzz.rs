@@ -6,7 +6,7 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 
-use crate::conn::OutboundBuffer;
+use crate::core::outbound::OutboundBuffer;
 use crate::ws::frame::{Decoder, Event, Flow, Limits, ProtocolError, Role};
 
 /// An owned copy of a decoder event, for comparing runs (also used by the decoder's tests).

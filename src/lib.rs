@@ -35,26 +35,31 @@
 //! - [`ws`]: WebSocket server and client on the engine (sans-IO protocol core, upgrade hook,
 //!   heartbeats, limits, [`ws::WsEngine::connect`]) and broadcast [`ws::Group`]s.
 //!
-//! See `docs/ARCHITECTURE.md` for the threads and the flow of reads and writes.
+//! See `docs/ARCHITECTURE.md` for the layers, the threads and the flow of reads and writes.
+//! The modules point one way: `os` (sockets) -> `core` (connections, pollers, timers; no
+//! protocol) -> `engine` (the [`Engine`] facade) -> protocols ([`ws`]).
 
-#![warn(missing_docs)]
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
 
-mod builder;
-mod conn;
+mod core;
 mod engine;
-mod error;
 #[doc(hidden)]
 pub mod fuzz;
-mod handler;
-mod poller;
-mod stats;
-pub mod timer;
+mod os;
 pub mod ws;
 
-pub use builder::{AcceptMode, EngineBuilder, EngineConfig, OverflowPolicy, ReadRefresh};
-pub use conn::{CloseReason, Conn, ConnId, OutboundBuffer};
-pub use engine::{DialOptions, Engine};
-pub use error::{ConfigError, Error, WriteError};
-pub use handler::{Handler, IdleAction, ShutdownAction};
-pub use stats::Stats;
-pub use timer::TimerHandle;
+pub use crate::core::config::{AcceptMode, EngineConfig, OverflowPolicy, ReadRefresh};
+pub use crate::core::conn::{CloseReason, Conn, ConnId};
+pub use crate::core::error::{ConfigError, Error, WriteError};
+pub use crate::core::handler::{Handler, IdleAction, ShutdownAction};
+pub use crate::core::outbound::OutboundBuffer;
+pub use crate::core::stats::Stats;
+pub use crate::core::timer::TimerHandle;
+pub use engine::{DialOptions, Engine, EngineBuilder};
+
+/// Time: the hashed timing wheel every poller runs its deadlines and timers on (sans-IO,
+/// usable on its own), and the handle of a user timer.
+pub mod timer {
+    pub use crate::core::timer::{TimerHandle, TimerWheel};
+}

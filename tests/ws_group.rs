@@ -98,7 +98,7 @@ fn broadcast_to_4000_members_from_4_concurrent_senders() {
     const SIZE: usize = 100;
     common::raise_nofile_limit(2 * MEMBERS as u64 + 200);
     let group = Group::new(SlowPolicy::Close { code: 1008 });
-    let (server, addr, _opened) = start_hub(&group, Engine::builder().pollers(2).backlog(4096));
+    let (_server, addr, _opened) = start_hub(&group, Engine::builder().pollers(2).backlog(4096));
     let complete = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let opened = Arc::new(AtomicUsize::new(0));
@@ -147,8 +147,7 @@ fn broadcast_to_4000_members_from_4_concurrent_senders() {
         "{} of {MEMBERS} members got every message",
         complete.load(Ordering::Relaxed)
     );
-    let stats = server.stats();
-    assert_eq!(stats.dropped_messages + stats.slow_closes, 0);
+    assert_eq!(group.dropped_messages() + group.slow_closes(), 0);
     drop(clients);
     assert!(
         common::eventually(Duration::from_secs(10), || group.is_empty()),
@@ -187,7 +186,7 @@ fn stuck_member(addr: SocketAddr) -> TcpStream {
 
 /// Runs the scenario, then `check`s the server's stats and the slow member while everything
 /// is still up.
-fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&netpoll::Stats, &WsConn)) {
+fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&Group, &WsConn)) {
     const MEMBERS: usize = 1000;
     // 256 KiB per member: far more than the stuck member's socket buffers and outbound limit
     // hold, while the others are paced to keep up.
@@ -201,7 +200,7 @@ fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&netpoll::S
         .backlog(2048)
         .max_outbound_bytes(LIMIT)
         .send_buffer_size(4096);
-    let (server, addr, opened_rx) = start_hub(&group, engine);
+    let (_server, addr, opened_rx) = start_hub(&group, engine);
     let _stuck = stuck_member(addr);
     let slow = opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let received = Arc::new(AtomicU64::new(0));
@@ -239,23 +238,22 @@ fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&netpoll::S
         max_pending <= LIMIT + 128,
         "the slow member's queue stays bounded: {max_pending}"
     );
-    let stats = server.stats();
-    check(&stats, &slow);
+    check(&group, &slow);
 }
 
 #[test]
 fn a_slow_member_is_dropped_for_and_the_others_get_everything() {
-    one_slow_member_among_1000(SlowPolicy::Drop, |stats, slow| {
-        assert!(stats.dropped_messages > 0, "{stats:?}");
-        assert_eq!(stats.slow_closes, 0);
+    one_slow_member_among_1000(SlowPolicy::Drop, |group, slow| {
+        assert!(group.dropped_messages() > 0, "{group:?}");
+        assert_eq!(group.slow_closes(), 0);
         assert!(slow.is_open(), "Drop keeps the member");
     });
 }
 
 #[test]
 fn a_slow_member_is_closed_and_the_others_get_everything() {
-    one_slow_member_among_1000(SlowPolicy::Close { code: 1008 }, |stats, slow| {
-        assert_eq!(stats.slow_closes, 1, "{stats:?}");
+    one_slow_member_among_1000(SlowPolicy::Close { code: 1008 }, |group, slow| {
+        assert_eq!(group.slow_closes(), 1, "{group:?}");
         assert!(!slow.is_open());
     });
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use crate::conn::ConnId;
+use crate::core::conn::ConnId;
 
 /// Options of one [`WsEngine::connect`](super::WsEngine::connect): the connection's state (handed
 /// to the handler once the upgrade succeeds, or back with the error), subprotocols to offer,

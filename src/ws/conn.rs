@@ -9,8 +9,35 @@ use bytes::Bytes;
 use super::frame::{
     MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, apply_mask, encode_close_payload, encode_header,
 };
-use crate::conn::{Conn, ConnId, Gate, PROTO_CLOSE_SENT, Payload, Phase};
-use crate::error::WriteError;
+use crate::core::conn::{Conn, ConnId, Gate};
+use crate::core::error::WriteError;
+use crate::core::transport::Payload;
+
+/// Layer bit: our close frame is queued; no frame may follow it.
+pub(crate) const CLOSE_SENT: u8 = 1;
+/// Layer bit: the opening handshake is not complete; frames are refused.
+pub(crate) const HANDSHAKING: u8 = 2;
+
+const NOT_OPEN: &str = "the WebSocket handshake is not complete";
+
+/// A data or control frame: refused after our close frame, and before the handshake.
+pub(crate) const FRAME: Gate = Gate {
+    closed_if: CLOSE_SENT,
+    invalid_if: HANDSHAKING,
+    why: NOT_OPEN,
+    sets: 0,
+    past_limit: false,
+};
+
+/// Our close frame: at most one, past the outbound limit (closing must work under
+/// backpressure too), and nothing after it.
+pub(crate) const CLOSE_FRAME: Gate = Gate {
+    closed_if: CLOSE_SENT,
+    invalid_if: HANDSHAKING,
+    why: NOT_OPEN,
+    sets: CLOSE_SENT,
+    past_limit: true,
+};
 
 /// A received message. Borrows the poller's read buffer (or the connection's assembly buffer)
 /// and cannot outlive the callback.
@@ -101,8 +128,8 @@ impl WsConn {
 
     /// True until the close handshake starts (either side) or the connection closes.
     pub fn is_open(&self) -> bool {
-        let io = self.conn.shared.lock();
-        io.phase != Phase::Closed && io.proto & PROTO_CLOSE_SENT == 0
+        self.conn
+            .with_layer(|bits, _, open| open && *bits & CLOSE_SENT == 0)
     }
 
     /// Sends a message (copied only if it cannot be written at once).
@@ -112,17 +139,17 @@ impl WsConn {
         } else {
             OpKind::Binary
         };
-        self.frame(kind, Payload::Slice(msg.as_bytes()), Gate::Frame)
+        self.frame(kind, Payload::Slice(msg.as_bytes()), FRAME)
     }
 
     /// Sends a text message.
     pub fn send_text(&self, text: &str) -> Result<(), WriteError> {
-        self.frame(OpKind::Text, Payload::Slice(text.as_bytes()), Gate::Frame)
+        self.frame(OpKind::Text, Payload::Slice(text.as_bytes()), FRAME)
     }
 
     /// Sends a binary message.
     pub fn send_binary(&self, data: &[u8]) -> Result<(), WriteError> {
-        self.frame(OpKind::Binary, Payload::Slice(data), Gate::Frame)
+        self.frame(OpKind::Binary, Payload::Slice(data), FRAME)
     }
 
     /// Sends shared bytes without copying them: the header is written in front of `payload`
@@ -137,7 +164,7 @@ impl WsConn {
         } else {
             OpKind::Binary
         };
-        self.frame(kind, Payload::Shared(payload), Gate::Frame)
+        self.frame(kind, Payload::Shared(payload), FRAME)
     }
 
     /// Sends a ping (payload at most 125 bytes). The engine answers the peer's pings by itself.
@@ -145,11 +172,11 @@ impl WsConn {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(WriteError::Invalid("control frame payload over 125 bytes"));
         }
-        self.frame(OpKind::Ping, Payload::Slice(payload), Gate::Frame)
+        self.frame(OpKind::Ping, Payload::Slice(payload), FRAME)
     }
 
     pub(crate) fn pong(&self, payload: &[u8]) -> Result<(), WriteError> {
-        self.frame(OpKind::Pong, Payload::Slice(payload), Gate::Frame)
+        self.frame(OpKind::Pong, Payload::Slice(payload), FRAME)
     }
 
     /// Starts the close handshake: queues a close frame with `code` and `reason` (cut to fit
@@ -158,7 +185,7 @@ impl WsConn {
     /// Does nothing if the handshake already started.
     pub fn close(&self, code: u16, reason: &str) {
         if self.send_close(code, reason).is_ok() {
-            let timeout = self.conn.shared.poller.config().close_timeout;
+            let timeout = self.conn.config().close_timeout;
             self.conn.set_read_deadline(Some(Instant::now() + timeout));
         }
     }
@@ -167,21 +194,17 @@ impl WsConn {
     pub(crate) fn send_close(&self, code: u16, reason: &str) -> Result<(), WriteError> {
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
         let n = encode_close_payload(&mut payload, code, reason);
-        self.frame(
-            OpKind::Close,
-            Payload::Slice(&payload[..n]),
-            Gate::CloseFrame,
-        )
+        self.frame(OpKind::Close, Payload::Slice(&payload[..n]), CLOSE_FRAME)
     }
 
     /// Queues an empty close frame (answering a peer's close that carried no code).
     pub(crate) fn send_close_empty(&self) -> Result<(), WriteError> {
-        self.frame(OpKind::Close, Payload::Slice(&[]), Gate::CloseFrame)
+        self.frame(OpKind::Close, Payload::Slice(&[]), CLOSE_FRAME)
     }
 
     /// True once a close frame was queued on this connection.
     pub(crate) fn close_sent(&self) -> bool {
-        self.conn.shared.lock().proto & PROTO_CLOSE_SENT != 0
+        self.conn.with_layer(|bits, _, _| *bits & CLOSE_SENT != 0)
     }
 
     /// Closes the TCP connection at once, without a close handshake.
@@ -205,7 +228,7 @@ impl WsConn {
         let data = payload.as_slice();
         if !self.client {
             let n = encode_header(&mut head, kind, true, data.len(), None);
-            return self.conn.write_frame(&head[..n], payload, gate);
+            return self.conn.write_gated(&head[..n], payload, gate, None);
         }
         // A client masks every frame with a fresh random key (RFC 6455 §5.3), in a reused
         // per-thread buffer: the payload is copied once.
@@ -218,7 +241,7 @@ impl WsConn {
             apply_mask(&mut scratch, mask, 0);
             let result = self
                 .conn
-                .write_frame(&head[..n], Payload::Slice(&scratch), gate);
+                .write_gated(&head[..n], Payload::Slice(&scratch), gate, None);
             if scratch.capacity() > 64 * 1024 {
                 *scratch = Vec::new(); // do not keep a huge buffer per thread
             }

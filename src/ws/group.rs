@@ -1,31 +1,30 @@
 //! Broadcast groups: one message to many WebSocket connections, encoded once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 use bytes::Bytes;
 
-use super::conn::{Message, WsConn};
+use super::conn::{FRAME, Message, WsConn};
 use super::frame::{MAX_HEADER, OpKind, encode_header};
-use crate::builder::OverflowPolicy;
-use crate::conn::{ConnExt, ConnId, Gate, Payload, Phase};
-use crate::error::WriteError;
-use crate::poller::{Command, PollerShared};
-use crate::stats::count;
+use crate::core::config::OverflowPolicy;
+use crate::core::conn::{ConnId, PollerRef};
+use crate::core::error::WriteError;
+use crate::core::transport::Payload;
 
 /// What a broadcast does for a member whose outbound queue is full (it would pass the
 /// engine's `max_outbound_bytes`). Either way the other members are not held up: each gets
 /// the message queued as soon as its poller runs the broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowPolicy {
-    /// Skip the message for that member and count it in `Stats::dropped_messages`. The member
+    /// Skip the message for that member and count it in [`Group::dropped_messages`]. The member
     /// stays; it misses messages while it cannot keep up (right for market data and game
     /// state, where the next message supersedes).
     Drop,
     /// Close the member: a close frame with `code` (e.g. 1008 policy violation or 1013 try
     /// again later) is queued past the limit, then the connection closes after a bounded
-    /// flush. Counted in `Stats::slow_closes`.
+    /// flush. Counted in [`Group::slow_closes`].
     Close {
         /// The close code sent to the slow member.
         code: u16,
@@ -62,6 +61,8 @@ impl std::fmt::Debug for Group {
         f.debug_struct("Group")
             .field("len", &self.len())
             .field("policy", &self.inner.policy)
+            .field("dropped_messages", &self.dropped_messages())
+            .field("slow_closes", &self.slow_closes())
             .finish()
     }
 }
@@ -97,7 +98,7 @@ impl Members {
 
 /// One poller's share of a group.
 struct Slot {
-    poller: Arc<PollerShared>,
+    poller: PollerRef,
     members: Mutex<Members>,
 }
 
@@ -112,7 +113,14 @@ pub(crate) struct GroupInner {
     /// Indexed by poller; filled in as members of each poller join.
     slots: RwLock<Vec<Option<Arc<Slot>>>>,
     len: AtomicUsize,
+    dropped_messages: AtomicU64,
+    slow_closes: AtomicU64,
 }
+
+/// The groups a connection is a member of, kept in its attachment so that its close removes it
+/// from each of them.
+#[derive(Default)]
+struct Memberships(Vec<Weak<GroupInner>>);
 
 impl GroupInner {
     fn slot(&self, poller: usize) -> Option<Arc<Slot>> {
@@ -123,10 +131,10 @@ impl GroupInner {
     /// The slot for `conn`'s poller, made on first use; `None` if that index belongs to
     /// another engine's poller.
     fn slot_for(&self, conn: &WsConn) -> Option<Arc<Slot>> {
-        let poller = &conn.conn().shared.poller;
-        let i = poller.index;
+        let poller = conn.conn().poller();
+        let i = poller.index();
         if let Some(slot) = self.slot(i) {
-            return Arc::ptr_eq(&slot.poller, poller).then_some(slot);
+            return slot.poller.same(&poller).then_some(slot);
         }
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         if slots.len() <= i {
@@ -138,7 +146,7 @@ impl GroupInner {
                 members: Mutex::new(Members::default()),
             })
         });
-        Arc::ptr_eq(&slot.poller, poller).then(|| slot.clone())
+        slot.poller.same(&poller).then(|| slot.clone())
     }
 
     /// Removes a member (a closing connection, called by its poller, or `leave`).
@@ -154,23 +162,24 @@ impl GroupInner {
 
     /// Queues `frame` on a slot's members (runs on that slot's poller).
     fn deliver(&self, slot: &Slot, frame: &Bytes, except: Option<ConnId>) {
-        let stats = &slot.poller.stats;
         let members = slot.members();
         for m in &members.conns {
             if Some(m.id()) == except {
                 continue;
             }
-            let result = m.conn().write_frame_with(
+            let result = m.conn().write_gated(
                 &[],
                 Payload::Frame(frame.clone()),
-                Gate::Frame,
+                FRAME,
                 Some(OverflowPolicy::Error),
             );
             if let Err(WriteError::Overflow { .. }) = result {
                 match self.policy {
-                    SlowPolicy::Drop => count(&stats.dropped_messages, 1),
+                    SlowPolicy::Drop => {
+                        self.dropped_messages.fetch_add(1, Ordering::Relaxed);
+                    }
                     SlowPolicy::Close { code } => {
-                        count(&stats.slow_closes, 1);
+                        self.slow_closes.fetch_add(1, Ordering::Relaxed);
                         m.close(code, "too slow");
                     }
                 }
@@ -188,6 +197,8 @@ impl Group {
                 policy,
                 slots: RwLock::new(Vec::new()),
                 len: AtomicUsize::new(0),
+                dropped_messages: AtomicU64::new(0),
+                slow_closes: AtomicU64::new(0),
             }),
         }
     }
@@ -204,27 +215,29 @@ impl Group {
         };
         // Locks are never nested connection -> members (a broadcast holds members ->
         // connection). 1. Record the membership on the connection, unless it is closed.
-        {
-            let mut io = conn.conn().shared.lock();
-            if io.phase == Phase::Closed {
+        let recorded = conn.conn().with_layer(|_, attachment, open| {
+            if !open {
                 return false;
             }
-            let ext = io.ext.get_or_insert_with(Box::<ConnExt>::default);
-            if ext
-                .groups
+            let groups = &mut attachment.get_or_insert_with(Memberships::default).0;
+            if groups
                 .iter()
                 .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)))
             {
                 return false;
             }
-            ext.groups.push(Arc::downgrade(&self.inner));
+            groups.push(Arc::downgrade(&self.inner));
+            true
+        });
+        if !recorded {
+            return false;
         }
         // 2. Add the member.
         if slot.members().insert(conn) {
             self.inner.len.fetch_add(1, Ordering::Relaxed);
         }
         // 3. A close that ran between 1 and 2 found nothing to remove yet: undo.
-        if conn.conn().shared.lock().phase == Phase::Closed {
+        if !conn.conn().is_open() {
             self.inner.remove(conn);
             return false;
         }
@@ -233,13 +246,11 @@ impl Group {
 
     /// Removes `conn`; false if it was not a member.
     pub fn leave(&self, conn: &WsConn) -> bool {
-        {
-            let mut io = conn.conn().shared.lock();
-            if let Some(ext) = io.ext.as_mut() {
-                ext.groups
-                    .retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)));
+        conn.conn().with_layer(|_, attachment, _| {
+            if let Some(m) = attachment.get_mut::<Memberships>() {
+                m.0.retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)));
             }
-        }
+        });
         self.inner.remove(conn)
     }
 
@@ -251,6 +262,18 @@ impl Group {
     /// True if the group has no members.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Messages a member did not get because it could not keep up (policy
+    /// [`SlowPolicy::Drop`]), since the group was made.
+    pub fn dropped_messages(&self) -> u64 {
+        self.inner.dropped_messages.load(Ordering::Relaxed)
+    }
+
+    /// Members closed for being too slow (policy [`SlowPolicy::Close`]), since the group was
+    /// made.
+    pub fn slow_closes(&self) -> u64 {
+        self.inner.slow_closes.load(Ordering::Relaxed)
     }
 
     /// Sends `msg` to every member.
@@ -276,9 +299,7 @@ impl Group {
             let inner = self.inner.clone();
             let frame = frame.clone();
             let poller = slot.poller.clone();
-            poller.send(Command::Run(Box::new(move || {
-                inner.deliver(&slot, &frame, except)
-            })));
+            poller.run(Box::new(move || inner.deliver(&slot, &frame, except)));
         }
     }
 }
@@ -301,12 +322,11 @@ fn encode_frame(msg: Message<'_>) -> Bytes {
 
 /// A closing connection leaves every group it joined (called by its poller).
 pub(crate) fn leave_all(conn: &WsConn) {
-    let groups = {
-        let mut io = conn.conn().shared.lock();
-        match io.ext.as_mut() {
-            Some(ext) => std::mem::take(&mut ext.groups),
-            None => return,
-        }
+    let groups = conn
+        .conn()
+        .with_layer(|_, attachment, _| attachment.take::<Memberships>());
+    let Some(Memberships(groups)) = groups else {
+        return;
     };
     for g in groups {
         if let Some(g) = g.upgrade() {

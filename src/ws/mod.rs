@@ -53,10 +53,10 @@ pub use frame::Limits;
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
 
-use crate::builder::{EngineBuilder, ReadRefresh};
-use crate::conn::{CloseReason, PROTO_HANDSHAKING};
-use crate::engine::{DialOptions, Engine};
-use crate::error::{ConfigError, Error};
+use crate::core::config::ReadRefresh;
+use crate::core::conn::CloseReason;
+use crate::core::error::{ConfigError, Error};
+use crate::engine::{DialOptions, Engine, EngineBuilder};
 
 /// The upgrade hook's decision (see [`WsHandler::on_request`]).
 #[derive(Debug)]
@@ -256,15 +256,15 @@ impl<H: WsHandler> WsEngine<H> {
             local_addr: opts.local_addr,
             timeout: opts.timeout,
         };
-        let conn = match self.engine.dial_with(addr, dial) {
+        // Frames wait for the upgrade: refused until the server's 101 arrived.
+        let handshaking = |c: &crate::Conn| c.with_layer(|bits, _, _| *bits |= conn::HANDSHAKING);
+        let conn = match self.engine.dial_prepared(addr, dial, handshaking) {
             Ok(c) => c,
             Err(e) => {
                 self.clients.count.fetch_sub(1, Ordering::AcqRel);
                 return Err(e);
             }
         };
-        // Queued until the TCP connection is up; frames wait for the upgrade.
-        conn.shared.lock().proto |= PROTO_HANDSHAKING;
         let _ = conn.write(Bytes::from(request));
         pending.insert(
             conn.id(),

@@ -6,12 +6,14 @@ use std::sync::atomic::Ordering;
 use tracing::debug;
 
 use super::client::{self, Clients, ConnectError, Pending};
+use super::conn::HANDSHAKING;
 use super::conn::{Message, WsConn};
 use super::frame::{Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed};
 use super::{Fragment, Upgrade, WsClose, WsConfig, WsHandler};
-use crate::conn::{CloseReason, Conn, Gate, PROTO_HANDSHAKING, Payload};
-use crate::handler::{Handler, IdleAction, ShutdownAction};
+use crate::core::conn::{CloseReason, Conn, Gate};
+use crate::core::handler::{Handler, IdleAction, ShutdownAction};
+use crate::core::transport::Payload;
 
 /// Where a connection is in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,7 @@ impl<H: WsHandler> Adapter<H> {
             Ok(client::Response::Partial) => ConnectError::Handshake("response too large"),
             Ok(client::Response::Upgraded { len, .. }) => {
                 let pending = self.take_pending(conn)?;
-                conn.shared.lock().proto &= !PROTO_HANDSHAKING;
+                conn.with_layer(|bits, _, _| *bits &= !HANDSHAKING);
                 self.open(conn, st, pending.state);
                 return Some(len);
             }
@@ -272,10 +274,11 @@ fn refuse<S>(conn: &Conn, st: &mut WsState<S>, resp: &HttpResponse, data: &[u8])
 /// Sends a plain HTTP response (head and body in one frame-less write) and closes.
 fn respond(conn: &Conn, resp: &HttpResponse) {
     let head = resp.head();
-    let _ = conn.write_frame(
+    let _ = conn.write_gated(
         head.as_bytes(),
         Payload::Shared(resp.body_bytes().clone()),
-        Gate::None,
+        Gate::NONE,
+        None,
     );
     conn.close();
 }

@@ -543,7 +543,7 @@ fn vanisher(addr: SocketAddr, from: SocketAddr, silent: bool, tally: &Tally) {
 
 /// Random bytes instead of a request, or after a valid upgrade: the server must close.
 fn garbage(addr: SocketAddr, from: SocketAddr, rng: &mut XorShift, tally: &Tally) {
-    let upgraded = rng.next() % 2 == 0;
+    let upgraded = rng.next().is_multiple_of(2);
     let conn = if upgraded {
         raw_upgrade(addr, from, "/echo")
     } else {
@@ -582,7 +582,7 @@ fn churn(addr: SocketAddr, from: SocketAddr, n: u64, tally: &Tally) {
             T::Text(t) if t.as_str() == text => {}
             other => return Err(format!("wrong echo {other:?}")),
         }
-        if n % 3 != 0 {
+        if !n.is_multiple_of(3) {
             ws.close(None).map_err(|e| e.to_string())?;
             loop {
                 match ws.read() {
@@ -713,8 +713,8 @@ fn run_round(o: &Options, addr: SocketAddr, length: Duration) -> Round {
                     let t = &tallies[kind];
                     match kind {
                         0 => slow_echo_reader(addr, from, t),
-                        1 => slow_broadcast_member(addr, from, n % 2 == 0, &stop, t),
-                        2 => vanisher(addr, from, n % 2 == 0, t),
+                        1 => slow_broadcast_member(addr, from, n.is_multiple_of(2), &stop, t),
+                        2 => vanisher(addr, from, n.is_multiple_of(2), t),
                         3 => garbage(addr, from, &mut rng, t),
                         _ => churn(addr, from, n, t),
                     }

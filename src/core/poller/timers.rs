@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tracing::error;
 
-use super::{Command, GEN_MASK, Poller, PollerShared, SLOT_BITS, SLOT_MASK, Stage, TimerKind};
-use crate::conn::CloseReason;
-use crate::handler::Handler;
-use crate::timer::{Clock, TimerHandle, TimerState, TimerTask, UserTimer, timeout_ms};
+use super::{Command, Poller, PollerShared, Stage, TimerKind, context};
+use crate::core::conn::CloseReason;
+use crate::core::handler::Handler;
+use crate::core::timer::{Clock, TimerHandle, TimerState, TimerTask, UserTimer, timeout_ms};
 
 /// Hands a timer to `poller`, first due `delay` from now, then every `period_ms` (0: once).
 pub(crate) fn schedule(
@@ -33,7 +33,7 @@ pub(crate) fn schedule(
         state.finished.store(true, Ordering::Release);
         return handle;
     }
-    let now = super::now_ms(poller);
+    let now = context::now_ms(poller);
     // Even a zero delay waits for an expiry pass (at least 1 ms); it never runs inline.
     let deadline = Clock::deadline(now, timeout_ms(Some(delay)));
     poller.send(Command::AddTimer(Box::new(UserTimer {
@@ -52,27 +52,26 @@ impl<H: Handler> Poller<H> {
             finish(&timer.state);
             return;
         }
-        let entry = self.timers.vacant_entry();
-        let slot = entry.key();
-        self.next_gen = (self.next_gen + 1) & GEN_MASK;
-        let token = ((self.next_gen as usize) << SLOT_BITS) | slot;
-        timer.state.token.store(token, Ordering::Release);
-        self.wheel
-            .insert(timer.deadline, (token, TimerKind::User, 0));
-        entry.insert(timer);
+        let deadline = timer.deadline;
+        let state = timer.state.clone();
+        let Some(token) = self.timers.insert_with(|_| timer) else {
+            finish(&state);
+            return;
+        };
+        state.token.store(token, Ordering::Release);
+        self.wheel.insert(deadline, (token, TimerKind::User, 0));
     }
 
     /// Drops a cancelled timer now rather than when its slot comes round, so a cancelled
     /// long timer does not keep its callback (and what it captured) alive.
     pub(super) fn cancel_timer(&mut self, state: &Arc<TimerState>) {
         let token = state.token.load(Ordering::Acquire);
-        let slot = token & SLOT_MASK;
         if self
             .timers
-            .get(slot)
+            .get(token)
             .is_some_and(|t| Arc::ptr_eq(&t.state, state))
+            && let Some(timer) = self.timers.remove(token)
         {
-            let timer = self.timers.remove(slot);
             finish(&timer.state);
         }
     }
@@ -80,12 +79,9 @@ impl<H: Handler> Poller<H> {
     /// A user timer's wheel slot came due: queue it to run if its deadline passed, re-insert
     /// it if it is more than a rotation ahead.
     pub(super) fn timer_due(&mut self, token: usize) {
-        let Some(t) = self.timers.get(token & SLOT_MASK) else {
-            return;
+        let Some(t) = self.timers.get(token) else {
+            return; // cancelled (a newer timer may use its slot)
         };
-        if t.state.token.load(Ordering::Relaxed) != token {
-            return; // a newer timer in the slot of a cancelled one
-        }
         if self.now >= t.deadline {
             self.due_timers.push((t.deadline, t.seq, token));
         } else {
@@ -108,17 +104,15 @@ impl<H: Handler> Poller<H> {
     }
 
     fn run_timer(&mut self, token: usize) {
-        let slot = token & SLOT_MASK;
-        let Some(t) = self.timers.get_mut(slot) else {
+        let Some(t) = self.timers.get_mut(token) else {
             return;
         };
         if t.state.cancelled.load(Ordering::SeqCst) {
-            let timer = self.timers.remove(slot);
-            finish(&timer.state);
+            self.remove_timer(token);
             return;
         }
         let once = t.period_ms == 0;
-        let (ok, conn_slot) = match &mut t.task {
+        let (ok, conn_token) = match &mut t.task {
             TimerTask::Engine(f) => {
                 let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
                 if !ok {
@@ -132,26 +126,23 @@ impl<H: Handler> Poller<H> {
             TimerTask::Conn(conn, f) => {
                 // Runs only while the connection is open; it is cancelled by its close.
                 let conn_token = conn.shared.token();
-                let cslot = conn_token & SLOT_MASK;
                 let open = self
                     .conns
-                    .get(cslot)
-                    .is_some_and(|c| c.token == conn_token && c.stage == Stage::Open);
+                    .get(conn_token)
+                    .is_some_and(|c| c.stage == Stage::Open);
                 if !open {
-                    let timer = self.timers.remove(slot);
-                    finish(&timer.state);
+                    self.remove_timer(token);
                     return;
                 }
                 let ok = super::guarded("timer", conn, || f(conn)).is_some();
-                (ok, Some(cslot))
+                (ok, Some(conn_token))
             }
         };
-        let t = &mut self.timers[slot];
+        let t = self.timers.get_mut(token).expect("still registered");
         if !ok || once || t.state.cancelled.load(Ordering::SeqCst) {
-            let timer = self.timers.remove(slot);
-            finish(&timer.state);
-            if !ok && let Some(cslot) = conn_slot {
-                self.begin_close(cslot, CloseReason::HandlerPanic, false);
+            self.remove_timer(token);
+            if !ok && let Some(conn_token) = conn_token {
+                self.begin_close(conn_token, CloseReason::HandlerPanic, false);
             }
             return;
         }
@@ -162,6 +153,12 @@ impl<H: Handler> Poller<H> {
             t.deadline = self.now + period;
         }
         self.wheel.insert(t.deadline, (token, TimerKind::User, 0));
+    }
+
+    fn remove_timer(&mut self, token: usize) {
+        if let Some(timer) = self.timers.remove(token) {
+            finish(&timer.state);
+        }
     }
 
     /// Drops every user timer (shutdown): none runs after shutdown starts.

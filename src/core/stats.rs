@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::conn::CloseReason;
+use crate::core::conn::CloseReason;
 
 /// One poller's counters. Mostly written by the poller thread; `bytes_out`, `write_calls` and
 /// `overflows` also by threads that write directly.
@@ -24,8 +24,6 @@ pub(crate) struct PollerStats {
     pub(crate) overflows: AtomicU64,
     pub(crate) close_flush_timeouts: AtomicU64,
     pub(crate) freed: AtomicU64,
-    pub(crate) dropped_messages: AtomicU64,
-    pub(crate) slow_closes: AtomicU64,
 }
 
 /// Adds `n` to one counter (relaxed: counters order nothing).
@@ -52,8 +50,6 @@ impl PollerStats {
         s.overflows += get(&self.overflows);
         s.close_flush_timeouts += get(&self.close_flush_timeouts);
         s.freed += get(&self.freed);
-        s.dropped_messages += get(&self.dropped_messages);
-        s.slow_closes += get(&self.slow_closes);
     }
 }
 
@@ -90,10 +86,6 @@ pub struct Stats {
     pub close_flush_timeouts: u64,
     /// Sockets released (descriptor closed).
     pub freed: u64,
-    /// Broadcast messages a slow member did not get (group policy `Drop`).
-    pub dropped_messages: u64,
-    /// Members closed for being too slow (group policy `Close`).
-    pub slow_closes: u64,
 }
 
 impl Stats {

@@ -1,53 +1,43 @@
 //! A connection's deadlines and timers, as set through its [`Conn`] handle from any thread.
 //!
-//! The deadlines themselves live in [`ConnIo`] as milliseconds on the engine clock; setting or
-//! refreshing one is a store under the connection's lock. The poller is told only when it does
-//! not already watch the deadline (one `Watch` command per arming, not per refresh).
+//! The deadlines live in [`ConnIo`] and follow the rules of [`crate::core::deadline`]; setting
+//! or refreshing one is a store under the connection's lock. The poller is told only when it
+//! does not already watch the deadline (one `Watch` command per arming, not per refresh).
 
 use std::time::{Duration, Instant};
 
-use super::{Conn, ConnIo, Phase, WATCH_PENDING};
-use crate::builder::ReadRefresh;
-use crate::poller::{self, Command, TimerKind};
-use crate::timer::{Clock, TimerHandle, TimerTask, timeout_ms};
+use super::{Conn, ConnIo, Phase};
+use crate::core::config::ReadRefresh;
+use crate::core::poller::{self, Command, TimerKind, context};
+use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
 
 impl Conn {
     /// The engine clock now: the poller's loop time on its own thread (no clock read per
     /// write), a fresh reading elsewhere.
     fn now_ms(&self) -> u64 {
-        poller::now_ms(&self.shared.poller)
+        context::now_ms(&self.shared.poller)
     }
 
-    /// Bytes were just queued behind a full socket by a thread other than the poller: start
-    /// the write deadline and make sure the poller watches it (a peer that never reads raises
-    /// no writable edge, so the poller would not otherwise look). Corked writes are armed by
-    /// the poller's own flush instead, with its loop clock.
-    pub(super) fn arm_write_deadline(&self, io: &mut ConnIo) {
-        if io.write_fixed {
-            if io.write_deadline != 0 {
-                self.watch(io, TimerKind::Write);
-            }
-        } else if io.write_timeout != 0 && io.write_deadline == 0 {
-            io.write_deadline = Clock::deadline(self.now_ms(), io.write_timeout);
-            self.watch(io, TimerKind::Write);
+    /// Makes sure the poller watches the write deadline: a peer that never reads raises no
+    /// writable edge, so the poller would not otherwise look. Asks it with one `Watch` command
+    /// per arming, not per refresh.
+    pub(super) fn watch_write(&self, io: &mut ConnIo) {
+        if io.write_deadline.claim_remote() {
+            self.send_watch(TimerKind::Write);
         }
     }
 
-    /// Makes sure the poller watches the deadline of `kind`: asks it (one `Watch` command) when
-    /// no entry is due at or before the deadline.
-    fn watch(&self, io: &mut ConnIo, kind: TimerKind) {
-        let (deadline, watch) = match kind {
-            TimerKind::Write => (io.write_deadline, &mut io.write_watch),
-            TimerKind::Read => (io.read_deadline, &mut io.read_watch),
-            TimerKind::Stage | TimerKind::User => return,
-        };
-        if poller::needs_entry(deadline, *watch) {
-            *watch = WATCH_PENDING;
-            self.shared.poller.send(Command::Watch {
-                conn: self.shared.clone(),
-                kind,
-            });
+    fn watch_read(&self, io: &mut ConnIo) {
+        if io.read_deadline.claim_remote() {
+            self.send_watch(TimerKind::Read);
         }
+    }
+
+    fn send_watch(&self, kind: TimerKind) {
+        self.shared.poller.send(Command::Watch {
+            conn: self.shared.clone(),
+            kind,
+        });
     }
 
     /// Sets (or with `None` clears) this connection's write timeout, overriding the builder's
@@ -57,12 +47,12 @@ impl Conn {
     /// progress; cleared, a stuck connection is no longer closed for it.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) {
         let mut io = self.shared.lock();
-        io.write_fixed = false;
-        io.write_timeout = timeout_ms(timeout);
-        io.write_deadline = 0;
-        if !io.out.is_empty() {
-            self.arm_write_deadline(&mut io);
-        }
+        let now = self.now_ms();
+        let pending = io.transport.pending() != 0;
+        io.write_deadline
+            .set_timeout(now, timeout_ms(timeout), false);
+        io.write_deadline.after_write(now, false, pending);
+        self.watch_write(&mut io);
     }
 
     /// Sets an absolute write deadline, like Go's `SetWriteDeadline`: if bytes are still
@@ -84,17 +74,13 @@ impl Conn {
         let mut io = self.shared.lock();
         match at {
             Some(at) => {
-                io.write_fixed = true;
-                io.write_deadline = self.shared.poller.common.clock.deadline_at(at);
-                if !io.out.is_empty() {
-                    self.watch(&mut io, TimerKind::Write);
+                let at = self.shared.poller.common.clock.deadline_at(at);
+                io.write_deadline.set_absolute(at);
+                if io.transport.pending() != 0 {
+                    self.watch_write(&mut io);
                 }
             }
-            None => {
-                io.write_fixed = false;
-                io.write_timeout = 0;
-                io.write_deadline = 0;
-            }
+            None => io.write_deadline.clear(),
         }
     }
 
@@ -107,15 +93,9 @@ impl Conn {
         if io.phase == Phase::Closed {
             return;
         }
-        io.read_fixed = false;
-        io.read_timeout = timeout_ms(timeout);
-        io.read_deadline = match io.read_timeout {
-            0 => 0,
-            t => Clock::deadline(self.now_ms(), t),
-        };
-        if io.read_deadline != 0 {
-            self.watch(&mut io, TimerKind::Read);
-        }
+        io.read_deadline
+            .set_timeout(self.now_ms(), timeout_ms(timeout), true);
+        self.watch_read(&mut io);
     }
 
     /// Sets an absolute read deadline: the connection closes with
@@ -129,22 +109,21 @@ impl Conn {
         }
         match at {
             Some(at) => {
-                io.read_fixed = true;
-                io.read_deadline = self.shared.poller.common.clock.deadline_at(at);
-                self.watch(&mut io, TimerKind::Read);
+                let at = self.shared.poller.common.clock.deadline_at(at);
+                io.read_deadline.set_absolute(at);
+                self.watch_read(&mut io);
             }
-            None => {
-                io.read_fixed = false;
-                io.read_timeout = 0;
-                io.read_deadline = 0;
-            }
+            None => io.read_deadline.clear(),
         }
     }
 
     /// Chooses what refreshes this connection's read deadline (overriding the builder's
     /// `read_refresh`): every arriving byte, or only [`touch_read`](Self::touch_read).
     pub fn set_read_refresh(&self, mode: ReadRefresh) {
-        self.shared.lock().read_manual = mode == ReadRefresh::Manual;
+        self.shared
+            .lock()
+            .read_deadline
+            .set_manual(mode == ReadRefresh::Manual);
     }
 
     /// Restarts the read deadline at now + the read timeout. A protocol layer calls this when a
@@ -153,11 +132,11 @@ impl Conn {
     /// timeout or with an absolute read deadline.
     pub fn touch_read(&self) {
         let mut io = self.shared.lock();
-        if io.read_timeout == 0 || io.read_fixed || io.phase == Phase::Closed {
+        if io.phase == Phase::Closed {
             return;
         }
-        io.read_deadline = Clock::deadline(self.now_ms(), io.read_timeout);
-        self.watch(&mut io, TimerKind::Read);
+        io.read_deadline.touch(self.now_ms());
+        self.watch_read(&mut io);
     }
 
     /// Runs `f` once on this connection's poller after `delay`, unless the connection has

@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::conn::{CloseReason, Conn};
+use crate::core::conn::{CloseReason, Conn};
 
 /// Callbacks for connection events. Each poller thread owns its own handler instance (made by
 /// the factory given to [`EngineBuilder::start`](crate::EngineBuilder::start)), so methods take
@@ -22,8 +22,8 @@ pub trait Handler: Send + 'static {
     fn on_open(&mut self, conn: &Conn) -> Self::State;
 
     /// Bytes arrived. `data` borrows the poller's read buffer and cannot outlive the call. It
-    /// is mutable so a protocol layer can transform it in place (a WebSocket server unmasks
-    /// frames there instead of copying them).
+    /// is mutable so a protocol layer can transform it in place (unmask or decrypt there
+    /// instead of copying).
     ///
     /// Returns how many bytes were consumed. Unconsumed bytes (a partial frame, say) are kept
     /// in a per-connection buffer, allocated only then, and presented again at the start of
@@ -46,17 +46,17 @@ pub trait Handler: Send + 'static {
     /// The read deadline passed (see
     /// [`EngineBuilder::read_timeout`](crate::EngineBuilder::read_timeout)). The default closes
     /// the connection with [`CloseReason::ReadTimeout`]; a protocol layer may probe the peer
-    /// instead (a WebSocket ping) and ask for more time.
+    /// instead (a ping) and ask for more time.
     fn on_idle(&mut self, conn: &Conn, state: &mut Self::State) -> IdleAction {
         let _ = (conn, state);
         IdleAction::Close
     }
 
     /// The engine is shutting down. The default lets the engine close the connection
-    /// gracefully at once. A protocol layer that wants its own goodbye (a WebSocket close
-    /// frame with 1001 Going Away) sends it, returns [`ShutdownAction::Wait`] and closes the
-    /// connection itself when the peer answers; the engine closes whatever is left at the
-    /// shutdown deadline.
+    /// gracefully at once. A protocol layer that wants its own goodbye (a closing message of
+    /// its protocol) sends it, returns [`ShutdownAction::Wait`] and closes the connection itself
+    /// when the peer answers; the engine closes whatever is left at the shutdown deadline,
+    /// reporting [`CloseReason::Shutdown`] either way.
     fn on_shutdown(&mut self, conn: &Conn, state: &mut Self::State) -> ShutdownAction {
         let _ = (conn, state);
         ShutdownAction::Close

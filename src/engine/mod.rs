@@ -1,23 +1,27 @@
-//! The [`Engine`]: starts the pollers, owns the listeners' setup, dials, and shuts down.
+//! The [`Engine`] facade over the core: starts the pollers, binds the listeners, dials,
+//! schedules timers, reports stats and shuts down.
+
+mod builder;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mio::Poll;
 use mio::net::TcpListener;
-use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::builder::{AcceptMode, EngineBuilder, EngineConfig};
-use crate::conn::{Conn, ConnId, ConnShared, Phase};
-use crate::error::Error;
-use crate::handler::Handler;
-use crate::poller::{self, Command, Common, Poller, PollerShared};
-use crate::stats::{Stats, count};
-use crate::timer::{Clock, TimerHandle, TimerTask, timeout_ms};
+use crate::core::config::{AcceptMode, EngineConfig};
+use crate::core::conn::{Conn, ConnId, ConnShared, Phase};
+use crate::core::error::Error;
+use crate::core::handler::Handler;
+use crate::core::poller::{self, Adopt, Command, Common, Poller, PollerShared, context};
+use crate::core::stats::{Stats, count};
+use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
+use crate::os;
+pub use builder::EngineBuilder;
 
 /// Options for [`Engine::dial_with`].
 #[derive(Debug, Clone, Default)]
@@ -51,22 +55,6 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn bind_listener(
-    addr: SocketAddr,
-    config: &EngineConfig,
-    reuse_port: bool,
-) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(config.backlog)?;
-    Ok(TcpListener::from_std(socket.into()))
-}
-
 impl Engine {
     /// A builder with the default configuration.
     pub fn builder() -> EngineBuilder {
@@ -75,43 +63,39 @@ impl Engine {
 
     /// Starts an engine from a validated configuration; `new_handler(i)` makes poller `i`'s
     /// handler.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a listener cannot be bound or a poller cannot be created.
     pub fn start<H, F>(config: EngineConfig, mut new_handler: F) -> Result<Engine, Error>
     where
         H: Handler,
         F: FnMut(usize) -> H,
     {
-        let n = config.pollers;
+        let n = config.pollers();
+        let backlog = config.backlog as i32;
         // Listeners per poller: all on poller 0 when handing off, one each with SO_REUSEPORT.
         let mut listeners: Vec<Vec<TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let mut local_addrs = Vec::new();
         for &addr in &config.listen {
             match config.accept_mode {
                 AcceptMode::HandOff => {
-                    let l = bind_listener(addr, &config, false)?;
+                    let l = os::listen(addr, backlog, false)?;
                     local_addrs.push(l.local_addr()?);
                     listeners[0].push(l);
                 }
                 AcceptMode::ReusePort => {
                     // Port 0 picks a port once; the other pollers join that port.
-                    let first = bind_listener(addr, &config, true)?;
+                    let first = os::listen(addr, backlog, true)?;
                     let actual = first.local_addr()?;
                     local_addrs.push(actual);
                     listeners[0].push(first);
                     for l in listeners.iter_mut().skip(1) {
-                        l.push(bind_listener(actual, &config, true)?);
+                        l.push(os::listen(actual, backlog, true)?);
                     }
                 }
             }
         }
-        let common = Arc::new(Common {
-            config,
-            clock: Clock::new(Instant::now()),
-            next_id: AtomicU64::new(1),
-            next_timer_seq: AtomicU64::new(0),
-            open: AtomicUsize::new(0),
-            accept_paused: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-        });
+        let common = Arc::new(Common::new(config));
         let mut polls = Vec::with_capacity(n);
         let mut shareds = Vec::with_capacity(n);
         for i in 0..n {
@@ -170,7 +154,23 @@ impl Engine {
     }
 
     /// [`dial`](Self::dial) with a source address and/or timeout.
+    ///
+    /// # Errors
+    /// [`Error::Shutdown`] after shutdown; [`Error::Io`] if the socket cannot be created or
+    /// bound (out of descriptors, a source address in use) or `max_connections` is reached.
+    /// A failure to connect is reported later, to `on_connect_error`.
     pub fn dial_with(&self, addr: SocketAddr, opts: DialOptions) -> Result<Conn, Error> {
+        self.dial_prepared(addr, opts, |_| {})
+    }
+
+    /// Dials, letting a protocol layer `prepare` the connection's shared state (its bits and
+    /// attachment) before any poller can see it.
+    pub(crate) fn dial_prepared(
+        &self,
+        addr: SocketAddr,
+        opts: DialOptions,
+        prepare: impl FnOnce(&Conn),
+    ) -> Result<Conn, Error> {
         let common = &self.common;
         if common.shutting_down.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
@@ -179,20 +179,8 @@ impl Engine {
         if common.open.load(Ordering::Relaxed) >= config.max_connections {
             return Err(Error::Io(io::Error::other("max_connections reached")));
         }
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_nonblocking(true)?;
-        if let Some(local) = opts.local_addr {
-            socket.set_reuse_address(true)?;
-            socket.bind(&local.into())?;
-        }
-        match socket.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
-            Err(e) => return Err(Error::Io(e)),
-        }
-        let stream = mio::net::TcpStream::from_std(socket.into());
-        poller::configure_stream(&stream, config);
+        let stream = os::connect(addr, opts.local_addr)?;
+        os::configure(&stream, &config.stream);
         let target = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
         let poller = &self.pollers[target];
         let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
@@ -203,14 +191,16 @@ impl Engine {
             poller.clone(),
             Phase::Connecting,
         ));
+        let conn = Conn::from_shared(shared.clone());
+        prepare(&conn);
         common.open.fetch_add(1, Ordering::Relaxed);
         count(&poller.stats.dialed, 1);
         let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);
-        poller.send(Command::Adopt {
-            conn: shared.clone(),
+        poller.send(Command::Adopt(Adopt {
+            conn: shared,
             connect_deadline: Some(deadline),
-        });
-        Ok(Conn::from_shared(shared))
+        }));
+        Ok(conn)
     }
 
     /// Runs `f` once after `delay` on one of the engine's pollers (chosen round robin), unless
@@ -285,7 +275,7 @@ impl Engine {
         for p in self.pollers.iter() {
             p.send(Command::Shutdown { deadline });
         }
-        let on_own_poller = self.pollers.iter().any(|p| poller::is_current(p));
+        let on_own_poller = self.pollers.iter().any(|p| context::is_current(p));
         if on_own_poller {
             return;
         }
@@ -301,8 +291,3 @@ impl Drop for Engine {
         self.stop(timeout);
     }
 }
-
-#[cfg(target_os = "linux")]
-const EINPROGRESS: i32 = 115;
-#[cfg(not(target_os = "linux"))]
-const EINPROGRESS: i32 = 36;

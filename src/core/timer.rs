@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::conn::Conn;
-use crate::poller::{Command, PollerShared};
+use crate::core::conn::Conn;
+use crate::core::poller::{Command, PollerShared};
 
 /// Number of slots. With the default 50 ms tick one rotation covers 25.6 s; later deadlines sit
 /// in the slot they hash to and are re-inserted when it comes round early.

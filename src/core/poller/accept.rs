@@ -6,31 +6,12 @@ use std::sync::atomic::Ordering;
 
 use tracing::warn;
 
-use super::{Command, Poller};
-use crate::builder::{AcceptMode, EngineConfig};
-use crate::conn::{ConnId, ConnShared, Phase};
-use crate::handler::Handler;
-use crate::stats::count;
-
-/// Applies the per-connection socket options.
-pub(crate) fn configure_stream(stream: &mio::net::TcpStream, config: &EngineConfig) {
-    let sock = socket2::SockRef::from(stream);
-    if config.nodelay {
-        let _ = sock.set_tcp_nodelay(true);
-    }
-    if let Some(n) = config.send_buffer_size {
-        let _ = sock.set_send_buffer_size(n);
-    }
-    if let Some(n) = config.recv_buffer_size {
-        let _ = sock.set_recv_buffer_size(n);
-    }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOBUFS, ENOMEM: retrying at once would spin, as the pending connection
-    // stays in the backlog and keeps the listener readable.
-    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
-}
+use super::{Adopt, Command, Poller};
+use crate::core::config::AcceptMode;
+use crate::core::conn::{ConnId, ConnShared, Phase};
+use crate::core::handler::Handler;
+use crate::core::stats::count;
+use crate::os;
 
 impl<H: Handler> Poller<H> {
     /// Accepts until the listener is drained, handing connections to pollers round robin
@@ -60,7 +41,7 @@ impl<H: Handler> Poller<H> {
                     continue;
                 }
                 Err(e) => {
-                    let why = if is_resource_exhaustion(&e) {
+                    let why = if os::is_resource_exhaustion(&e) {
                         "out of descriptors or memory"
                     } else {
                         "accept failed"
@@ -71,7 +52,7 @@ impl<H: Handler> Poller<H> {
             };
             count(&self.shared.stats.accepted, 1);
             common.open.fetch_add(1, Ordering::Relaxed);
-            configure_stream(&stream, config);
+            os::configure(&stream, &config.stream);
             let target = match config.accept_mode {
                 AcceptMode::ReusePort => self.shared.index,
                 AcceptMode::HandOff => {
@@ -88,16 +69,17 @@ impl<H: Handler> Poller<H> {
                 self.all[target].clone(),
                 Phase::Open,
             ));
+            let adopt = Adopt {
+                conn: shared,
+                connect_deadline: None,
+            };
             if target == self.shared.index {
-                self.adopt(shared, None);
+                self.adopt(adopt);
             } else {
                 if handoff.len() <= target {
                     handoff.resize_with(self.all.len(), Vec::new);
                 }
-                handoff[target].push(Command::Adopt {
-                    conn: shared,
-                    connect_deadline: None,
-                });
+                handoff[target].push(Command::Adopt(adopt));
             }
         }
         for (target, cmds) in handoff.into_iter().enumerate() {

@@ -82,8 +82,8 @@ pub enum WriteError {
     },
     /// The socket failed (peer reset, broken pipe); the connection is now closing.
     Io(io::ErrorKind),
-    /// The message is not valid for the protocol (a WebSocket text message that is not UTF-8,
-    /// a control frame payload over 125 bytes); nothing was sent.
+    /// A protocol layer refused the message as invalid for its protocol, or for the
+    /// connection's state (the text says which); nothing was sent.
     Invalid(&'static str),
 }
 

@@ -1,0 +1,369 @@
+//! Connections: the public [`Conn`] handle and the state it shares with its poller.
+//!
+//! A connection's transport (socket and outbound queue) lives behind one small mutex in
+//! [`ConnShared`], with the deadlines and the protocol layer's bits. Any thread may write:
+//! under the lock it writes straight to the socket when nothing is queued and queues the
+//! remainder otherwise, so every message is written whole and each thread's messages keep their
+//! order. The lock is only ever held across non-blocking syscalls. The poller owns everything
+//! else about the connection (user state, inbound remainder, timers) and is the only thread
+//! that reads, closes or frees it.
+
+pub(crate) mod layer;
+mod time;
+mod write;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mio::net::TcpStream;
+
+use crate::core::config::{EngineConfig, OverflowPolicy, ReadRefresh};
+use crate::core::deadline::Deadline;
+use crate::core::poller::{Command, PollerShared};
+use crate::core::timer::timeout_ms;
+use crate::core::transport::Transport;
+pub(crate) use layer::{Attachment, Gate};
+
+/// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
+/// closed connection can never name a newer connection, even one that reuses its slot.
+///
+/// ```
+/// # fn demo(a: &netpoll::Conn, b: &netpoll::Conn) {
+/// use std::collections::HashMap;
+/// // Ids key a connection's data in application tables.
+/// let mut names = HashMap::new();
+/// names.insert(a.id(), "alice");
+/// assert_eq!(names.get(&b.id()).is_some(), a.id() == b.id());
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub(crate) u64);
+
+impl ConnId {
+    /// The raw id.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+/// Why a connection closed. Reported exactly once per opened connection, to
+/// [`Handler::on_close`](crate::Handler::on_close).
+///
+/// ```
+/// use netpoll::CloseReason;
+/// // Which closes are the peer's doing, for a log line.
+/// fn peer_side(reason: CloseReason) -> bool {
+///     matches!(reason, CloseReason::PeerClosed | CloseReason::Io(_) | CloseReason::ReadTimeout)
+/// }
+/// assert!(peer_side(CloseReason::Io(std::io::ErrorKind::ConnectionReset)));
+/// assert!(!peer_side(CloseReason::Shutdown));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed its side (read returned end of stream).
+    PeerClosed,
+    /// A socket error (connection reset, broken pipe, ...).
+    Io(io::ErrorKind),
+    /// A write exceeded the outbound limit under [`OverflowPolicy::Close`].
+    Overflow,
+    /// The handler left more unconsumed inbound bytes than `max_inbound_bytes`.
+    InboundOverflow,
+    /// [`Conn::close`] or [`Conn::abort`] was called.
+    Local,
+    /// The engine shut down (every connection it closes, or that closes while it shuts down).
+    Shutdown,
+    /// Queued bytes made no progress for the write timeout: the peer stopped reading.
+    WriteTimeout,
+    /// Nothing arrived for the read (idle) timeout.
+    ReadTimeout,
+    /// A handler callback for this connection panicked. The panic is contained: the connection
+    /// is aborted and the poller goes on serving the others.
+    HandlerPanic,
+}
+
+impl CloseReason {
+    pub(crate) const COUNT: usize = 9;
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            CloseReason::PeerClosed => 0,
+            CloseReason::Io(_) => 1,
+            CloseReason::Overflow => 2,
+            CloseReason::InboundOverflow => 3,
+            CloseReason::Local => 4,
+            CloseReason::Shutdown => 5,
+            CloseReason::HandlerPanic => 6,
+            CloseReason::WriteTimeout => 7,
+            CloseReason::ReadTimeout => 8,
+        }
+    }
+}
+
+/// Whether the connection accepts writes, as seen by every thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Dialed, TCP handshake under way: writes are queued.
+    Connecting,
+    Open,
+    /// Closing or closed: writes are refused. Queued bytes may still be flushing.
+    Closed,
+}
+
+/// The part of a connection any thread may touch, behind [`ConnShared::io`].
+#[derive(Debug)]
+pub(crate) struct ConnIo {
+    pub(crate) transport: Transport,
+    pub(crate) phase: Phase,
+    /// Queued bytes are on the owning poller's flush list (written inside a callback).
+    pub(crate) corked: bool,
+    /// Queued bytes crossed the low watermark; `on_drained` is owed when they fall back.
+    pub(crate) above_low_water: bool,
+    /// This connection's overflow policy, if overridden (else the engine's).
+    pub(crate) overflow_policy: Option<OverflowPolicy>,
+    /// When queued bytes that make no progress close the connection (`WriteTimeout`).
+    pub(crate) write_deadline: Deadline,
+    /// When a connection that receives nothing closes (`ReadTimeout`, via `on_idle`).
+    pub(crate) read_deadline: Deadline,
+    /// The protocol layer's bits, checked and set by [`Gate`]s with its writes.
+    pub(crate) layer_bits: u8,
+    /// The protocol layer's attachment.
+    pub(crate) attachment: Attachment,
+}
+
+impl ConnIo {
+    /// Marks the connection closed, drops anything queued and closes the descriptor (which
+    /// also removes it from the poller). Handles see `Closed` from now on.
+    pub(crate) fn release(&mut self) {
+        self.phase = Phase::Closed;
+        self.transport.release();
+    }
+}
+
+/// State shared between every [`Conn`] handle and the owning poller.
+pub(crate) struct ConnShared {
+    pub(crate) id: ConnId,
+    pub(crate) peer: SocketAddr,
+    /// The poller's token; written once by the owning poller when it adopts the connection,
+    /// read back only by that poller.
+    pub(crate) token: AtomicUsize,
+    pub(crate) poller: Arc<PollerShared>,
+    pub(crate) io: Mutex<ConnIo>,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        id: ConnId,
+        peer: SocketAddr,
+        socket: TcpStream,
+        poller: Arc<PollerShared>,
+        phase: Phase,
+    ) -> Self {
+        let config = &poller.common.config;
+        let manual = config.read_refresh == ReadRefresh::Manual;
+        ConnShared {
+            id,
+            peer,
+            token: AtomicUsize::new(usize::MAX),
+            io: Mutex::new(ConnIo {
+                transport: Transport::plain(socket),
+                phase,
+                corked: false,
+                above_low_water: false,
+                overflow_policy: None,
+                write_deadline: Deadline::new(timeout_ms(config.write_timeout), false),
+                read_deadline: Deadline::new(timeout_ms(config.read_timeout), manual),
+                layer_bits: 0,
+                attachment: Attachment::default(),
+            }),
+            poller,
+        }
+    }
+
+    /// Locks the I/O state. A panic in another thread while it held the lock cannot leave the
+    /// queue half-written (every mutation is a single push or consume), so poison is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ConnIo> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn token(&self) -> usize {
+        self.token.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn config(&self) -> &EngineConfig {
+        self.poller.config()
+    }
+}
+
+/// A handle to one connection: cheap to clone, `Send + Sync`, usable from any thread.
+///
+/// Writes are whole-message and ordered per writing thread: concurrent writers never interleave
+/// inside each other's messages and need no lock of their own. A handle outliving its
+/// connection returns [`WriteError::Closed`](crate::WriteError::Closed); it can never reach
+/// another connection.
+///
+/// ```no_run
+/// use netpoll::{Conn, Engine, Handler};
+///
+/// struct Push;
+/// impl Handler for Push {
+///     type State = ();
+///     fn on_open(&mut self, conn: &Conn) {
+///         // Hand the handle to a producer thread: it writes without any lock of its own.
+///         let conn = conn.clone();
+///         std::thread::spawn(move || {
+///             for i in 0.. {
+///                 if conn.write_slice(format!("tick {i}\n").as_bytes()).is_err() {
+///                     break; // closed, or the peer cannot keep up
+///                 }
+///                 std::thread::sleep(std::time::Duration::from_secs(1));
+///             }
+///         });
+///     }
+///     fn on_data(&mut self, _: &Conn, _: &mut (), data: &mut [u8]) -> usize {
+///         data.len()
+///     }
+/// }
+/// let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Push).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Conn {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl PartialEq for Conn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for Conn {}
+
+impl Conn {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Self {
+        Conn { shared }
+    }
+
+    /// This connection's engine-wide unique id.
+    pub fn id(&self) -> ConnId {
+        self.shared.id
+    }
+
+    /// The remote address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Index of the poller thread that owns this connection.
+    pub fn poller_index(&self) -> usize {
+        self.shared.poller.index
+    }
+
+    /// True until the connection starts closing (or, for a dialed connection, while it is
+    /// still connecting).
+    pub fn is_open(&self) -> bool {
+        self.shared.lock().phase != Phase::Closed
+    }
+
+    /// Bytes accepted by `write` but not yet taken by the kernel.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.lock().transport.pending()
+    }
+
+    /// Overrides the engine's [`overflow_policy`](crate::EngineBuilder::overflow_policy) for
+    /// this connection's writes: e.g. cut off one slow subscriber (`Close`) while others get
+    /// `WriteError::Overflow` and back off (`Error`).
+    pub fn set_overflow_policy(&self, policy: OverflowPolicy) {
+        self.shared.lock().overflow_policy = Some(policy);
+    }
+
+    /// Closes gracefully: further writes fail at once, bytes already queued are flushed, then
+    /// the write side is shut down (FIN) and the socket is freed once the peer closes too or
+    /// `close_timeout` passes. [`Handler::on_close`](crate::Handler::on_close) runs with
+    /// [`CloseReason::Local`]. Calling it again, or on a closed connection, does nothing.
+    pub fn close(&self) {
+        self.close_with(true);
+    }
+
+    /// Closes at once: queued bytes are discarded and the socket is freed.
+    pub fn abort(&self) {
+        self.close_with(false);
+    }
+
+    fn close_with(&self, graceful: bool) {
+        let mut io = self.shared.lock();
+        if io.phase == Phase::Closed && graceful {
+            return;
+        }
+        io.phase = Phase::Closed;
+        drop(io);
+        self.request_close(CloseReason::Local, graceful);
+    }
+
+    fn request_close(&self, reason: CloseReason, graceful: bool) {
+        self.shared.poller.send(Command::Close {
+            conn: self.shared.clone(),
+            reason,
+            graceful,
+        });
+    }
+
+    /// The engine's configuration (protocol layers read their engine-wide limits here).
+    pub(crate) fn config(&self) -> &EngineConfig {
+        self.shared.config()
+    }
+
+    /// Runs `f` on the protocol layer's bits and attachment under the connection's lock;
+    /// `open` tells whether the connection still accepts writes.
+    pub(crate) fn with_layer<R>(&self, f: impl FnOnce(&mut u8, &mut Attachment, bool) -> R) -> R {
+        let mut io = self.shared.lock();
+        let io = &mut *io;
+        let open = io.phase != Phase::Closed;
+        f(&mut io.layer_bits, &mut io.attachment, open)
+    }
+
+    /// A handle to the poller that owns this connection.
+    pub(crate) fn poller(&self) -> PollerRef {
+        PollerRef(self.shared.poller.clone())
+    }
+}
+
+/// A crate-visible handle to one poller, for protocol layers that keep per-poller state (a
+/// broadcast group's members of each poller) and run work on it.
+#[derive(Clone)]
+pub(crate) struct PollerRef(Arc<PollerShared>);
+
+impl PollerRef {
+    pub(crate) fn index(&self) -> usize {
+        self.0.index
+    }
+
+    /// True for the same poller of the same engine.
+    pub(crate) fn same(&self, other: &PollerRef) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Runs `f` on the poller's thread, after the commands already queued for it; a panic in
+    /// it is contained and logged.
+    pub(crate) fn run(&self, f: Box<dyn FnOnce() + Send>) {
+        self.0.send(Command::Run(f));
+    }
+}

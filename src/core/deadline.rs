@@ -1,0 +1,377 @@
+//! The deadline machine: one home for every rule about a connection's write and read
+//! deadlines. Sans-IO: times come in as milliseconds on the engine clock, and what the caller
+//! must do with the poller's timer wheel comes out as return values.
+//!
+//! A [`Deadline`] is one direction's absolute deadline, stored in the connection and changed
+//! by plain stores. The wheel holds at most one canonical entry per deadline; the deadline
+//! remembers that entry's due time (`watch`). When an entry comes due the owner asks
+//! [`Deadline::entry_due`], which compares the stored deadline with the clock: act, move the
+//! entry, or let it go. Refreshing a deadline therefore touches no wheel at all.
+//!
+//! The write deadline is armed while bytes wait for the socket, refreshed by every write that
+//! makes progress and cleared when the queue drains, so a peer that keeps reading is never
+//! timed out and one that stopped is. The read deadline is armed when the connection opens and
+//! refreshed by arriving bytes, or only by [`Deadline::touch`] under manual refresh. Either may
+//! instead be fixed at an absolute instant (Go's `SetDeadline`): nothing moves a fixed deadline.
+
+use crate::core::timer::Clock;
+
+/// `watch` while the poller has been asked (by a command from another thread) to put the
+/// deadline on its wheel.
+const WATCH_PENDING: u64 = u64::MAX;
+
+/// One direction's deadline. Times are ms on the engine clock, 0 meaning none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    /// When it passes (with bytes still queued, for a write deadline), the connection closes.
+    at: u64,
+    /// Due time of the canonical wheel entry watching `at`; 0 if none.
+    watch: u64,
+    /// The timeout in force (builder default or per-connection override), ms; 0 = none.
+    timeout: u32,
+    /// `at` was set as an absolute instant.
+    fixed: bool,
+    /// Only [`touch`](Self::touch) refreshes it, not arriving bytes (read deadlines).
+    manual: bool,
+}
+
+/// What an expired wheel entry found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Due {
+    /// Not the canonical entry (the deadline moved earlier and got a new one): ignore it.
+    Stale,
+    /// The deadline passed: close the connection.
+    Expired,
+    /// The deadline moved later: put the entry back on the wheel at this time.
+    Reinsert(u64),
+    /// Nothing to watch any more (cleared, or nothing queued for a write deadline).
+    Idle,
+}
+
+impl Deadline {
+    /// A deadline with `timeout_ms` (0 for none) in force and nothing armed yet.
+    pub(crate) fn new(timeout_ms: u32, manual: bool) -> Self {
+        Deadline {
+            timeout: timeout_ms,
+            manual,
+            ..Deadline::default()
+        }
+    }
+
+    /// The deadline (ms), 0 for none.
+    #[cfg(test)]
+    fn at(&self) -> u64 {
+        self.at
+    }
+
+    #[cfg(test)]
+    fn timeout(&self) -> u32 {
+        self.timeout
+    }
+
+    pub(crate) fn set_manual(&mut self, manual: bool) {
+        self.manual = manual;
+    }
+
+    /// The write rule, after any write attempt (by the poller's flush, or a direct write from
+    /// any thread): cleared once nothing is `pending`, whoever drained it; refreshed when bytes
+    /// were `written` (progress); armed when bytes start waiting. A fixed deadline only stays.
+    pub(crate) fn after_write(&mut self, now: u64, written: bool, pending: bool) {
+        if self.fixed {
+            return;
+        }
+        if !pending {
+            self.at = 0;
+        } else if self.timeout != 0 && (written || self.at == 0) {
+            self.at = Clock::deadline(now, self.timeout);
+        }
+    }
+
+    /// The read rule for arriving bytes: they refresh the deadline unless it is fixed or under
+    /// manual refresh.
+    pub(crate) fn on_read(&mut self, now: u64) {
+        if self.timeout != 0 && !(self.manual || self.fixed) {
+            self.at = Clock::deadline(now, self.timeout);
+        }
+    }
+
+    /// Restarts the deadline at now + timeout (the connection opened, or a protocol layer saw a
+    /// whole message); a fixed one stays.
+    pub(crate) fn touch(&mut self, now: u64) {
+        if self.timeout != 0 && !self.fixed {
+            self.at = Clock::deadline(now, self.timeout);
+        }
+    }
+
+    /// Moves the deadline to `wait_ms` from now, whatever it was (a protocol layer asked for
+    /// more time when it passed).
+    pub(crate) fn extend(&mut self, now: u64, wait_ms: u32) {
+        self.at = Clock::deadline(now, wait_ms);
+    }
+
+    /// Overrides the timeout (`0` for none) and drops any absolute deadline. With `restart`
+    /// the deadline restarts at now + timeout (if there is one); without, it is cleared until
+    /// the next arming.
+    pub(crate) fn set_timeout(&mut self, now: u64, timeout_ms: u32, restart: bool) {
+        self.fixed = false;
+        self.timeout = timeout_ms;
+        self.at = 0;
+        if restart {
+            self.touch(now);
+        }
+    }
+
+    /// Fixes the deadline at `at` (ms): nothing moves it until the next `set_*`.
+    pub(crate) fn set_absolute(&mut self, at: u64) {
+        self.fixed = true;
+        self.at = at.max(1);
+    }
+
+    /// Removes every deadline: no timeout, nothing fixed.
+    pub(crate) fn clear(&mut self) {
+        self.fixed = false;
+        self.timeout = 0;
+        self.at = 0;
+    }
+
+    /// True when the deadline needs a new wheel entry: it is set, no request for one is in
+    /// flight, and no entry is due at or before it.
+    pub(crate) fn needs_entry(&self) -> bool {
+        self.at != 0 && self.watch != WATCH_PENDING && (self.watch == 0 || self.at < self.watch)
+    }
+
+    /// On the poller thread: if an entry is needed, records it as the canonical one and returns
+    /// its due time for the caller to insert.
+    pub(crate) fn claim_entry(&mut self) -> Option<u64> {
+        self.needs_entry().then(|| {
+            self.watch = self.at;
+            self.at
+        })
+    }
+
+    /// On another thread: if an entry is needed, records that the poller is being asked for one
+    /// and returns true; the caller then sends it the request, which it answers with
+    /// [`entry_due`](Self::entry_due)`(`[`Deadline::REQUESTED`]`, ..)`.
+    pub(crate) fn claim_remote(&mut self) -> bool {
+        let needed = self.needs_entry();
+        if needed {
+            self.watch = WATCH_PENDING;
+        }
+        needed
+    }
+
+    /// The `entry` argument of [`entry_due`](Self::entry_due) for a request sent after
+    /// [`claim_remote`](Self::claim_remote).
+    pub(crate) const REQUESTED: u64 = WATCH_PENDING;
+
+    /// A wheel entry scheduled for `entry` came due at `now` (or a remote request arrived).
+    /// `armed` says whether the deadline applies at all right now (a write deadline only while
+    /// bytes are queued). A non-canonical entry is [`Due::Stale`]; otherwise the watch is
+    /// updated to match the answer.
+    pub(crate) fn entry_due(&mut self, entry: u64, now: u64, armed: bool) -> Due {
+        if self.watch != entry {
+            return Due::Stale;
+        }
+        match self.at {
+            d if d != 0 && armed && now >= d => {
+                self.watch = 0;
+                Due::Expired
+            }
+            d if d != 0 && armed => {
+                self.watch = d;
+                Due::Reinsert(d)
+            }
+            // Cleared, or (write) nothing queued: the flush that drained the queue cleared a
+            // timeout deadline already; a fixed one stays for the next queued bytes.
+            _ => {
+                self.watch = 0;
+                Due::Idle
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A simulated poller: a clock and the wheel entries it holds for one deadline.
+    struct Sim {
+        now: u64,
+        entries: Vec<u64>,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Sim {
+                now: 1_000,
+                entries: Vec::new(),
+            }
+        }
+
+        /// The poller side of any change: insert the entry the deadline asks for.
+        fn watch(&mut self, d: &mut Deadline) {
+            if let Some(at) = d.claim_entry() {
+                self.entries.push(at);
+            }
+        }
+
+        /// Advances to `t` and runs every entry due by then, as the poller's expiry does.
+        /// Returns true if the deadline expired.
+        fn advance(&mut self, t: u64, d: &mut Deadline, armed: bool) -> bool {
+            self.now = t;
+            let mut expired = false;
+            loop {
+                let Some(i) = self.entries.iter().position(|&e| e <= self.now) else {
+                    return expired;
+                };
+                let entry = self.entries.remove(i);
+                match d.entry_due(entry, self.now, armed) {
+                    Due::Expired => expired = true,
+                    Due::Reinsert(at) => self.entries.push(at),
+                    Due::Stale | Due::Idle => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_that_keeps_making_progress_is_never_timed_out() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        // Bytes start waiting: armed at now + 100.
+        d.after_write(sim.now, false, true);
+        sim.watch(&mut d);
+        assert_eq!(d.at(), 1_101);
+        // Every 60 ms a write makes progress; the queue never drains. 10 s of this.
+        for step in 1..=166 {
+            let t = 1_000 + step * 60;
+            assert!(!sim.advance(t, &mut d, true), "timed out at {t}");
+            d.after_write(t, true, true);
+            sim.watch(&mut d);
+        }
+        assert!(
+            sim.entries.len() <= 1,
+            "one canonical entry: {:?}",
+            sim.entries
+        );
+    }
+
+    #[test]
+    fn a_stuck_reader_is_timed_out_within_the_timeout() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        d.after_write(sim.now, false, true);
+        sim.watch(&mut d);
+        assert!(!sim.advance(1_100, &mut d, true));
+        assert!(sim.advance(1_101, &mut d, true));
+    }
+
+    #[test]
+    fn draining_clears_the_deadline_and_its_entry_goes_idle() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        d.after_write(sim.now, false, true);
+        sim.watch(&mut d);
+        d.after_write(1_050, true, false); // drained
+        assert_eq!(d.at(), 0);
+        assert!(!sim.advance(5_000, &mut d, false));
+        assert!(sim.entries.is_empty());
+        // Queued again later: armed afresh from that moment.
+        d.after_write(5_000, false, true);
+        sim.watch(&mut d);
+        assert_eq!(d.at(), 5_101);
+    }
+
+    #[test]
+    fn a_write_without_progress_does_not_refresh() {
+        let mut d = Deadline::new(100, false);
+        d.after_write(1_000, false, true);
+        d.after_write(1_050, false, true);
+        assert_eq!(d.at(), 1_101);
+    }
+
+    #[test]
+    fn an_absolute_deadline_is_neither_moved_by_progress_nor_cleared_by_draining() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        d.set_absolute(1_500);
+        sim.watch(&mut d);
+        d.after_write(1_200, true, true);
+        d.after_write(1_300, true, false);
+        assert_eq!(d.at(), 1_500);
+        // Nothing queued when it passes: not expired, and it stays for the next bytes.
+        assert!(!sim.advance(1_600, &mut d, false));
+        assert_eq!(d.at(), 1_500);
+        d.after_write(1_700, false, true);
+        sim.watch(&mut d);
+        assert!(sim.advance(1_700, &mut d, true));
+    }
+
+    #[test]
+    fn moving_earlier_makes_a_new_entry_and_the_old_one_stale() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(10_000, false);
+        d.touch(sim.now);
+        sim.watch(&mut d);
+        d.set_timeout(1_000, 50, true);
+        sim.watch(&mut d);
+        assert_eq!(sim.entries, [11_001, 1_051]);
+        assert!(sim.advance(1_051, &mut d, true));
+        // The old entry finds a deadline that is no longer watched by it.
+        assert_eq!(d.entry_due(11_001, 11_001, true), Due::Stale);
+    }
+
+    #[test]
+    fn moving_later_reinserts_on_expiry_without_a_second_entry() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        d.touch(sim.now);
+        sim.watch(&mut d);
+        d.on_read(1_090); // refreshed by a plain store: no new entry
+        sim.watch(&mut d);
+        assert_eq!(sim.entries, [1_101]);
+        assert!(!sim.advance(1_101, &mut d, true));
+        assert_eq!(sim.entries, [1_191]);
+        assert!(sim.advance(1_191, &mut d, true));
+    }
+
+    #[test]
+    fn manual_refresh_ignores_bytes_but_not_touch() {
+        let mut d = Deadline::new(100, true);
+        d.touch(1_000);
+        d.on_read(1_050);
+        assert_eq!(d.at(), 1_101);
+        d.touch(1_050);
+        assert_eq!(d.at(), 1_151);
+    }
+
+    #[test]
+    fn a_remote_request_is_answered_once() {
+        let mut d = Deadline::new(100, false);
+        d.after_write(1_000, false, true);
+        assert!(d.claim_remote());
+        assert!(!d.claim_remote(), "one request in flight at a time");
+        assert!(!d.needs_entry());
+        assert_eq!(
+            d.entry_due(Deadline::REQUESTED, 1_010, true),
+            Due::Reinsert(1_101)
+        );
+        assert!(!d.needs_entry());
+    }
+
+    #[test]
+    fn extend_and_clear() {
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, true);
+        d.touch(sim.now);
+        sim.watch(&mut d);
+        assert!(sim.advance(1_101, &mut d, true));
+        d.extend(1_101, 30); // a protocol layer asks for 30 ms more
+        sim.watch(&mut d);
+        d.clear();
+        assert!(!sim.advance(2_000, &mut d, true));
+        assert!(sim.entries.is_empty());
+        assert_eq!(d.timeout(), 0);
+    }
+}

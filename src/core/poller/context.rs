@@ -1,0 +1,82 @@
+//! The poller thread's context: what code running on a poller thread (callbacks, and the
+//! writes they make) can reach without a reference to the poller. One thread-local, one API.
+//!
+//! - which poller runs on this thread (so a write knows it may cork);
+//! - the loop time, read once per iteration, so callbacks read no clock;
+//! - the cork list: connections written to during this iteration, flushed at its end;
+//! - the tail pool: small coalescing buffers handed back by drained connections, so corked
+//!   small writes allocate nothing in steady state.
+
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+use super::PollerShared;
+
+struct Context {
+    poller: Cell<*const PollerShared>,
+    now_ms: Cell<u64>,
+    corked: RefCell<Vec<usize>>,
+    tail_pool: RefCell<Vec<Vec<u8>>>,
+}
+
+thread_local! {
+    static CONTEXT: Context = const {
+        Context {
+            poller: Cell::new(std::ptr::null()),
+            now_ms: Cell::new(0),
+            corked: RefCell::new(Vec::new()),
+            tail_pool: RefCell::new(Vec::new()),
+        }
+    };
+}
+
+/// Most spare tail buffers a poller keeps (each at most 16 KiB): enough for every connection
+/// one loop iteration can cork (`events_capacity`, 1024 by default), so corked writes do not
+/// allocate in steady state even with thousands of busy connections.
+pub(crate) const TAIL_POOL_MAX: usize = 1024;
+
+/// This thread now runs `poller`'s loop.
+pub(super) fn enter(poller: &PollerShared) {
+    CONTEXT.with(|c| c.poller.set(poller));
+}
+
+/// The loop is over: this thread is no poller any more.
+pub(super) fn leave() {
+    CONTEXT.with(|c| c.poller.set(std::ptr::null()));
+}
+
+/// True when called on `poller`'s own thread.
+pub(crate) fn is_current(poller: &PollerShared) -> bool {
+    CONTEXT.with(|c| std::ptr::eq(c.poller.get(), poller))
+}
+
+/// Records this iteration's loop time.
+pub(super) fn set_now_ms(ms: u64) {
+    CONTEXT.with(|c| c.now_ms.set(ms));
+}
+
+/// The engine clock now, as `poller`'s connections should see it: its loop time on its own
+/// thread (callbacks read no clock), a fresh reading on any other.
+pub(crate) fn now_ms(poller: &PollerShared) -> u64 {
+    if is_current(poller) {
+        CONTEXT.with(|c| c.now_ms.get())
+    } else {
+        poller.common.clock.ms(Instant::now())
+    }
+}
+
+/// Puts a connection on the current poller's flush list.
+pub(crate) fn cork(token: usize) {
+    CONTEXT.with(|c| c.corked.borrow_mut().push(token));
+}
+
+/// Takes the flush list, leaving an empty one (with `spare`'s allocation, so steady state does
+/// not allocate).
+pub(super) fn take_corked(spare: Vec<usize>) -> Vec<usize> {
+    CONTEXT.with(|c| std::mem::replace(&mut *c.corked.borrow_mut(), spare))
+}
+
+/// Runs `f` with this thread's tail buffer pool (only meaningful on a poller thread).
+pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
+    CONTEXT.with(|c| f(&mut c.tail_pool.borrow_mut()))
+}

@@ -1,0 +1,119 @@
+//! What the timer wheel brings due each iteration: stage deadlines (connect, close flush,
+//! linger), write and read deadlines (decided by [`crate::core::deadline`]), user timers.
+
+use std::io;
+
+use tracing::debug;
+
+use super::{Poller, Stage, TimerKind, guarded};
+use crate::core::conn::CloseReason;
+use crate::core::deadline::Due;
+use crate::core::handler::{Handler, IdleAction};
+use crate::core::stats::count;
+use crate::core::timer::timeout_ms;
+
+/// Expired wheel entries the poller's scratch list keeps room for between ticks.
+const DUE_KEEP: usize = 4096;
+
+impl<H: Handler> Poller<H> {
+    pub(super) fn expire_timers(&mut self) {
+        if let Some(at) = self.accept_resume_at
+            && self.now >= at
+        {
+            self.resume_accept();
+        }
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(self.now, &mut due);
+        for (token, kind, at) in due.drain(..) {
+            match kind {
+                TimerKind::Stage => self.stage_due(token),
+                TimerKind::User => self.timer_due(token),
+                TimerKind::Read | TimerKind::Write => self.check_deadline(token, kind, at),
+            }
+        }
+        // Keep the scratch list's memory only up to a moderate burst.
+        if due.capacity() > DUE_KEEP {
+            due = Vec::new();
+        }
+        self.due = due;
+        self.run_due_timers();
+    }
+
+    /// A stage's entry came due: act if its deadline passed, else put it back.
+    fn stage_due(&mut self, token: usize) {
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        match c.stage {
+            Stage::Connecting { deadline } if self.now >= deadline => {
+                let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                self.connect_failed(token, err);
+            }
+            Stage::Flushing { deadline } if self.now >= deadline => {
+                count(&self.shared.stats.close_flush_timeouts, 1);
+                debug!(conn = %c.conn.id(), "close flush timed out; dropping queued bytes");
+                self.free(token);
+            }
+            Stage::Lingering { deadline } if self.now >= deadline => self.free(token),
+            Stage::Connecting { deadline }
+            | Stage::Flushing { deadline }
+            | Stage::Lingering { deadline } => {
+                self.wheel.insert(deadline, (token, TimerKind::Stage, 0))
+            }
+            Stage::Open => {}
+        }
+    }
+
+    /// A write or read deadline's wheel entry scheduled for `at` came due, or a `Watch`
+    /// command asked for one (`at` = `Deadline::REQUESTED`): act on the deadline the
+    /// connection holds now.
+    pub(super) fn check_deadline(&mut self, token: usize, kind: TimerKind, at: u64) {
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        let due = {
+            let mut io = c.conn.shared.lock();
+            let io = &mut *io;
+            match kind {
+                TimerKind::Write => {
+                    let armed = io.transport.pending() != 0;
+                    io.write_deadline.entry_due(at, self.now, armed)
+                }
+                TimerKind::Read => io.read_deadline.entry_due(at, self.now, true),
+                TimerKind::Stage | TimerKind::User => return,
+            }
+        };
+        match due {
+            Due::Stale | Due::Idle => {}
+            Due::Reinsert(d) => self.wheel.insert(d, (token, kind, d)),
+            // The peer stopped reading: what is queued cannot be delivered.
+            Due::Expired if kind == TimerKind::Write => {
+                self.begin_close(token, CloseReason::WriteTimeout, false)
+            }
+            Due::Expired => self.read_deadline_passed(token),
+        }
+    }
+
+    /// Idle: ask the handler; by default close gracefully (anything queued still goes out).
+    fn read_deadline_passed(&mut self, token: usize) {
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Some(state) = c.user.as_mut() else {
+            return;
+        };
+        let handler = &mut self.handler;
+        let conn = &c.conn;
+        match guarded("on_idle", conn, || handler.on_idle(conn, state)) {
+            Some(IdleAction::Close) => self.begin_close(token, CloseReason::ReadTimeout, true),
+            Some(IdleAction::Wait(d)) => {
+                let mut io = c.conn.shared.lock();
+                io.read_deadline.extend(self.now, timeout_ms(Some(d)));
+                if let Some(at) = io.read_deadline.claim_entry() {
+                    self.wheel.insert(at, (token, TimerKind::Read, at));
+                }
+            }
+            None => self.begin_close(token, CloseReason::HandlerPanic, false),
+        }
+    }
+}

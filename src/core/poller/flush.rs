@@ -1,0 +1,95 @@
+//! The flush path: writing queued bytes on a writable edge or at the end of the loop
+//! iteration (the cork list), with the write deadline and the low-watermark notice.
+
+use super::{Poller, Stage, TimerKind, context, guarded};
+use crate::core::conn::CloseReason;
+use crate::core::handler::Handler;
+use crate::core::stats::count;
+
+impl<H: Handler> Poller<H> {
+    pub(super) fn on_writable(&mut self, token: usize) {
+        match self.stage(token) {
+            Some(Stage::Connecting { .. }) => self.finish_connect(token),
+            Some(Stage::Open | Stage::Flushing { .. }) => self.flush(token),
+            _ => {}
+        }
+    }
+
+    /// Writes queued bytes until the queue is empty or the socket is full.
+    pub(super) fn flush(&mut self, token: usize) {
+        let low_watermark = self.config().low_watermark();
+        let Some(c) = self.conns.get(token) else {
+            return;
+        };
+        let (drained_notice, empty, watch, error) = {
+            let mut io = c.conn.shared.lock();
+            let io = &mut *io;
+            io.corked = false;
+            let (flushed, error) = match io.transport.flush() {
+                Ok(f) => (f, None),
+                Err((f, kind)) => (f, Some(kind)),
+            };
+            if flushed.calls > 0 {
+                let stats = &self.shared.stats;
+                count(&stats.write_calls, flushed.calls as u64);
+                count(&stats.bytes_out, flushed.written as u64);
+            }
+            let pending = io.transport.pending() != 0;
+            io.write_deadline
+                .after_write(self.now, flushed.written > 0, pending);
+            let watch = if pending {
+                io.write_deadline.claim_entry()
+            } else {
+                None
+            };
+            let empty = context::with_tail_pool(|pool| {
+                io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
+            });
+            let notice = io.above_low_water && io.transport.pending() <= low_watermark;
+            if notice {
+                io.above_low_water = false;
+            }
+            (notice, empty, watch, error)
+        };
+        if let Some(kind) = error {
+            self.begin_close(token, CloseReason::Io(kind), false);
+            return;
+        }
+        if let Some(at) = watch {
+            self.wheel.insert(at, (token, TimerKind::Write, at));
+        }
+        let c = self.conns.get_mut(token).expect("checked above");
+        match c.stage {
+            Stage::Open if drained_notice => {
+                if let Some(state) = c.user.as_mut() {
+                    let handler = &mut self.handler;
+                    let conn = &c.conn;
+                    if guarded("on_drained", conn, || handler.on_drained(conn, state)).is_none() {
+                        self.begin_close(token, CloseReason::HandlerPanic, false);
+                    }
+                }
+            }
+            Stage::Flushing { deadline } if empty => self.send_fin(token, deadline),
+            _ => {}
+        }
+    }
+
+    /// Flushes every connection written to from a callback during this iteration; `on_drained`
+    /// callbacks may cork more, which the next round flushes.
+    pub(super) fn flush_corked(&mut self) {
+        let mut spare = std::mem::take(&mut self.corked_spare);
+        loop {
+            let tokens = context::take_corked(spare);
+            if tokens.is_empty() {
+                spare = tokens;
+                break;
+            }
+            for &token in &tokens {
+                self.flush(token);
+            }
+            spare = tokens;
+            spare.clear();
+        }
+        self.corked_spare = spare;
+    }
+}

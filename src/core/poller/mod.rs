@@ -1,0 +1,321 @@
+//! The poller: one thread, one `mio::Poll`, and every connection assigned to it.
+//!
+//! Each iteration of the loop ([`Poller::run`]): wait for readiness (or the next timer), handle
+//! socket events, continue reads that the fairness budget cut short, run commands from other
+//! threads, expire timers, and finally flush every connection that was written to from a
+//! callback during the iteration (one `writev` each).
+//!
+//! Sockets are registered once for READABLE | WRITABLE, edge-triggered. A writable edge only
+//! follows a write that found the socket buffer full, so registering for it costs nothing while
+//! a connection keeps up, and no `epoll_ctl` is ever needed to turn it on or off.
+//!
+//! The loop's concerns each have a file: [`shared`] (what other threads reach, commands),
+//! [`context`] (the thread-local context), [`slots`] (tokens), `read` (the read path), `flush`
+//! (the flush path), `lifecycle` (adopt, open, close, free, shutdown), `expiry` (timer wheel:
+//! stages and deadlines), `accept`, `timers` (user timers).
+
+mod accept;
+pub(crate) mod context;
+mod expiry;
+mod flush;
+mod lifecycle;
+mod read;
+mod shared;
+pub(crate) mod slots;
+mod timers;
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Poll};
+use tracing::debug;
+
+use crate::core::config::EngineConfig;
+use crate::core::conn::{CloseReason, Conn};
+use crate::core::handler::Handler;
+use crate::core::timer::{TimerWheel, UserTimer};
+pub(crate) use shared::{Adopt, Command, Common, PollerShared, TimerKind, listener_token};
+use shared::{LISTENER_BASE, WAKER};
+use slots::Slots;
+pub(crate) use timers::schedule;
+
+/// Where a connection is in its life, as only the poller sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Deadlines are ms on the engine clock.
+    Connecting {
+        deadline: u64,
+    },
+    Open,
+    /// Closed for the user; flushing queued bytes before the FIN.
+    Flushing {
+        deadline: u64,
+    },
+    /// FIN sent; waiting for the peer's FIN so that closing cannot turn into a reset that
+    /// destroys data still in flight.
+    Lingering {
+        deadline: u64,
+    },
+}
+
+/// What the poller keeps per connection (besides the shared part behind `conn`).
+struct Connection<S> {
+    conn: Conn,
+    /// The handler's state: `Some` from `on_open` until `on_close`.
+    user: Option<S>,
+    /// Bytes the handler left unconsumed; empty (no allocation) almost always.
+    inbound: Vec<u8>,
+    stage: Stage,
+}
+
+/// A wheel entry: (token, what it watches, the time it was scheduled for; 0 for stages and
+/// user timers).
+type Entry = (usize, TimerKind, u64);
+
+pub(crate) struct Poller<H: Handler> {
+    shared: Arc<PollerShared>,
+    all: Arc<[Arc<PollerShared>]>,
+    poll: Poll,
+    events: Events,
+    handler: H,
+    conns: Slots<Connection<H::State>>,
+    read_buf: Box<[u8]>,
+    listeners: Vec<TcpListener>,
+    wheel: TimerWheel<Entry>,
+    due: Vec<Entry>,
+    /// User timers (`after` / `every`).
+    timers: Slots<UserTimer>,
+    /// Scratch list of user timers due this iteration: (deadline, seq, token).
+    due_timers: Vec<(u64, u64, usize)>,
+    /// Connections whose reads the fairness budget cut short; continued next iteration.
+    backlog: VecDeque<usize>,
+    inbox: Vec<Command>,
+    /// The cork list's second buffer (the two alternate, so flushing allocates nothing).
+    corked_spare: Vec<usize>,
+    /// Accepting is paused until then (descriptor exhaustion or the connection limit).
+    accept_resume_at: Option<u64>,
+    next_target: usize,
+    shutdown_deadline: Option<u64>,
+    /// This iteration's time, ms on the engine clock (also in the thread's context).
+    now: u64,
+}
+
+impl<H: Handler> Poller<H> {
+    pub(crate) fn new(
+        shared: Arc<PollerShared>,
+        all: Arc<[Arc<PollerShared>]>,
+        poll: Poll,
+        handler: H,
+        listeners: Vec<TcpListener>,
+    ) -> Self {
+        let config = &shared.common.config;
+        let now = shared.common.clock.ms(Instant::now());
+        Poller {
+            events: Events::with_capacity(config.events_capacity),
+            read_buf: vec![0u8; config.read_buffer_size].into_boxed_slice(),
+            wheel: TimerWheel::new((config.timer_tick.as_millis() as u64).max(1)),
+            timers: Slots::new(),
+            due_timers: Vec::new(),
+            next_target: shared.index,
+            shared,
+            all,
+            poll,
+            handler,
+            conns: Slots::new(),
+            listeners,
+            due: Vec::new(),
+            backlog: VecDeque::new(),
+            inbox: Vec::new(),
+            corked_spare: Vec::new(),
+            accept_resume_at: None,
+            shutdown_deadline: None,
+            now,
+        }
+    }
+
+    fn config(&self) -> &EngineConfig {
+        &self.shared.common.config
+    }
+
+    /// Runs until shutdown completes.
+    pub(crate) fn run(mut self) {
+        context::enter(&self.shared);
+        let mut events = Events::with_capacity(0);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(poller = self.shared.index, error = %e, "poll failed; poller stops");
+                break;
+            }
+            self.now = self.shared.common.clock.ms(Instant::now());
+            context::set_now_ms(self.now);
+            std::mem::swap(&mut events, &mut self.events);
+            for ev in events.iter() {
+                self.dispatch(ev);
+            }
+            std::mem::swap(&mut events, &mut self.events);
+            self.continue_backlog();
+            self.run_commands();
+            self.expire_timers();
+            self.flush_corked();
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.conns.is_empty() {
+                    break;
+                }
+                if self.now >= deadline {
+                    self.free_all();
+                    break;
+                }
+            }
+        }
+        self.free_all();
+        self.drop_timers();
+        context::leave();
+        debug!(poller = self.shared.index, "poller stopped");
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.backlog.is_empty() || self.shared.has_commands() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.shared.common.clock.ms(Instant::now());
+        let mut timeout = self.wheel.next_timeout(now);
+        for at in [self.accept_resume_at, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+        {
+            let d = at.saturating_sub(now);
+            timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        }
+        // `now` is rounded down, so this never wakes before the deadline's millisecond.
+        timeout.map(Duration::from_millis)
+    }
+
+    fn dispatch(&mut self, ev: &mio::event::Event) {
+        let token = ev.token().0;
+        if token == WAKER.0 {
+            return; // commands are drained every iteration
+        }
+        if token > LISTENER_BASE - self.listeners.len() && token <= LISTENER_BASE {
+            self.accept_ready(LISTENER_BASE - token);
+            return;
+        }
+        if !self.conns.contains(token) {
+            return; // stale event for a freed connection
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.on_writable(token);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            // With the peer's FIN already queued behind the data, no further edge will come:
+            // read to the end instead of trusting a short read.
+            self.on_readable(token, ev.is_read_closed() || ev.is_error());
+        }
+    }
+
+    fn stage(&self, token: usize) -> Option<Stage> {
+        self.conns.get(token).map(|c| c.stage)
+    }
+
+    /// The token of `conn` if it is live on this poller.
+    fn live(&self, conn: &crate::core::conn::ConnShared) -> Option<usize> {
+        let token = conn.token();
+        self.conns
+            .get(token)
+            .is_some_and(|c| std::ptr::eq(&*c.conn.shared, conn))
+            .then_some(token)
+    }
+
+    fn run_commands(&mut self) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        self.shared.take_commands(&mut inbox);
+        for cmd in inbox.drain(..) {
+            match cmd {
+                Command::Adopt(adopt) => self.adopt(adopt),
+                Command::Close {
+                    conn,
+                    reason,
+                    graceful,
+                } => {
+                    if let Some(token) = self.live(&conn) {
+                        self.begin_close(token, reason, graceful);
+                    }
+                }
+                Command::Watch { conn, kind } => {
+                    if let Some(token) = self.live(&conn) {
+                        self.check_deadline(
+                            token,
+                            kind,
+                            crate::core::deadline::Deadline::REQUESTED,
+                        );
+                    }
+                }
+                Command::AddTimer(timer) => self.add_timer(*timer),
+                Command::Run(f) => {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+                        tracing::error!(poller = self.shared.index, "poller task panicked");
+                    }
+                }
+                Command::CancelTimer(state) => self.cancel_timer(&state),
+                Command::ResumeAccept => self.resume_accept(),
+                Command::Shutdown { deadline } => {
+                    let deadline = self.shared.common.clock.deadline_at(deadline);
+                    self.start_shutdown(deadline)
+                }
+            }
+        }
+        self.inbox = inbox;
+    }
+}
+
+/// Runs a handler callback, containing a panic to the connection it was called for: the
+/// panic is logged and `None` returned, so the poller thread (and every other connection on it)
+/// survives a buggy callback. The handler's own state may be inconsistent after a panic; that
+/// is the handler's business, as with a panicking task in an async runtime.
+fn guarded<R>(what: &'static str, conn: &Conn, f: impl FnOnce() -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            tracing::error!(conn = %conn.id(), callback = what, "handler panicked; aborting the connection");
+            None
+        }
+    }
+}
+
+/// During shutdown, the closes it causes report [`CloseReason::Shutdown`]: the protocol
+/// layer closing after its goodbye, the peer closing in answer, or the goodbye going
+/// unanswered. Faults keep their own reason.
+fn shutdown_reason(reason: CloseReason) -> CloseReason {
+    match reason {
+        CloseReason::Local | CloseReason::PeerClosed | CloseReason::ReadTimeout => {
+            CloseReason::Shutdown
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::conn::ConnShared;
+
+    /// Per-connection memory is the product's headline figure. These bounds catch a field that
+    /// silently grows it.
+    #[test]
+    fn per_connection_structs_stay_small() {
+        // mio's sockets carry a selector id in debug builds only.
+        let mio_debug = std::mem::size_of::<Option<mio::net::TcpStream>>() - 4;
+        let shared = std::mem::size_of::<ConnShared>();
+        // The slab stores (token, connection) plus its own discriminant word.
+        let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
+        eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
+        assert!(shared <= 200 + mio_debug, "ConnShared grew to {shared} B");
+        assert!(entry <= 72, "slab entry grew to {entry} B");
+    }
+}

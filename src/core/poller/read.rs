@@ -1,0 +1,207 @@
+//! The read path: from a readable event to the handler's `on_data`, with the fairness budget
+//! and the per-connection remainder of unconsumed bytes.
+
+use std::io;
+use std::ops::Range;
+
+use tracing::warn;
+
+use super::{Connection, Poller, Stage, context, guarded};
+use crate::core::conn::{CloseReason, Phase};
+use crate::core::handler::Handler;
+use crate::core::stats::count;
+
+/// A kept remainder whose buffer grew past this, and is now mostly empty, is shrunk.
+const INBOUND_SHRINK_ABOVE: usize = 64 * 1024;
+
+impl<H: Handler> Poller<H> {
+    pub(super) fn on_readable(&mut self, token: usize, until_would_block: bool) {
+        match self.stage(token) {
+            Some(Stage::Open) => self.read_open(token, until_would_block),
+            Some(Stage::Flushing { .. } | Stage::Lingering { .. }) => self.discard_input(token),
+            _ => {}
+        }
+    }
+
+    pub(super) fn continue_backlog(&mut self) {
+        for _ in 0..self.backlog.len() {
+            let Some(token) = self.backlog.pop_front() else {
+                break;
+            };
+            // The edge that started this read is spent; only WouldBlock proves we are done.
+            self.on_readable(token, true);
+        }
+    }
+
+    /// Reads an open connection until the socket is drained, the fairness budget is spent, or
+    /// the connection starts closing. A short read counts as drained (saving the syscall that
+    /// would return `WouldBlock`) unless `until_would_block` is set.
+    fn read_open(&mut self, token: usize, until_would_block: bool) {
+        let mut budget = self.config().max_read_per_wakeup;
+        loop {
+            let Some(c) = self.conns.get(token) else {
+                return;
+            };
+            if c.stage != Stage::Open {
+                return;
+            }
+            let result = {
+                let mut io = c.conn.shared.lock();
+                if io.phase == Phase::Closed {
+                    return; // a close request is queued
+                }
+                let result = io.transport.read(&mut self.read_buf);
+                if let Ok(read) = &result {
+                    if read.wire > 0 {
+                        // A plain store; the wheel entry checks it lazily.
+                        io.read_deadline.on_read(self.now);
+                    }
+                    if read.flush && !io.corked {
+                        io.corked = true;
+                        context::cork(token);
+                    }
+                }
+                result
+            };
+            count(&self.shared.stats.read_calls, 1);
+            match result {
+                Ok(read) if read.wire == 0 => {
+                    self.begin_close(token, CloseReason::PeerClosed, true);
+                    return;
+                }
+                Ok(read) => {
+                    count(&self.shared.stats.bytes_in, read.wire as u64);
+                    if !read.plain.is_empty() {
+                        self.deliver(token, read.plain);
+                    }
+                    if self.stage(token) != Some(Stage::Open) {
+                        return; // the handler's input closed it (inbound overflow)
+                    }
+                    if read.wire < self.read_buf.len() && !until_would_block {
+                        // Short read: the socket is drained and the next data or FIN raises a
+                        // new edge.
+                        return;
+                    }
+                    if self.spend_read_budget(token, &mut budget, read.wire) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.begin_close(token, CloseReason::Io(e.kind()), false);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Charges `n` read bytes to the fairness budget. When it is spent the connection goes to
+    /// the back of the backlog (its edge is consumed, so nothing else would bring it back) and
+    /// the caller stops reading it.
+    fn spend_read_budget(&mut self, token: usize, budget: &mut usize, n: usize) -> bool {
+        *budget = budget.saturating_sub(n);
+        if *budget > 0 {
+            return false;
+        }
+        self.backlog.push_back(token);
+        true
+    }
+
+    /// Hands `read_buf[plain]` (behind any kept remainder) to the handler.
+    fn deliver(&mut self, token: usize, plain: Range<usize>) {
+        let max_inbound = self.config().max_inbound_bytes;
+        let Some(c) = self.conns.get_mut(token) else {
+            return;
+        };
+        let Connection {
+            conn,
+            user,
+            inbound,
+            ..
+        } = c;
+        let Some(state) = user.as_mut() else { return };
+        let fresh = &mut self.read_buf[plain];
+        let n = fresh.len();
+        let handler = &mut self.handler;
+        let mut panicked = false;
+        let overflow = if inbound.is_empty() {
+            match guarded("on_data", conn, || handler.on_data(conn, state, fresh)) {
+                None => {
+                    panicked = true;
+                    false
+                }
+                Some(used) => {
+                    let rest = &fresh[used.min(n)..];
+                    if rest.len() > max_inbound {
+                        true
+                    } else {
+                        inbound.extend_from_slice(rest);
+                        false
+                    }
+                }
+            }
+        } else if inbound.len() + n > max_inbound {
+            true
+        } else {
+            inbound.extend_from_slice(fresh);
+            let kept: &mut [u8] = inbound;
+            match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
+                None => panicked = true,
+                Some(used) => {
+                    let used = used.min(inbound.len());
+                    if used == inbound.len() {
+                        *inbound = Vec::new();
+                    } else {
+                        inbound.drain(..used);
+                        if inbound.capacity() > INBOUND_SHRINK_ABOVE
+                            && inbound.capacity() > 4 * inbound.len()
+                        {
+                            inbound.shrink_to_fit();
+                        }
+                    }
+                }
+            }
+            false
+        };
+        if panicked {
+            self.begin_close(token, CloseReason::HandlerPanic, false);
+        } else if overflow {
+            warn!(conn = %conn.id(), limit = max_inbound, "unconsumed inbound bytes over the limit; closing");
+            self.begin_close(token, CloseReason::InboundOverflow, false);
+        }
+    }
+
+    /// Reads and drops input of a connection that is closing, to notice the peer's FIN or
+    /// reset and keep the receive window open while the last bytes flush.
+    pub(super) fn discard_input(&mut self, token: usize) {
+        let mut budget = self.config().max_read_per_wakeup;
+        loop {
+            let Some(c) = self.conns.get(token) else {
+                return;
+            };
+            let result = c.conn.shared.lock().transport.read(&mut self.read_buf);
+            count(&self.shared.stats.read_calls, 1);
+            match result {
+                Ok(read) if read.wire == 0 => {
+                    // The peer is done sending. While flushing it may still read (a half-close),
+                    // so keep flushing; once our FIN is out the connection is finished.
+                    if matches!(self.stage(token), Some(Stage::Lingering { .. })) {
+                        self.free(token);
+                    }
+                    return;
+                }
+                Ok(read) => {
+                    count(&self.shared.stats.bytes_in, read.wire as u64);
+                    if self.spend_read_budget(token, &mut budget, read.wire) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.free(token);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Tokens and the one lookup from a token to what it names.
+//!
+//! A poller keeps its connections (and its user timers) in slabs. Each entry is named by a
+//! token `generation << 32 | slot` with a 31-bit generation that changes every time the slot
+//! is reused, so an event already fetched for a freed connection, a timer entry of a cancelled
+//! timer or a command about a closed connection can never reach a newer entry in the same
+//! slot. Tokens stay below the special tokens (waker, listeners) at the top of the range.
+
+use slab::Slab;
+
+const SLOT_BITS: u32 = 32;
+const SLOT_MASK: usize = (1 << SLOT_BITS) - 1;
+const GEN_MASK: u32 = (1 << 31) - 1;
+
+/// Entries named by generation-checked tokens.
+#[derive(Debug)]
+pub(crate) struct Slots<T> {
+    slab: Slab<(usize, T)>,
+    next_gen: u32,
+}
+
+impl<T> Slots<T> {
+    pub(crate) fn new() -> Self {
+        Slots {
+            slab: Slab::new(),
+            next_gen: 0,
+        }
+    }
+
+    /// Inserts the value `make(token)` builds and returns its token, or `None` when the slot
+    /// index would not fit in a token (over 4 billion entries).
+    pub(crate) fn insert_with(&mut self, make: impl FnOnce(usize) -> T) -> Option<usize> {
+        let entry = self.slab.vacant_entry();
+        let slot = entry.key();
+        if slot > SLOT_MASK {
+            return None;
+        }
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
+        let token = ((self.next_gen as usize) << SLOT_BITS) | slot;
+        entry.insert((token, make(token)));
+        Some(token)
+    }
+
+    /// The live entry `token` names, if any.
+    pub(crate) fn get(&self, token: usize) -> Option<&T> {
+        match self.slab.get(token & SLOT_MASK) {
+            Some((t, v)) if *t == token => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, token: usize) -> Option<&mut T> {
+        match self.slab.get_mut(token & SLOT_MASK) {
+            Some((t, v)) if *t == token => Some(v),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn contains(&self, token: usize) -> bool {
+        self.get(token).is_some()
+    }
+
+    /// Removes the entry `token` names.
+    pub(crate) fn remove(&mut self, token: usize) -> Option<T> {
+        self.contains(token)
+            .then(|| self.slab.remove(token & SLOT_MASK).1)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// The tokens of every entry (a snapshot, for passes that may remove entries).
+    pub(crate) fn tokens(&self) -> Vec<usize> {
+        self.slab.iter().map(|(_, (t, _))| *t).collect()
+    }
+
+    /// Removes and yields every entry.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.slab.drain().map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_token_never_reaches_a_newer_entry_in_the_same_slot() {
+        let mut s = Slots::new();
+        let a = s.insert_with(|_| "a").unwrap();
+        assert_eq!(s.get(a), Some(&"a"));
+        assert_eq!(s.remove(a), Some("a"));
+        let b = s.insert_with(|_| "b").unwrap();
+        assert_eq!(a & SLOT_MASK, b & SLOT_MASK, "the slot is reused");
+        assert_ne!(a, b);
+        assert_eq!(s.get(a), None);
+        assert_eq!(s.remove(a), None);
+        assert_eq!(s.get(b), Some(&"b"));
+        assert!(b < usize::MAX - 1024, "below the special tokens");
+    }
+
+    #[test]
+    fn the_maker_sees_its_own_token() {
+        let mut s = Slots::new();
+        let t = s.insert_with(|token| token).unwrap();
+        assert_eq!(s.get(t), Some(&t));
+        assert_eq!(s.tokens(), vec![t]);
+        assert_eq!(s.drain().collect::<Vec<_>>(), vec![t]);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,237 @@
+//! The transport seam: the one place every byte between a socket and the engine passes
+//! through.
+//!
+//! A [`Transport`] owns a connection's socket and its outbound queue. The engine hands it
+//! plaintext and asks for plaintext; what goes on the wire is the transport's business. Today
+//! the only transport is plain TCP, where the two are the same bytes. TLS plugs in here
+//! (docs/ARCHITECTURE.md, "The transport seam"):
+//!
+//! - [`send`](Transport::send) and [`queue`](Transport::queue) take a message's plaintext under
+//!   the connection's lock, from any thread: TLS turns it into records (encrypting in the
+//!   caller's thread, in the writers' order) and writes or queues those. The queue, and with it
+//!   the outbound limit and the write deadline, counts wire bytes.
+//! - [`flush`](Transport::flush) writes queued wire bytes; the poller's flush path does not
+//!   know whether they are records.
+//! - [`read`](Transport::read) fills the poller's read buffer and says where the plaintext
+//!   is in it; TLS reads records, decrypts them in place and may also have handshake bytes to
+//!   send, which it queues and reports with [`Read::flush`].
+//! - [`close_notify`](Transport::close_notify) runs when a graceful close starts (TLS queues
+//!   its `close_notify` alert behind the data); [`shutdown_write`](Transport::shutdown_write)
+//!   sends the FIN once everything is out.
+
+use std::io;
+use std::ops::Range;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+
+use crate::core::outbound::OutboundBuffer;
+use crate::os;
+
+/// The plaintext of one write: shared bytes are queued as they are, slices are copied only if
+/// they cannot be written at once.
+#[derive(Debug)]
+pub(crate) enum Payload<'a> {
+    Shared(Bytes),
+    /// Shared bytes that are always queued as they are, never copied (a frame held by many
+    /// connections' queues).
+    Frame(Bytes),
+    Slice(&'a [u8]),
+}
+
+/// Shared payloads shorter than this are copied into the coalescing tail behind a header
+/// rather than queued as their own chunk: a copy is cheaper than sealing the tail.
+const INLINE_SHARED_MAX: usize = 1024;
+
+impl Payload<'_> {
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Shared(b) | Payload::Frame(b) => b,
+            Payload::Slice(s) => s,
+        }
+    }
+
+    /// Queues everything from byte `from` on; slices through `pool` when given (on the owning
+    /// poller's thread).
+    fn queue_from(self, out: &mut OutboundBuffer, from: usize, pool: Option<&mut Vec<Vec<u8>>>) {
+        match (self, pool) {
+            (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
+                out.push_slice_pooled(&b[from..], pool)
+            }
+            (Payload::Shared(mut b) | Payload::Frame(mut b), _) => {
+                bytes::Buf::advance(&mut b, from);
+                out.push(b)
+            }
+            (Payload::Slice(s), Some(pool)) => out.push_slice_pooled(&s[from..], pool),
+            (Payload::Slice(s), None) => out.push_slice(&s[from..]),
+        }
+    }
+}
+
+/// What one [`Transport::read`] produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Read {
+    /// Bytes taken from the socket; 0 means the peer closed its side (end of stream).
+    pub(crate) wire: usize,
+    /// Where the plaintext for the application lies in the buffer (may be empty when the
+    /// bytes were all protocol records).
+    pub(crate) plain: Range<usize>,
+    /// The transport queued bytes of its own (handshake records) that should go out now.
+    pub(crate) flush: bool,
+}
+
+/// What one [`Transport::flush`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Flushed {
+    /// Wire bytes written.
+    pub(crate) written: usize,
+    /// `write`/`writev` calls made.
+    pub(crate) calls: usize,
+}
+
+/// A connection's socket and the wire bytes waiting for it.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    /// `None` once the connection was freed: the descriptor closes at that moment, not when
+    /// the last handle is dropped.
+    socket: Option<TcpStream>,
+    out: OutboundBuffer,
+}
+
+impl Transport {
+    /// Plain TCP over `socket`.
+    pub(crate) fn plain(socket: TcpStream) -> Self {
+        Transport {
+            socket: Some(socket),
+            out: OutboundBuffer::new(),
+        }
+    }
+
+    /// Wire bytes queued and not yet taken by the kernel.
+    pub(crate) fn pending(&self) -> usize {
+        self.out.len()
+    }
+
+    /// The socket, for registration and connect completion (`None` once freed).
+    pub(crate) fn socket(&self) -> Option<&TcpStream> {
+        self.socket.as_ref()
+    }
+
+    pub(crate) fn socket_mut(&mut self) -> Option<&mut TcpStream> {
+        self.socket.as_mut()
+    }
+
+    /// Reads into `buf`: how many wire bytes came in and where the plaintext is.
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<Read> {
+        let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
+        let n = os::read(socket, buf)?;
+        Ok(Read {
+            wire: n,
+            plain: 0..n,
+            flush: false,
+        })
+    }
+
+    /// Writes `head` then `body` straight to the socket (nothing may be queued); what it does
+    /// not take is queued. Returns the wire bytes written; `WouldBlock` is not an error here
+    /// (everything was queued, 0 written).
+    pub(crate) fn send(&mut self, head: &[u8], body: Payload<'_>) -> io::Result<usize> {
+        debug_assert!(
+            self.out.is_empty(),
+            "a direct send must not overtake queued bytes"
+        );
+        let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
+        let written = match os::write(socket, head, body.as_slice()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < head.len() {
+            self.out.push_slice(&head[written..]);
+            body.queue_from(&mut self.out, 0, None);
+        } else if written < head.len() + body.len() {
+            body.queue_from(&mut self.out, written - head.len(), None);
+        }
+        Ok(written)
+    }
+
+    /// Queues `head` then `body` behind whatever waits; `pool` lends small buffers on the
+    /// owning poller's thread.
+    pub(crate) fn queue(
+        &mut self,
+        head: &[u8],
+        body: Payload<'_>,
+        pool: Option<&mut Vec<Vec<u8>>>,
+    ) {
+        match pool {
+            Some(pool) => {
+                self.out.push_slice_pooled(head, pool);
+                body.queue_from(&mut self.out, 0, Some(pool));
+            }
+            None => {
+                self.out.push_slice(head);
+                body.queue_from(&mut self.out, 0, None);
+            }
+        }
+    }
+
+    /// Writes queued bytes (`writev`, many chunks per call) until the queue is empty or the
+    /// socket is full. An error other than `WouldBlock` means the connection is broken.
+    pub(crate) fn flush(&mut self) -> Result<Flushed, (Flushed, io::ErrorKind)> {
+        let mut done = Flushed {
+            written: 0,
+            calls: 0,
+        };
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(done);
+        };
+        let mut writer = socket;
+        while !self.out.is_empty() {
+            done.calls += 1;
+            match self.out.write_to(&mut writer) {
+                Ok((n, short)) => {
+                    done.written += n;
+                    if short {
+                        break; // the socket buffer is full: wait for the writable edge
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err((done, e.kind())),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Once drained, gives the queue's memory back (small buffers to `pool`, up to `pool_max`)
+    /// so an idle connection holds none. True if nothing is queued.
+    pub(crate) fn release_buffers(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
+        self.out.release_into(pool, pool_max)
+    }
+
+    /// Drops everything queued (an abort).
+    pub(crate) fn discard(&mut self) {
+        self.out.clear();
+    }
+
+    /// A graceful close starts: queue whatever the transport must say last (nothing for plain
+    /// TCP; a TLS `close_notify`).
+    pub(crate) fn close_notify(&mut self) {}
+
+    /// Everything is out: send the FIN.
+    pub(crate) fn shutdown_write(&mut self) {
+        if let Some(socket) = self.socket.as_ref() {
+            os::shutdown_write(socket);
+        }
+    }
+
+    /// Closes the descriptor (which also removes it from the poller) and drops anything queued.
+    pub(crate) fn release(&mut self) {
+        self.out.clear();
+        self.socket = None;
+    }
+}

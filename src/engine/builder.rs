@@ -1,0 +1,258 @@
+//! [`EngineBuilder`]: every knob of the engine, with its default, in one place.
+
+use std::net::ToSocketAddrs;
+use std::time::Duration;
+
+use super::Engine;
+use crate::core::config::{AcceptMode, EngineConfig, OverflowPolicy, ReadRefresh};
+use crate::core::error::{ConfigError, Error};
+use crate::core::handler::Handler;
+
+/// Builds and starts an [`Engine`]. Every knob has a documented default; [`build`] checks the
+/// values and returns a [`ConfigError`] naming the bad one.
+///
+/// ```no_run
+/// use netpoll::{Conn, Engine, Handler};
+///
+/// struct Echo;
+/// impl Handler for Echo {
+///     type State = ();
+///     fn on_open(&mut self, _conn: &Conn) {}
+///     fn on_data(&mut self, conn: &Conn, _state: &mut (), data: &mut [u8]) -> usize {
+///         let _ = conn.write_slice(data);
+///         data.len()
+///     }
+/// }
+///
+/// let engine = Engine::builder()
+///     .pollers(2)
+///     .listen("127.0.0.1:9000")
+///     .start(|_poller| Echo)
+///     .expect("start engine");
+/// println!("listening on {}", engine.local_addrs()[0]);
+/// ```
+///
+/// [`build`]: EngineBuilder::build
+#[derive(Debug, Clone, Default)]
+pub struct EngineBuilder {
+    /// Each knob is a field of the configuration; addresses are resolved by `build`.
+    config: EngineConfig,
+    listen: Vec<String>,
+}
+
+impl EngineBuilder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of poller threads. Default: the number of available cores. Must be 1..=256.
+    pub fn pollers(mut self, n: usize) -> Self {
+        self.config.pollers = Some(n);
+        self
+    }
+
+    /// Adds a listening address (`"127.0.0.1:9000"`, port 0 for any). May be called several
+    /// times. Default: none (a dial-only engine, e.g. a load client).
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen.push(addr.into());
+        self
+    }
+
+    /// One acceptor handing off (default) or a `SO_REUSEPORT` listener per poller.
+    pub fn accept_mode(mut self, mode: AcceptMode) -> Self {
+        self.config.accept_mode = mode;
+        self
+    }
+
+    /// Listen backlog. Default 1024; must be 1..=65535.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.config.backlog = backlog;
+        self
+    }
+
+    /// `TCP_NODELAY` on every connection. Default true: the engine already coalesces writes per
+    /// loop iteration, so Nagle only adds latency.
+    pub fn nodelay(mut self, on: bool) -> Self {
+        self.config.stream.nodelay = on;
+        self
+    }
+
+    /// `SO_SNDBUF` for every connection. Default: the OS default (autotuned on Linux).
+    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.stream.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// `SO_RCVBUF` for every connection. Default: the OS default (autotuned on Linux).
+    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.stream.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// Size of each poller's shared read buffer, the most one read can return. Default 64 KiB;
+    /// must be 1 KiB..=64 MiB.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.config.read_buffer_size = bytes;
+        self
+    }
+
+    /// Most open connections (accepted plus dialed) for the engine. At the limit the acceptor
+    /// pauses until a connection closes. Default 1,000,000; must be at least 1.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Most bytes read from one connection per readiness event before the poller serves the
+    /// others (fairness). Default 256 KiB; must be at least 1.
+    pub fn max_read_per_wakeup(mut self, bytes: usize) -> Self {
+        self.config.max_read_per_wakeup = bytes;
+        self
+    }
+
+    /// Most bytes queued for sending on one connection. Default 4 MiB; must be at least 1. A
+    /// single message larger than this can never be sent.
+    pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_outbound_bytes = bytes;
+        self
+    }
+
+    /// What a write that would exceed [`max_outbound_bytes`](Self::max_outbound_bytes) does.
+    /// Default [`OverflowPolicy::Error`].
+    pub fn overflow_policy(mut self, policy: OverflowPolicy) -> Self {
+        self.config.overflow_policy = policy;
+        self
+    }
+
+    /// When queued bytes fall to this level after having been above it,
+    /// [`Handler::on_drained`] runs so producers can resume. Default: a quarter of
+    /// `max_outbound_bytes`; must be below `max_outbound_bytes`.
+    pub fn low_watermark(mut self, bytes: usize) -> Self {
+        self.config.low_watermark = Some(bytes);
+        self
+    }
+
+    /// Most unconsumed inbound bytes (see [`Handler::on_data`]) kept for one connection; a
+    /// handler that leaves more is cut off with [`CloseReason::InboundOverflow`]. Default
+    /// 16 MiB + 64 KiB (room for a 16 MiB message plus a read); must be at least 1.
+    ///
+    /// [`CloseReason::InboundOverflow`]: crate::CloseReason::InboundOverflow
+    pub fn max_inbound_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_inbound_bytes = bytes;
+        self
+    }
+
+    /// How long [`Conn::close`](crate::Conn::close) may spend flushing queued bytes and then
+    /// waiting for the peer's FIN before the socket is dropped. Default 5 s; must be positive.
+    pub fn close_timeout(mut self, t: Duration) -> Self {
+        self.config.close_timeout = t;
+        self
+    }
+
+    /// How long queued outbound bytes may make no progress before the connection closes with
+    /// [`CloseReason::WriteTimeout`](crate::CloseReason::WriteTimeout). The deadline is armed
+    /// when bytes start waiting, moved to now + timeout by every write that makes progress, and
+    /// cleared when the queue drains, so a peer that keeps reading is never timed out however
+    /// long it takes; a peer that stops reading is closed within the timeout plus one
+    /// `timer_tick`. Default 30 s; `None` disables; must be positive.
+    pub fn write_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.write_timeout = t;
+        self
+    }
+
+    /// How long a connection may receive nothing before it closes with
+    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout) (an idle timeout;
+    /// refreshed by any bytes arriving). Default `None` (off); must be positive.
+    pub fn read_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.read_timeout = t;
+        self
+    }
+
+    /// What refreshes the read deadline: any arriving bytes (default) or only
+    /// [`Conn::touch_read`](crate::Conn::touch_read). Per connection:
+    /// [`Conn::set_read_refresh`](crate::Conn::set_read_refresh).
+    pub fn read_refresh(mut self, mode: ReadRefresh) -> Self {
+        self.config.read_refresh = mode;
+        self
+    }
+
+    /// Default timeout of [`Engine::dial`]. Default 10 s; must be positive.
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.config.connect_timeout = t;
+        self
+    }
+
+    /// Flush budget used when the engine is dropped without an explicit
+    /// [`Engine::shutdown`]. Default 5 s.
+    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+        self.config.shutdown_timeout = t;
+        self
+    }
+
+    /// How long accepting pauses after `EMFILE`/`ENFILE` or at the connection limit, unless a
+    /// connection closes first. Default 100 ms; must be 1 ms..=60 s.
+    pub fn accept_backoff(mut self, t: Duration) -> Self {
+        self.config.accept_backoff = t;
+        self
+    }
+
+    /// Resolution of each poller's timer wheel: timeouts fire at most one tick late. Default
+    /// 50 ms; must be 1 ms..=1 s.
+    pub fn timer_tick(mut self, t: Duration) -> Self {
+        self.config.timer_tick = t;
+        self
+    }
+
+    /// Readiness events fetched per poll call. Default 1024; must be 16..=65536.
+    pub fn events_capacity(mut self, n: usize) -> Self {
+        self.config.events_capacity = n;
+        self
+    }
+
+    /// Prefix of the poller thread names (`{name}-poller-{i}`). Default `"netpoll"`.
+    pub fn thread_name(mut self, name: impl Into<String>) -> Self {
+        self.config.thread_name = name.into();
+        self
+    }
+
+    /// Checks every value and resolves the listen addresses.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first knob whose value is out of range, or a listen
+    /// address that does not resolve.
+    pub fn build(self) -> Result<EngineConfig, ConfigError> {
+        let mut config = self.config;
+        for a in &self.listen {
+            let resolved = a.to_socket_addrs().map_err(|e| ConfigError {
+                field: "listen",
+                reason: format!("cannot resolve {a:?}: {e}"),
+            })?;
+            match resolved.into_iter().next() {
+                Some(addr) => config.listen.push(addr),
+                None => {
+                    return Err(ConfigError {
+                        field: "listen",
+                        reason: format!("{a:?} resolves to no address"),
+                    });
+                }
+            }
+        }
+        config.validate()
+    }
+
+    /// Validates the configuration, binds the listeners and starts the pollers.
+    /// `new_handler(i)` is called once per poller `i`; each poller owns its handler, so handler
+    /// methods take `&mut self` with no locking.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad knob, [`Error::Io`] if a listener cannot be bound (address
+    /// in use, say) or a poller cannot be created.
+    pub fn start<H, F>(self, new_handler: F) -> Result<Engine, Error>
+    where
+        H: Handler,
+        F: FnMut(usize) -> H,
+    {
+        Engine::start(self.build()?, new_handler)
+    }
+}
