@@ -89,6 +89,7 @@ pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 /// `read(2)`, retried on `EINTR`.
+#[inline]
 pub(crate) fn read(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         match socket.read(buf) {
@@ -100,6 +101,7 @@ pub(crate) fn read(mut socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> 
 
 /// `write(2)` of `data`, or `writev(2)` of `head` and `data` when there is a head, retried on
 /// `EINTR`.
+#[inline]
 pub(crate) fn write(mut socket: &TcpStream, head: &[u8], data: &[u8]) -> io::Result<usize> {
     loop {
         let r = if head.is_empty() {

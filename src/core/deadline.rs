@@ -76,6 +76,7 @@ impl Deadline {
     /// The write rule, after any write attempt (by the poller's flush, or a direct write from
     /// any thread): cleared once nothing is `pending`, whoever drained it; refreshed when bytes
     /// were `written` (progress); armed when bytes start waiting. A fixed deadline only stays.
+    #[inline]
     pub(crate) fn after_write(&mut self, now: u64, written: bool, pending: bool) {
         if self.fixed {
             return;
@@ -89,6 +90,7 @@ impl Deadline {
 
     /// The read rule for arriving bytes: they refresh the deadline unless it is fixed or under
     /// manual refresh.
+    #[inline]
     pub(crate) fn on_read(&mut self, now: u64) {
         if self.timeout != 0 && !(self.manual || self.fixed) {
             self.at = Clock::deadline(now, self.timeout);
@@ -97,6 +99,7 @@ impl Deadline {
 
     /// Restarts the deadline at now + timeout (the connection opened, or a protocol layer saw a
     /// whole message); a fixed one stays.
+    #[inline]
     pub(crate) fn touch(&mut self, now: u64) {
         if self.timeout != 0 && !self.fixed {
             self.at = Clock::deadline(now, self.timeout);
@@ -136,12 +139,14 @@ impl Deadline {
 
     /// True when the deadline needs a new wheel entry: it is set, no request for one is in
     /// flight, and no entry is due at or before it.
+    #[inline]
     pub(crate) fn needs_entry(&self) -> bool {
         self.at != 0 && self.watch != WATCH_PENDING && (self.watch == 0 || self.at < self.watch)
     }
 
     /// On the poller thread: if an entry is needed, records it as the canonical one and returns
     /// its due time for the caller to insert.
+    #[inline]
     pub(crate) fn claim_entry(&mut self) -> Option<u64> {
         self.needs_entry().then(|| {
             self.watch = self.at;
@@ -152,6 +157,7 @@ impl Deadline {
     /// On another thread: if an entry is needed, records that the poller is being asked for one
     /// and returns true; the caller then sends it the request, which it answers with
     /// [`entry_due`](Self::entry_due)`(`[`Deadline::REQUESTED`]`, ..)`.
+    #[inline]
     pub(crate) fn claim_remote(&mut self) -> bool {
         let needed = self.needs_entry();
         if needed {
@@ -168,6 +174,7 @@ impl Deadline {
     /// `armed` says whether the deadline applies at all right now (a write deadline only while
     /// bytes are queued). A non-canonical entry is [`Due::Stale`]; otherwise the watch is
     /// updated to match the answer.
+    #[inline]
     pub(crate) fn entry_due(&mut self, entry: u64, now: u64, armed: bool) -> Due {
         if self.watch != entry {
             return Due::Stale;

@@ -41,11 +41,13 @@ impl OutboundBuffer {
     }
 
     /// Bytes queued and not yet written.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True when nothing is queued.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -56,6 +58,7 @@ impl OutboundBuffer {
     }
 
     /// Queues a shared chunk without copying it.
+    #[inline]
     pub fn push(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
@@ -66,6 +69,7 @@ impl OutboundBuffer {
     }
 
     /// Queues a copy of `data`. Small slices are coalesced into one tail chunk.
+    #[inline]
     pub fn push_slice(&mut self, data: &[u8]) {
         self.push_slice_pooled(data, &mut Vec::new());
     }
@@ -73,6 +77,7 @@ impl OutboundBuffer {
     /// [`push_slice`](Self::push_slice) taking the tail's allocation from `pool` when the
     /// tail has none, so a poller that queues and drains small writes in a loop does not
     /// allocate per message.
+    #[inline]
     pub fn push_slice_pooled(&mut self, data: &[u8], pool: &mut Vec<Vec<u8>>) {
         if data.is_empty() {
             return;
@@ -92,6 +97,7 @@ impl OutboundBuffer {
 
     /// Moves the coalescing tail into the chunk ring (no copy: `Bytes::from(Vec)` takes the
     /// allocation over).
+    #[inline]
     fn seal_tail(&mut self) {
         if !self.tail.is_empty() {
             let tail = std::mem::take(&mut self.tail);
@@ -105,6 +111,7 @@ impl OutboundBuffer {
     /// non-blocking socket a short write means the socket buffer is full, so the caller can stop
     /// without the extra syscall that would only return `WouldBlock`. `WouldBlock` and other
     /// errors are passed through with the queue untouched.
+    #[inline]
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(usize, bool)> {
         if self.len == 0 {
             return Ok((0, false));
@@ -140,6 +147,7 @@ impl OutboundBuffer {
     }
 
     /// Drops the first `n` queued bytes.
+    #[inline]
     pub fn consume(&mut self, mut n: usize) {
         debug_assert!(n <= self.len);
         self.seal_tail();
@@ -167,6 +175,7 @@ impl OutboundBuffer {
 
     /// Like [`release`](Self::release), but hands a small tail allocation to `pool` (while
     /// it holds fewer than `pool_max`) instead of freeing it.
+    #[inline]
     pub fn release_into(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
         if self.len != 0 {
             return false;
@@ -185,6 +194,7 @@ impl OutboundBuffer {
     }
 
     /// Empties the queue and frees its memory (abort path).
+    #[inline]
     pub fn clear(&mut self) {
         self.chunks = VecDeque::new();
         self.tail = Vec::new();

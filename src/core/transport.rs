@@ -44,10 +44,12 @@ pub(crate) enum Payload<'a> {
 const INLINE_SHARED_MAX: usize = 1024;
 
 impl Payload<'_> {
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.as_slice().len()
     }
 
+    #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Payload::Shared(b) | Payload::Frame(b) => b,
@@ -57,6 +59,7 @@ impl Payload<'_> {
 
     /// Queues everything from byte `from` on; slices through `pool` when given (on the owning
     /// poller's thread).
+    #[inline]
     fn queue_from(self, out: &mut OutboundBuffer, from: usize, pool: Option<&mut Vec<Vec<u8>>>) {
         match (self, pool) {
             (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
@@ -112,20 +115,24 @@ impl Transport {
     }
 
     /// Wire bytes queued and not yet taken by the kernel.
+    #[inline]
     pub(crate) fn pending(&self) -> usize {
         self.out.len()
     }
 
     /// The socket, for registration and connect completion (`None` once freed).
+    #[inline]
     pub(crate) fn socket(&self) -> Option<&TcpStream> {
         self.socket.as_ref()
     }
 
+    #[inline]
     pub(crate) fn socket_mut(&mut self) -> Option<&mut TcpStream> {
         self.socket.as_mut()
     }
 
     /// Reads into `buf`: how many wire bytes came in and where the plaintext is.
+    #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<Read> {
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
         let n = os::read(socket, buf)?;
@@ -139,6 +146,7 @@ impl Transport {
     /// Writes `head` then `body` straight to the socket (nothing may be queued); what it does
     /// not take is queued. Returns the wire bytes written; `WouldBlock` is not an error here
     /// (everything was queued, 0 written).
+    #[inline]
     pub(crate) fn send(&mut self, head: &[u8], body: Payload<'_>) -> io::Result<usize> {
         debug_assert!(
             self.out.is_empty(),
@@ -161,6 +169,7 @@ impl Transport {
 
     /// Queues `head` then `body` behind whatever waits; `pool` lends small buffers on the
     /// owning poller's thread.
+    #[inline]
     pub(crate) fn queue(
         &mut self,
         head: &[u8],
@@ -181,6 +190,7 @@ impl Transport {
 
     /// Writes queued bytes (`writev`, many chunks per call) until the queue is empty or the
     /// socket is full. An error other than `WouldBlock` means the connection is broken.
+    #[inline]
     pub(crate) fn flush(&mut self) -> Result<Flushed, (Flushed, io::ErrorKind)> {
         let mut done = Flushed {
             written: 0,
@@ -209,11 +219,13 @@ impl Transport {
 
     /// Once drained, gives the queue's memory back (small buffers to `pool`, up to `pool_max`)
     /// so an idle connection holds none. True if nothing is queued.
+    #[inline]
     pub(crate) fn release_buffers(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
         self.out.release_into(pool, pool_max)
     }
 
     /// Drops everything queued (an abort).
+    #[inline]
     pub(crate) fn discard(&mut self) {
         self.out.clear();
     }

@@ -12,18 +12,28 @@ use std::time::Instant;
 
 use super::PollerShared;
 
-struct Context {
+/// The plain values, read on every write: a thread-local without a destructor is the
+/// cheapest kind to reach (no registration check per access).
+struct Current {
     poller: Cell<*const PollerShared>,
     now_ms: Cell<u64>,
+}
+
+/// The buffers, which need dropping with the thread.
+struct Buffers {
     corked: RefCell<Vec<usize>>,
     tail_pool: RefCell<Vec<Vec<u8>>>,
 }
 
 thread_local! {
-    static CONTEXT: Context = const {
-        Context {
+    static CURRENT: Current = const {
+        Current {
             poller: Cell::new(std::ptr::null()),
             now_ms: Cell::new(0),
+        }
+    };
+    static BUFFERS: Buffers = const {
+        Buffers {
             corked: RefCell::new(Vec::new()),
             tail_pool: RefCell::new(Vec::new()),
         }
@@ -37,46 +47,52 @@ pub(crate) const TAIL_POOL_MAX: usize = 1024;
 
 /// This thread now runs `poller`'s loop.
 pub(super) fn enter(poller: &PollerShared) {
-    CONTEXT.with(|c| c.poller.set(poller));
+    CURRENT.with(|c| c.poller.set(poller));
 }
 
 /// The loop is over: this thread is no poller any more.
 pub(super) fn leave() {
-    CONTEXT.with(|c| c.poller.set(std::ptr::null()));
+    CURRENT.with(|c| c.poller.set(std::ptr::null()));
 }
 
 /// True when called on `poller`'s own thread.
+#[inline]
 pub(crate) fn is_current(poller: &PollerShared) -> bool {
-    CONTEXT.with(|c| std::ptr::eq(c.poller.get(), poller))
+    CURRENT.with(|c| std::ptr::eq(c.poller.get(), poller))
 }
 
 /// Records this iteration's loop time.
+#[inline]
 pub(super) fn set_now_ms(ms: u64) {
-    CONTEXT.with(|c| c.now_ms.set(ms));
+    CURRENT.with(|c| c.now_ms.set(ms));
 }
 
 /// The engine clock now, as `poller`'s connections should see it: its loop time on its own
 /// thread (callbacks read no clock), a fresh reading on any other.
+#[inline]
 pub(crate) fn now_ms(poller: &PollerShared) -> u64 {
     if is_current(poller) {
-        CONTEXT.with(|c| c.now_ms.get())
+        CURRENT.with(|c| c.now_ms.get())
     } else {
         poller.common.clock.ms(Instant::now())
     }
 }
 
 /// Puts a connection on the current poller's flush list.
+#[inline]
 pub(crate) fn cork(token: usize) {
-    CONTEXT.with(|c| c.corked.borrow_mut().push(token));
+    BUFFERS.with(|c| c.corked.borrow_mut().push(token));
 }
 
 /// Takes the flush list, leaving an empty one (with `spare`'s allocation, so steady state does
 /// not allocate).
+#[inline]
 pub(super) fn take_corked(spare: Vec<usize>) -> Vec<usize> {
-    CONTEXT.with(|c| std::mem::replace(&mut *c.corked.borrow_mut(), spare))
+    BUFFERS.with(|c| std::mem::replace(&mut *c.corked.borrow_mut(), spare))
 }
 
 /// Runs `f` with this thread's tail buffer pool (only meaningful on a poller thread).
+#[inline]
 pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
-    CONTEXT.with(|c| f(&mut c.tail_pool.borrow_mut()))
+    BUFFERS.with(|c| f(&mut c.tail_pool.borrow_mut()))
 }
