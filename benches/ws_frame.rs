@@ -8,13 +8,14 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use netpoll::ws::frame::{
-    Decoder, Event, Flow, Limits, MAX_HEADER, OpKind, Role, apply_mask, encode_frame, encode_header,
+    Data, Decoder, Event, Flow, Limits, MAX_HEADER, OpCode, Role, apply_mask, encode_frame,
+    encode_header,
 };
 
 const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
 
 /// `count` masked frames of `size` bytes each, back to back, as one read would return them.
-fn frames(kind: OpKind, size: usize, count: usize) -> Vec<u8> {
+fn frames(kind: OpCode, size: usize, count: usize) -> Vec<u8> {
     let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let mut out = Vec::new();
     for _ in 0..count {
@@ -26,7 +27,10 @@ fn frames(kind: OpKind, size: usize, count: usize) -> Vec<u8> {
 fn decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("ws_frame/decode");
     let limits = Limits::default();
-    for (kind, name) in [(OpKind::Binary, "binary"), (OpKind::Text, "text")] {
+    for (kind, name) in [
+        (OpCode::Data(Data::Binary), "binary"),
+        (OpCode::Data(Data::Text), "text"),
+    ] {
         for size in [64usize, 1024, 16 * 1024] {
             // About 64 KiB of frames per batch, like one full read buffer.
             let count = (64 * 1024 / (size + 8)).max(1);
@@ -68,7 +72,7 @@ fn encode(c: &mut Criterion) {
             b.iter(|| {
                 black_box(encode_header(
                     &mut head,
-                    OpKind::Binary,
+                    OpCode::Data(Data::Binary),
                     true,
                     black_box(size),
                     None,

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use netpoll::Engine;
 use netpoll::ws::{
-    Accept, Group, HttpResponse, Message, Request, SlowPolicy, Upgrade, WsClose, WsConn, WsHandler,
-    WsServer,
+    Accept, CloseCode, Group, HttpResponse, Message, Request, SlowPolicy, Upgrade, WsClose, WsConn,
+    WsHandler, WsServer,
 };
 
 const PAGE: &str = include_str!("chat/index.html");
@@ -164,7 +164,9 @@ fn main() {
         }
     }
     let room = Arc::new(Room {
-        members: Group::new(SlowPolicy::Close { code: 1008 }),
+        members: Group::new(SlowPolicy::Close {
+            code: CloseCode::Policy,
+        }),
         history: Mutex::new(VecDeque::new()),
         history_len,
     });

@@ -26,7 +26,7 @@ pub(crate) fn owned(e: Event<'_>) -> Owned {
         Event::Binary(b) => Owned::Binary(b.into()),
         Event::Ping(b) => Owned::Ping(b.into()),
         Event::Pong(b) => Owned::Pong(b.into()),
-        Event::Close { code, reason } => Owned::Close(code, reason.into()),
+        Event::Close { code, reason } => Owned::Close(code.map(u16::from), reason.into()),
         Event::Fragment {
             text,
             data,
@@ -76,9 +76,9 @@ pub(crate) fn run_decoder(
             }
             Err(e) => {
                 assert!(
-                    matches!(e.code, 1002 | 1007 | 1008 | 1009),
+                    matches!(u16::from(e.close_code()), 1002 | 1007 | 1008 | 1009),
                     "unexpected close code {}",
-                    e.code
+                    e.close_code()
                 );
                 return (events, Some(e));
             }

@@ -5,7 +5,7 @@
 //! random corruption, so both the accepting and the rejecting paths are covered.
 
 use netpoll::fuzz;
-use netpoll::ws::frame::{OpKind, encode_frame};
+use netpoll::ws::frame::{Control, Data, OpCode, encode_frame};
 
 /// xorshift64*: deterministic, so a failure names a reproducible case.
 struct Rng(u64);
@@ -32,12 +32,12 @@ fn frame_stream(rng: &mut Rng, masked: bool) -> Vec<u8> {
     let mut out = vec![rng.next() as u8]; // split step for the check
     for _ in 0..rng.below(8) + 1 {
         let kind = [
-            OpKind::Text,
-            OpKind::Binary,
-            OpKind::Continue,
-            OpKind::Ping,
-            OpKind::Pong,
-            OpKind::Close,
+            OpCode::Data(Data::Text),
+            OpCode::Data(Data::Binary),
+            OpCode::Data(Data::Continue),
+            OpCode::Control(Control::Ping),
+            OpCode::Control(Control::Pong),
+            OpCode::Control(Control::Close),
         ][rng.below(6) as usize];
         let len = match rng.below(10) {
             0 => 126 + rng.below(70_000) as usize,
@@ -45,13 +45,13 @@ fn frame_stream(rng: &mut Rng, masked: bool) -> Vec<u8> {
             _ => rng.below(3000) as usize,
         };
         let payload = match (kind, rng.below(3)) {
-            (OpKind::Text | OpKind::Continue, 0 | 1) => "héllo wörld €😀 "
+            (OpCode::Data(Data::Text) | OpCode::Data(Data::Continue), 0 | 1) => "héllo wörld €😀 "
                 .repeat(len / 20 + 1)
                 .into_bytes()
                 .into_iter()
                 .take(len)
                 .collect(),
-            (OpKind::Close, 0) => {
+            (OpCode::Control(Control::Close), 0) => {
                 let mut p = [1000u16, 1001, 4000, 1005, 999][rng.below(5) as usize]
                     .to_be_bytes()
                     .to_vec();

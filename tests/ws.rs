@@ -7,12 +7,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use netpoll::ws::WsServer;
-use netpoll::ws::frame::OpKind;
+use netpoll::ws::frame::{Control, Data, OpCode};
+use netpoll::ws::{CloseCode, WsServer};
 use netpoll::{CloseReason, Engine};
 use tungstenite::Message as TMessage;
 use tungstenite::protocol::frame::Frame;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
 use ws_common::*;
 
 fn engine() -> netpoll::EngineBuilder {
@@ -88,8 +87,8 @@ fn pipelined_frames_right_after_the_handshake_are_not_lost() {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     let mut bytes = upgrade_request("/record").into_bytes();
-    bytes.extend(raw_frame(OpKind::Text, true, b"first"));
-    bytes.extend(raw_frame(OpKind::Binary, true, b"second"));
+    bytes.extend(raw_frame(OpCode::Data(Data::Text), true, b"first"));
+    bytes.extend(raw_frame(OpCode::Data(Data::Binary), true, b"second"));
     s.write_all(&bytes).unwrap();
     assert!(read_http_head(&mut s).starts_with("HTTP/1.1 101"));
     assert_eq!(next_message(&rx).1, b"first");
@@ -126,7 +125,7 @@ fn limits_close_with_1009_and_1008() {
         Some(1009),
         "message over the limit"
     );
-    assert_eq!(wait_close(&rx, conn.id()).code, 1009);
+    assert_eq!(u16::from(wait_close(&rx, conn.id()).code), 1009);
 
     let mut c = connect(addr, "/echo");
     for i in 0..4 {
@@ -145,18 +144,31 @@ fn limits_close_with_1009_and_1008() {
 fn protocol_errors_close_with_the_right_code() {
     let (_e, addr, rx) = start_ws(WsServer::builder(), engine());
     let cases: Vec<(Vec<u8>, u16)> = vec![
-        (raw_frame(OpKind::Text, true, &[0xc3, 0x28]), 1007),
+        (
+            raw_frame(OpCode::Data(Data::Text), true, &[0xc3, 0x28]),
+            1007,
+        ),
         (
             {
-                let mut f = raw_frame(OpKind::Text, true, b"x");
+                let mut f = raw_frame(OpCode::Data(Data::Text), true, b"x");
                 f[0] |= 0x20; // RSV2
                 f
             },
             1002,
         ),
-        (raw_frame(OpKind::Continue, true, b"x"), 1002),
-        (raw_frame(OpKind::Ping, true, &[0; 126]), 1002),
-        (raw_frame(OpKind::Close, true, &1005u16.to_be_bytes()), 1002),
+        (raw_frame(OpCode::Data(Data::Continue), true, b"x"), 1002),
+        (
+            raw_frame(OpCode::Control(Control::Ping), true, &[0; 126]),
+            1002,
+        ),
+        (
+            raw_frame(
+                OpCode::Control(Control::Close),
+                true,
+                &1005u16.to_be_bytes(),
+            ),
+            1002,
+        ),
         (
             {
                 // An unmasked client frame.
@@ -171,7 +183,7 @@ fn protocol_errors_close_with_the_right_code() {
         s.write_all(&frame).unwrap();
         assert_eq!(raw_close_code(&mut s), code, "{frame:?}");
         let close = wait_close(&rx, conn.id());
-        assert_eq!(close.code, code);
+        assert_eq!(u16::from(close.code), code);
         // The server closes the TCP connection after its close frame.
         let mut rest = Vec::new();
         let _ = s.read_to_end(&mut rest);
@@ -191,13 +203,13 @@ fn close_handshakes_from_either_side() {
     .unwrap();
     assert_eq!(read_close_code(&mut c), Some(4001));
     let close = wait_close(&rx, conn.id());
-    assert_eq!(close.code, 4001);
+    assert_eq!(u16::from(close.code), 4001);
 
     // Server-initiated: queued after pending data; sends fail afterwards.
     let mut c = connect(addr, "/record");
     let conn = next_open(&rx);
     conn.send_text("last words").unwrap();
-    conn.close(4000, "server says bye");
+    conn.close(4000.into(), "server says bye");
     assert!(!conn.is_open());
     assert_eq!(conn.send_text("too late"), Err(netpoll::WriteError::Closed));
     assert_eq!(c.read().unwrap(), TMessage::Text("last words".into()));
@@ -210,15 +222,15 @@ fn close_handshakes_from_either_side() {
     }
     // tungstenite answers the close; the server then closes TCP and reports the echo.
     let _ = c.read();
-    assert_eq!(wait_close(&rx, conn.id()).code, 4000);
+    assert_eq!(u16::from(wait_close(&rx, conn.id()).code), 4000);
 
     // A peer that never answers our close is cut off after close_timeout.
     let s = raw_upgraded(addr, "/record");
     let conn = next_open(&rx);
     let t0 = Instant::now();
-    conn.close(1000, "");
+    conn.close(CloseCode::Normal, "");
     let close = wait_close(&rx, conn.id());
-    assert_eq!(close.code, 1006, "no close frame came back");
+    assert_eq!(u16::from(close.code), 1006, "no close frame came back");
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     drop(s);
 }
@@ -359,7 +371,7 @@ fn shutdown_sends_going_away_and_waits_for_the_answer() {
         t0.elapsed()
     );
     let close = wait_close(&rx, conn.id());
-    assert_eq!(close.code, 1001);
+    assert_eq!(u16::from(close.code), 1001);
 }
 
 #[test]

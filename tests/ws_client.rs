@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use netpoll::Engine;
 use netpoll::ws::{
-    Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine, WsHandler,
-    WsServer,
+    CloseCode, Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine,
+    WsHandler, WsServer,
 };
 use ws_common::{WAIT, start_ws};
 
@@ -104,11 +104,15 @@ fn client_echoes_through_netpoll_server_and_closes_cleanly() {
         panic!()
     };
     assert_eq!(m, big);
-    conn.close(1000, "done");
+    conn.close(CloseCode::Normal, "done");
     let Ev::Close(7, close) = next(&rx) else {
         panic!()
     };
-    assert_eq!(close.code, 1000, "the server's echo of our close");
+    assert_eq!(
+        u16::from(close.code),
+        1000,
+        "the server's echo of our close"
+    );
 }
 
 #[test]
@@ -152,11 +156,11 @@ fn client_works_with_a_third_party_server_and_negotiates_a_subprotocol() {
         panic!()
     };
     assert_eq!(m, "über".as_bytes());
-    conn.close(1000, "");
+    conn.close(CloseCode::Normal, "");
     let Ev::Close(1, close) = next(&rx) else {
         panic!()
     };
-    assert_eq!(close.code, 1000);
+    assert_eq!(u16::from(close.code), 1000);
     server.join().unwrap();
 }
 

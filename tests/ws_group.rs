@@ -9,8 +9,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use netpoll::ws::{
-    Accept, Connect, Group, Message, Request, SlowPolicy, Upgrade, WsConn, WsEngine, WsHandler,
-    WsServer,
+    Accept, CloseCode, Connect, Group, Message, Request, SlowPolicy, Upgrade, WsConn, WsEngine,
+    WsHandler, WsServer,
 };
 use netpoll::{Engine, EngineBuilder};
 
@@ -97,7 +97,9 @@ fn broadcast_to_4000_members_from_4_concurrent_senders() {
     const EACH: u32 = 50;
     const SIZE: usize = 100;
     common::raise_nofile_limit(2 * MEMBERS as u64 + 200);
-    let group = Group::new(SlowPolicy::Close { code: 1008 });
+    let group = Group::new(SlowPolicy::Close {
+        code: CloseCode::Policy,
+    });
     let (_server, addr, _opened) = start_hub(&group, Engine::builder().pollers(2).backlog(4096));
     let complete = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -252,8 +254,13 @@ fn a_slow_member_is_dropped_for_and_the_others_get_everything() {
 
 #[test]
 fn a_slow_member_is_closed_and_the_others_get_everything() {
-    one_slow_member_among_1000(SlowPolicy::Close { code: 1008 }, |group, slow| {
-        assert_eq!(group.slow_closes(), 1, "{group:?}");
-        assert!(!slow.is_open());
-    });
+    one_slow_member_among_1000(
+        SlowPolicy::Close {
+            code: CloseCode::Policy,
+        },
+        |group, slow| {
+            assert_eq!(group.slow_closes(), 1, "{group:?}");
+            assert!(!slow.is_open());
+        },
+    );
 }

@@ -1,15 +1,10 @@
-//! The client side of the WebSocket handshake, sans-IO where it can be: URL parsing, the
-//! upgrade request, and checking the server's response (RFC 6455 §4.1).
+//! The client side of the WebSocket handshake, sans-IO: the upgrade request (built with
+//! tungstenite), and checking the server's response (RFC 6455 §4.1).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
-
-use crate::core::conn::ConnId;
 
 /// Options of one [`WsEngine::connect`](super::WsEngine::connect): the connection's state (handed
 /// to the handler once the upgrade succeeds, or back with the error), subprotocols to offer,
@@ -95,105 +90,112 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// A client connection waiting for the server's `101`.
-pub(crate) struct Pending<S> {
-    pub(crate) state: S,
+/// What a client connection checks in the server's `101`: the accept key its request asks
+/// for and the subprotocols it offered. Kept in the connection's attachment until the
+/// response has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientHello {
     pub(crate) accept: String,
     pub(crate) protocols: Vec<String>,
 }
 
-/// Client handshakes in progress, shared by the [`WsEngine`](super::WsEngine) and its pollers.
-pub(crate) struct Clients<S> {
-    /// Checked before taking the lock, so servers that never dial never lock.
-    pub(crate) count: AtomicUsize,
-    pub(crate) pending: Mutex<HashMap<ConnId, Pending<S>>>,
+/// A client connection between `connect` and its TCP connection opening: the user's state and
+/// the hello (also in the connection's attachment, until the poller takes it over).
+pub(crate) struct Pending<S> {
+    pub(crate) state: S,
+    pub(crate) hello: ClientHello,
 }
 
-impl<S> Default for Clients<S> {
-    fn default() -> Self {
-        Clients {
-            count: AtomicUsize::new(0),
-            pending: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-/// A parsed `ws://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct WsUrl {
-    /// `host` or `host:port` as the `Host` header carries it.
-    pub(crate) authority: String,
+/// A `ws://` URL turned into what a connect needs.
+#[derive(Debug)]
+pub(crate) struct Prepared {
     pub(crate) host: String,
     pub(crate) port: u16,
-    /// Path and query, at least `/`.
-    pub(crate) target: String,
+    /// The upgrade request, ready to send.
+    pub(crate) request: Vec<u8>,
+    pub(crate) hello: ClientHello,
 }
 
-/// Parses `ws://host[:port][/path][?query]` (IPv6 hosts in brackets).
-pub(crate) fn parse_url(url: &str) -> Result<WsUrl, String> {
-    let rest = if let Some(r) = url.strip_prefix("ws://") {
-        r
-    } else if url.starts_with("wss://") {
-        return Err("wss:// needs TLS, which netpoll does not have yet".into());
-    } else {
-        return Err(format!("not a ws:// URL: {url}"));
-    };
-    let (authority, target) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_string()),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(format!("bad host in {url}"));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6
-            .split_once(']')
-            .ok_or(format!("bad IPv6 host in {url}"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("bad port in {url}"))?,
-            None if after.is_empty() => 80,
-            None => return Err(format!("bad host in {url}")),
-        };
-        (h.to_string(), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse().map_err(|_| format!("bad port in {url}"))?,
-            ),
-            None => (authority.to_string(), 80),
-        }
-    };
-    Ok(WsUrl {
-        authority: authority.to_string(),
-        host,
-        port,
-        target,
-    })
-}
-
-/// The upgrade request for `url` with `key`.
-pub(crate) fn request(
-    url: &WsUrl,
-    key: &str,
+/// Parses `url` and builds the upgrade request with tungstenite (URL parsing through `http`,
+/// a fresh key, the required headers, then the offered subprotocols and extra headers, each
+/// validated as an HTTP header).
+pub(crate) fn prepare(
+    url: &str,
     protocols: &[String],
     headers: &[(String, String)],
-) -> String {
-    use std::fmt::Write as _;
-    let mut s = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
-        url.target, url.authority
-    );
+) -> Result<Prepared, String> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::http::{HeaderName, HeaderValue, Uri};
+
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    let uri = request.uri().clone();
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => return Err("wss:// needs TLS, which netpoll does not have yet".into()),
+        _ => return Err(format!("not a ws:// URL: {url}")),
+    }
+    let authority = uri.authority().ok_or(format!("no host in {url}"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "credentials in {url} would not be sent; use an Authorization header"
+        ));
+    }
+    // `http` leaves a port that is not a number unparsed rather than refusing it.
+    let port = match &authority.as_str()[authority.host().len()..] {
+        "" => 80,
+        rest => rest
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .ok_or(format!("bad port in {url}"))?,
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("no host in {url}"));
+    }
+    let host = host.to_string();
+    // `ws://host?q` has no path: the request target must still start with `/`.
+    if uri
+        .path_and_query()
+        .is_some_and(|pq| !pq.as_str().starts_with('/'))
+    {
+        let target = format!("/{}", uri.path_and_query().map_or("", |pq| pq.as_str()));
+        let mut parts = uri.into_parts();
+        parts.path_and_query = Some(
+            target
+                .parse()
+                .map_err(|e| format!("bad URL {url:?}: {e}"))?,
+        );
+        *request.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("bad URL {url:?}: {e}"))?;
+    }
+    let h = request.headers_mut();
     if !protocols.is_empty() {
-        let _ = write!(s, "Sec-WebSocket-Protocol: {}\r\n", protocols.join(", "));
+        let offered = HeaderValue::from_str(&protocols.join(", "))
+            .map_err(|_| format!("bad subprotocol in {protocols:?}"))?;
+        h.insert("sec-websocket-protocol", offered);
     }
-    for (k, v) in headers {
-        let _ = write!(s, "{k}: {v}\r\n");
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("bad header name {name:?}"))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| format!("bad value for header {name}"))?;
+        h.append(name, value);
     }
-    s.push_str("\r\n");
-    s
+    let (request, key) = tungstenite::handshake::client::generate_request(request)
+        .map_err(|e| format!("cannot build the upgrade request: {e}"))?;
+    Ok(Prepared {
+        host,
+        port,
+        request,
+        hello: ClientHello {
+            accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
+            protocols: protocols.to_vec(),
+        },
+    })
 }
 
 /// The outcome of reading the server's response.
@@ -265,32 +267,53 @@ pub(crate) fn check_response(
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls() {
-        let u = parse_url("ws://example.com:9001/chat?room=1").unwrap();
-        assert_eq!(
-            (
-                u.host.as_str(),
-                u.port,
-                u.target.as_str(),
-                u.authority.as_str()
-            ),
-            ("example.com", 9001, "/chat?room=1", "example.com:9001")
-        );
-        let u = parse_url("ws://localhost").unwrap();
-        assert_eq!((u.port, u.target.as_str()), (80, "/"));
-        let u = parse_url("ws://[::1]:8080?x").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.target.as_str()),
-            ("::1", 8080, "/?x")
-        );
-        assert!(parse_url("wss://x").unwrap_err().contains("TLS"));
-        assert!(parse_url("http://x").is_err());
-        assert!(parse_url("ws://x:notaport/").is_err());
-        assert!(parse_url("ws:///path").is_err());
+    fn target(p: &Prepared) -> String {
+        let req = String::from_utf8(p.request.clone()).unwrap();
+        req.lines().next().unwrap().to_string()
     }
 
-    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    #[test]
+    fn urls() {
+        let u = prepare("ws://example.com:9001/chat?room=1", &[], &[]).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("example.com", 9001));
+        assert_eq!(target(&u), "GET /chat?room=1 HTTP/1.1");
+        assert!(String::from_utf8_lossy(&u.request).contains("Host: example.com:9001\r\n"));
+        let u = prepare("ws://localhost", &[], &[]).unwrap();
+        assert_eq!((u.port, target(&u).as_str()), (80, "GET / HTTP/1.1"));
+        let u = prepare("ws://[::1]:8080?x", &[], &[]).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
+        assert_eq!(target(&u), "GET /?x HTTP/1.1");
+        assert!(prepare("wss://x", &[], &[]).unwrap_err().contains("TLS"));
+        assert!(prepare("http://x", &[], &[]).is_err());
+        assert!(prepare("ws://x:notaport/", &[], &[]).is_err());
+        assert!(prepare("ws:///path", &[], &[]).is_err());
+        assert!(prepare("ws://user:secret@x/", &[], &[]).is_err());
+    }
+
+    #[test]
+    fn headers_are_validated_not_injected() {
+        let bad = [("X-A".to_string(), "1\r\nEvil: 1".to_string())];
+        assert!(prepare("ws://h/", &[], &bad).is_err());
+        let bad_name = [("X A".to_string(), "1".to_string())];
+        assert!(prepare("ws://h/", &[], &bad_name).is_err());
+        let ok = [("Authorization".to_string(), "Bearer t".to_string())];
+        let p = prepare("ws://h/", &["chat".into(), "v2".into()], &ok).unwrap();
+        let req = String::from_utf8(p.request).unwrap();
+        assert!(
+            req.contains("Sec-WebSocket-Protocol: chat, v2\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("authorization: Bearer t\r\n"), "{req}");
+        let key = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap();
+        assert_eq!(
+            p.hello.accept,
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        );
+    }
+
     const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
     fn resp(extra: &str) -> String {
@@ -302,14 +325,6 @@ mod tests {
 
     #[test]
     fn responses() {
-        let req = request(
-            &parse_url("ws://h:1/p").unwrap(),
-            KEY,
-            &["chat".into()],
-            &[],
-        );
-        assert!(req.starts_with("GET /p HTTP/1.1\r\nHost: h:1\r\n"));
-        assert!(req.contains("Sec-WebSocket-Protocol: chat\r\n"));
         let offered = vec!["chat".to_string()];
         let ok = resp("Sec-WebSocket-Protocol: chat\r\n");
         assert_eq!(

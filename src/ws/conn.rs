@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::frame::{
-    MAX_CONTROL_PAYLOAD, MAX_HEADER, OpKind, apply_mask, encode_close_payload, encode_header,
+    CloseCode, Control, Data, MAX_CONTROL_PAYLOAD, MAX_HEADER, OpCode, apply_mask,
+    encode_close_payload, encode_header,
 };
 use crate::core::conn::{Conn, ConnId, Gate};
 use crate::core::error::WriteError;
+use crate::core::timer::TimerHandle;
 use crate::core::transport::Payload;
 
 /// Layer bit: our close frame is queued; no frame may follow it.
@@ -31,7 +33,7 @@ pub(crate) const FRAME: Gate = Gate {
 
 /// Our close frame: at most one, past the outbound limit (closing must work under
 /// backpressure too), and nothing after it.
-pub(crate) const CLOSE_FRAME: Gate = Gate {
+const CLOSE_FRAME: Gate = Gate {
     closed_if: CLOSE_SENT,
     invalid_if: HANDSHAKING,
     why: NOT_OPEN,
@@ -39,8 +41,18 @@ pub(crate) const CLOSE_FRAME: Gate = Gate {
     past_limit: true,
 };
 
+const TEXT: OpCode = OpCode::Data(Data::Text);
+const BINARY: OpCode = OpCode::Data(Data::Binary);
+
 /// A received message. Borrows the poller's read buffer (or the connection's assembly buffer)
 /// and cannot outlive the callback.
+///
+/// ```
+/// use netpoll::ws::Message;
+/// let msg = Message::Text("hi");
+/// assert!(msg.is_text());
+/// assert_eq!(msg.as_bytes(), b"hi");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
     /// A text message (valid UTF-8).
@@ -72,6 +84,10 @@ impl<'a> Message<'a> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    pub(crate) fn opcode(&self) -> OpCode {
+        if self.is_text() { TEXT } else { BINARY }
+    }
 }
 
 /// A handle to one WebSocket connection: cheap to clone, `Send + Sync`, usable from any thread.
@@ -80,6 +96,19 @@ impl<'a> Message<'a> {
 /// another writer's), in each thread's order, bounded by the engine's `max_outbound_bytes`
 /// and its overflow policy. After [`close`](Self::close) (or once the peer's close frame
 /// arrived) sends fail with [`WriteError::Closed`]: nothing can follow the close frame.
+///
+/// ```no_run
+/// use netpoll::ws::{CloseCode, Message, WsConn};
+///
+/// // Any thread may hold a clone and send; a send is refused, never split.
+/// fn notify(conn: &WsConn, text: &str) {
+///     match conn.send(Message::Text(text)) {
+///         Ok(()) => {}
+///         Err(netpoll::WriteError::Overflow { .. }) => conn.close(CloseCode::Again, "slow down"),
+///         Err(_) => {} // closed meanwhile
+///     }
+/// }
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct WsConn {
     conn: Conn,
@@ -92,6 +121,7 @@ impl fmt::Debug for WsConn {
         f.debug_struct("WsConn")
             .field("id", &self.conn.id())
             .field("peer", &self.conn.peer_addr())
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -133,76 +163,99 @@ impl WsConn {
     }
 
     /// Sends a message (copied only if it cannot be written at once).
+    ///
+    /// # Errors
+    /// Nothing of a refused message is sent. [`WriteError::Closed`] after the close handshake
+    /// started or the connection closed; [`WriteError::Overflow`] over the outbound limit (the
+    /// engine's overflow policy may then close the connection); [`WriteError::Io`] if the
+    /// socket failed; [`WriteError::Invalid`] on a client connection before its handshake
+    /// completed.
     pub fn send(&self, msg: Message<'_>) -> Result<(), WriteError> {
-        let kind = if msg.is_text() {
-            OpKind::Text
-        } else {
-            OpKind::Binary
-        };
-        self.frame(kind, Payload::Slice(msg.as_bytes()), FRAME)
+        self.frame(msg.opcode(), Payload::Slice(msg.as_bytes()), FRAME)
     }
 
     /// Sends a text message.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
     pub fn send_text(&self, text: &str) -> Result<(), WriteError> {
-        self.frame(OpKind::Text, Payload::Slice(text.as_bytes()), FRAME)
+        self.frame(TEXT, Payload::Slice(text.as_bytes()), FRAME)
     }
 
     /// Sends a binary message.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send).
     pub fn send_binary(&self, data: &[u8]) -> Result<(), WriteError> {
-        self.frame(OpKind::Binary, Payload::Slice(data), FRAME)
+        self.frame(BINARY, Payload::Slice(data), FRAME)
     }
 
     /// Sends shared bytes without copying them: the header is written in front of `payload`
-    /// with one `writev`. With `text` set the payload must be UTF-8 (checked, else
-    /// [`WriteError::Invalid`]).
+    /// with one `writev`. With `text` set the payload must be UTF-8.
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send), and [`WriteError::Invalid`] for text that is not UTF-8.
     pub fn send_shared(&self, payload: Bytes, text: bool) -> Result<(), WriteError> {
-        let kind = if text {
-            if std::str::from_utf8(&payload).is_err() {
-                return Err(WriteError::Invalid("text message is not UTF-8"));
-            }
-            OpKind::Text
-        } else {
-            OpKind::Binary
-        };
-        self.frame(kind, Payload::Shared(payload), FRAME)
+        if text && std::str::from_utf8(&payload).is_err() {
+            return Err(WriteError::Invalid("text message is not UTF-8"));
+        }
+        let opcode = if text { TEXT } else { BINARY };
+        self.frame(opcode, Payload::Shared(payload), FRAME)
     }
 
-    /// Sends a ping (payload at most 125 bytes). The engine answers the peer's pings by itself.
+    /// Sends a ping (payload at most 125 bytes). The engine answers the peer's pings by itself
+    /// and pings idle peers by itself (see
+    /// [`WsBuilder::idle_timeout`](super::WsBuilder::idle_timeout)).
+    ///
+    /// # Errors
+    /// As for [`send`](Self::send), and [`WriteError::Invalid`] for a payload over 125 bytes.
     pub fn ping(&self, payload: &[u8]) -> Result<(), WriteError> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(WriteError::Invalid("control frame payload over 125 bytes"));
         }
-        self.frame(OpKind::Ping, Payload::Slice(payload), FRAME)
+        self.frame(
+            OpCode::Control(Control::Ping),
+            Payload::Slice(payload),
+            FRAME,
+        )
     }
 
     pub(crate) fn pong(&self, payload: &[u8]) -> Result<(), WriteError> {
-        self.frame(OpKind::Pong, Payload::Slice(payload), FRAME)
+        self.frame(
+            OpCode::Control(Control::Pong),
+            Payload::Slice(payload),
+            FRAME,
+        )
     }
 
     /// Starts the close handshake: queues a close frame with `code` and `reason` (cut to fit
     /// 123 bytes) after everything already queued, refuses further sends, and waits up to the
     /// engine's `close_timeout` for the peer's close frame before closing the TCP connection.
     /// Does nothing if the handshake already started.
-    pub fn close(&self, code: u16, reason: &str) {
-        if self.send_close(code, reason).is_ok() {
-            let timeout = self.conn.config().close_timeout;
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        if self.send_close(Some(code), reason).is_ok() {
+            let timeout = self.conn.config().close_timeout();
             self.conn.set_read_deadline(Some(Instant::now() + timeout));
         }
     }
 
-    /// Queues a close frame; `Err` if one was already queued (or the connection is closed).
-    pub(crate) fn send_close(&self, code: u16, reason: &str) -> Result<(), WriteError> {
+    /// Queues a close frame (`None`: an empty one, answering a close that carried no code);
+    /// `Err` if one was already queued or the connection is closed.
+    pub(crate) fn send_close(
+        &self,
+        code: Option<CloseCode>,
+        reason: &str,
+    ) -> Result<(), WriteError> {
         let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-        let n = encode_close_payload(&mut payload, code, reason);
-        self.frame(OpKind::Close, Payload::Slice(&payload[..n]), CLOSE_FRAME)
+        let n = match code {
+            Some(code) => encode_close_payload(&mut payload, code, reason),
+            None => 0,
+        };
+        let close = OpCode::Control(Control::Close);
+        self.frame(close, Payload::Slice(&payload[..n]), CLOSE_FRAME)
     }
 
-    /// Queues an empty close frame (answering a peer's close that carried no code).
-    pub(crate) fn send_close_empty(&self) -> Result<(), WriteError> {
-        self.frame(OpKind::Close, Payload::Slice(&[]), CLOSE_FRAME)
-    }
-
-    /// True once a close frame was queued on this connection.
+    /// True once a close frame was queued on this connection (by any thread).
     pub(crate) fn close_sent(&self) -> bool {
         self.conn.with_layer(|bits, _, _| *bits & CLOSE_SENT != 0)
     }
@@ -212,28 +265,38 @@ impl WsConn {
         self.conn.abort()
     }
 
-    /// Runs `f` once on this connection's poller after `delay` (see [`Conn::after`]).
-    pub fn after(
-        &self,
-        delay: Duration,
-        f: impl FnOnce(&WsConn) + Send + 'static,
-    ) -> crate::TimerHandle {
+    /// Runs `f` once on this connection's poller after `delay`, unless the connection closed
+    /// first (see [`Conn::after`]).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &netpoll::ws::WsConn) {
+    /// use netpoll::ws::CloseCode;
+    /// use std::time::Duration;
+    /// // A client must say who it is within 5 s.
+    /// let timer = conn.after(Duration::from_secs(5), |conn| {
+    ///     conn.close(CloseCode::Policy, "authentication timeout")
+    /// });
+    /// // ... once it has: timer.cancel();
+    /// # let _ = timer;
+    /// # }
+    /// ```
+    pub fn after(&self, delay: Duration, f: impl FnOnce(&WsConn) + Send + 'static) -> TimerHandle {
         let client = self.client;
         self.conn
             .after(delay, move |c| f(&WsConn::with_role(c.clone(), client)))
     }
 
-    fn frame(&self, kind: OpKind, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
+    fn frame(&self, opcode: OpCode, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
         let mut head = [0u8; MAX_HEADER];
         let data = payload.as_slice();
         if !self.client {
-            let n = encode_header(&mut head, kind, true, data.len(), None);
+            let n = encode_header(&mut head, opcode, true, data.len(), None);
             return self.conn.write_gated(&head[..n], payload, gate, None);
         }
         // A client masks every frame with a fresh random key (RFC 6455 §5.3), in a reused
         // per-thread buffer: the payload is copied once.
         let mask: [u8; 4] = rand::random();
-        let n = encode_header(&mut head, kind, true, data.len(), Some(mask));
+        let n = encode_header(&mut head, opcode, true, data.len(), Some(mask));
         MASK_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use bytes::Bytes;
 
 use super::conn::{FRAME, Message, WsConn};
-use super::frame::{MAX_HEADER, OpKind, encode_header};
+use super::frame::{CloseCode, MAX_HEADER, encode_header};
 use crate::core::config::OverflowPolicy;
 use crate::core::conn::{ConnId, PollerRef};
 use crate::core::error::WriteError;
@@ -27,7 +27,7 @@ pub enum SlowPolicy {
     /// flush. Counted in [`Group::slow_closes`].
     Close {
         /// The close code sent to the slow member.
-        code: u16,
+        code: CloseCode,
     },
 }
 
@@ -306,14 +306,9 @@ impl Group {
 
 /// One unmasked frame (header + payload) in one `Bytes`, shared by every member's queue.
 fn encode_frame(msg: Message<'_>) -> Bytes {
-    let kind = if msg.is_text() {
-        OpKind::Text
-    } else {
-        OpKind::Binary
-    };
     let payload = msg.as_bytes();
     let mut head = [0u8; MAX_HEADER];
-    let n = encode_header(&mut head, kind, true, payload.len(), None);
+    let n = encode_header(&mut head, msg.opcode(), true, payload.len(), None);
     let mut frame = Vec::with_capacity(n + payload.len());
     frame.extend_from_slice(&head[..n]);
     frame.extend_from_slice(payload);

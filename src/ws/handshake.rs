@@ -1,5 +1,6 @@
 //! The HTTP/1.1 side of a WebSocket server, sans-IO: parse a request (with `httparse`), check
-//! it is a valid upgrade (RFC 6455 §4.2.1), and write the `101` response or a plain HTTP one.
+//! it is a valid upgrade (RFC 6455 §4.2.1), and write the `101` response (accept key from
+//! tungstenite) or a plain HTTP one.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,7 +8,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 /// Most request headers accepted; more is answered with 431.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// A parsed HTTP request, as the upgrade hook sees it. Borrows the connection's input.
 #[derive(Debug)]
@@ -147,26 +148,17 @@ impl HttpResponse {
     }
 }
 
+/// The reason phrase for `status` (from `http`, through tungstenite).
 fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
+    tungstenite::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Status")
 }
 
 /// Outcome of parsing the bytes received so far.
 #[derive(Debug)]
-pub enum Parsed<'a> {
+pub(crate) enum Parsed<'a> {
     /// The request is not complete yet.
     Partial,
     /// A complete request of `len` bytes; frames may follow it in the same input.
@@ -181,7 +173,7 @@ pub enum Parsed<'a> {
 }
 
 /// Parses a request from `data` into `headers` storage.
-pub fn parse_request<'a>(
+pub(crate) fn parse_request<'a>(
     data: &'a [u8],
     headers: &'a mut [httparse::Header<'a>; MAX_HEADERS],
     peer: SocketAddr,
@@ -216,7 +208,7 @@ pub fn parse_request<'a>(
 
 /// Checks an upgrade request (RFC 6455 §4.2.1) and returns its `Sec-WebSocket-Key`, or the
 /// response to refuse it with.
-pub fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpResponse> {
+pub(crate) fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpResponse> {
     if req.method != "GET" {
         return Err(HttpResponse::new(405).header("Allow", "GET"));
     }
@@ -241,7 +233,11 @@ pub fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpResponse> {
 
 /// The `101 Switching Protocols` response for `key`, with an optional subprotocol and extra
 /// headers.
-pub fn accept_response(key: &str, protocol: Option<&str>, extra: &[(String, String)]) -> String {
+pub(crate) fn accept_response(
+    key: &str,
+    protocol: Option<&str>,
+    extra: &[(String, String)],
+) -> String {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut s = String::with_capacity(160);
     s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");

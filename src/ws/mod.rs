@@ -1,11 +1,16 @@
 //! WebSocket (RFC 6455) server on the engine.
 //!
-//! The protocol core is sans-IO ([`frame`], [`handshake`]); [`WsServer`] runs it on the
-//! engine's pollers through a [`Handler`](crate::Handler) adapter. Frames are unmasked in the
-//! poller's read buffer and handed to [`WsHandler::on_message`] without a copy; only a
-//! fragmented message (or a frame larger than 16 KiB that arrives in pieces) is assembled in
-//! a buffer that is freed when the message completes. Sending writes the header from the stack
-//! in front of the payload with one `writev`. An idle upgraded connection holds no buffers.
+//! The protocol is sans-IO: the frame codec ([`frame`]), the HTTP upgrade, and a per-connection
+//! session that makes every protocol decision (handshake, frames, heartbeat, close handshake,
+//! shutdown) from bytes, time and timeouts, with no socket and no clock of its own. A thin
+//! adapter runs it on the engine's pollers as a [`Handler`](crate::Handler). Frames are
+//! unmasked in the poller's read buffer and handed to [`WsHandler::on_message`] without a
+//! copy; only a fragmented message (or a frame larger than 16 KiB that arrives in pieces) is
+//! assembled in a buffer that is freed when the message completes. Sending writes the header
+//! from the stack in front of the payload with one `writev`. An idle upgraded connection holds
+//! no buffers.
+//!
+//! Close codes are tungstenite's [`CloseCode`]; protocol violations are [`ProtocolError`]s.
 //!
 //! ```no_run
 //! use netpoll::Engine;
@@ -31,32 +36,23 @@
 //! # engine.shutdown(std::time::Duration::from_secs(1));
 //! ```
 
+mod adapter;
 pub(crate) mod client;
 mod conn;
+mod engine;
 pub mod frame;
-pub(crate) mod group;
-pub mod handshake;
-mod server;
-
-use std::io;
-use std::net::ToSocketAddrs;
-use std::ops::Deref;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
-use bytes::Bytes;
+mod group;
+pub(crate) mod handshake;
+mod session;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
-pub use frame::Limits;
+pub use engine::{WsBuilder, WsConfig, WsEngine, WsServer};
+pub use frame::{CloseCode, Limits, ProtocolError};
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
 
-use crate::core::config::ReadRefresh;
 use crate::core::conn::CloseReason;
-use crate::core::error::{ConfigError, Error};
-use crate::engine::{DialOptions, Engine, EngineBuilder};
 
 /// The upgrade hook's decision (see [`WsHandler::on_request`]).
 #[derive(Debug)]
@@ -134,13 +130,22 @@ pub struct Fragment<'a> {
 }
 
 /// How a WebSocket connection ended, for [`WsHandler::on_close`].
+///
+/// ```
+/// use netpoll::CloseReason;
+/// use netpoll::ws::{CloseCode, WsClose};
+/// fn clean(close: &WsClose) -> bool {
+///     matches!(close.code, CloseCode::Normal | CloseCode::Away)
+/// }
+/// assert!(!clean(&WsClose { code: CloseCode::Abnormal, cause: CloseReason::PeerClosed }));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsClose {
-    /// The close code: the peer's if its close frame arrived (1005 if it had none); ours if
-    /// the server failed the connection (1002, 1007, 1008, 1009) or shut down (1001);
-    /// otherwise 1006 (no close frame received, e.g. the TCP connection dropped or the peer
-    /// never answered our close).
-    pub code: u16,
+    /// The close code: the peer's if its close frame arrived ([`CloseCode::Status`], 1005,
+    /// if it had none); ours if this side failed the connection (1002, 1007, 1008, 1009) or
+    /// shut down (1001); otherwise [`CloseCode::Abnormal`], 1006 (no close frame received,
+    /// e.g. the TCP connection dropped or the peer never answered our close).
+    pub code: CloseCode,
     /// The engine-level cause of the TCP close.
     pub cause: CloseReason,
 }
@@ -193,252 +198,5 @@ pub trait WsHandler: Send + 'static {
     /// back with the reason. No other callback runs for it.
     fn on_connect_error(&mut self, state: Self::State, error: ConnectError) {
         let _ = (state, error);
-    }
-}
-
-/// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`]. Derefs
-/// to the [`Engine`] for addresses, stats and timers.
-pub struct WsEngine<H: WsHandler> {
-    engine: Engine,
-    clients: Arc<client::Clients<H::State>>,
-}
-
-impl<H: WsHandler> std::fmt::Debug for WsEngine<H> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsEngine")
-            .field("engine", &self.engine)
-            .finish()
-    }
-}
-
-impl<H: WsHandler> Deref for WsEngine<H> {
-    type Target = Engine;
-    fn deref(&self) -> &Engine {
-        &self.engine
-    }
-}
-
-impl<H: WsHandler> WsEngine<H> {
-    /// Opens a client WebSocket connection to a `ws://` URL without blocking (only the host
-    /// name lookup blocks; give an IP address to avoid it). The TCP connect and the upgrade
-    /// run on a poller; on success the handler's [`on_open`](WsHandler::on_open) runs with
-    /// `opts`'s state, on failure [`on_connect_error`](WsHandler::on_connect_error) gets the
-    /// state back. The returned handle identifies the connection, but sends fail with
-    /// [`WriteError::Invalid`](crate::WriteError::Invalid) until `on_open` has run (a client
-    /// must not send before the server's `101`, RFC 6455 §4.1): start sending from `on_open`.
-    /// Client frames are masked, which copies the payload.
-    ///
-    /// ```no_run
-    /// # use netpoll::ws::{Connect, WsEngine, WsHandler};
-    /// # fn demo<H: WsHandler<State = ()>>(ws: &WsEngine<H>) -> Result<(), netpoll::Error> {
-    /// let conn = ws.connect("ws://127.0.0.1:9001/echo", Connect::new(()).protocol("chat"))?;
-    /// println!("connecting as {}", conn.id());
-    /// # Ok(()) }
-    /// ```
-    pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
-        let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
-        let url = client::parse_url(url).map_err(invalid)?;
-        let addr = (url.host.as_str(), url.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| invalid(format!("{} does not resolve", url.host)))?;
-        let key = tungstenite::handshake::client::generate_key();
-        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-        let request = client::request(&url, &key, &opts.protocols, &opts.headers);
-        // Registered before the dial so the poller knows the connection when it opens.
-        let mut pending = self
-            .clients
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        self.clients.count.fetch_add(1, Ordering::AcqRel);
-        let dial = DialOptions {
-            local_addr: opts.local_addr,
-            timeout: opts.timeout,
-        };
-        // Frames wait for the upgrade: refused until the server's 101 arrived.
-        let handshaking = |c: &crate::Conn| c.with_layer(|bits, _, _| *bits |= conn::HANDSHAKING);
-        let conn = match self.engine.dial_prepared(addr, dial, handshaking) {
-            Ok(c) => c,
-            Err(e) => {
-                self.clients.count.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
-        };
-        let _ = conn.write(Bytes::from(request));
-        pending.insert(
-            conn.id(),
-            client::Pending {
-                state: opts.state,
-                accept,
-                protocols: opts.protocols,
-            },
-        );
-        Ok(WsConn::with_role(conn, true))
-    }
-
-    /// The underlying engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// Shuts down: every open WebSocket gets 1001 Going Away and up to `timeout` to answer
-    /// (see [`Engine::shutdown`]).
-    pub fn shutdown(self, timeout: Duration) -> crate::Stats {
-        self.engine.shutdown(timeout)
-    }
-}
-
-/// Validated WebSocket settings.
-#[derive(Debug, Clone)]
-pub struct WsConfig {
-    pub(crate) limits: Limits,
-    pub(crate) max_handshake_size: usize,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) pong_timeout: Duration,
-    pub(crate) deliver_fragments: bool,
-}
-
-/// Entry point of the WebSocket server: [`WsServer::builder`].
-#[derive(Debug)]
-pub struct WsServer;
-
-impl WsServer {
-    /// A builder with the default settings.
-    pub fn builder() -> WsBuilder {
-        WsBuilder::default()
-    }
-}
-
-/// Settings of a WebSocket server. Every limit is enforced with the right close code or HTTP
-/// status, and documented in docs/TUNING.md.
-#[derive(Debug, Clone)]
-pub struct WsBuilder {
-    config: WsConfig,
-}
-
-impl Default for WsBuilder {
-    fn default() -> Self {
-        WsBuilder {
-            config: WsConfig {
-                limits: Limits::default(),
-                max_handshake_size: 8 * 1024,
-                handshake_timeout: Duration::from_secs(10),
-                idle_timeout: Some(Duration::from_secs(60)),
-                pong_timeout: Duration::from_secs(10),
-                deliver_fragments: false,
-            },
-        }
-    }
-}
-
-impl WsBuilder {
-    /// Largest frame payload accepted (close 1009 beyond). Default 16 MiB.
-    pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.config.limits.max_frame_size = bytes;
-        self
-    }
-
-    /// Largest message accepted, all fragments together (close 1009 beyond). Default 16 MiB.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.config.limits.max_message_size = bytes;
-        self
-    }
-
-    /// Most fragments per message (close 1008 beyond). Default 100,000.
-    pub fn max_fragments(mut self, n: usize) -> Self {
-        self.config.limits.max_fragments = n;
-        self
-    }
-
-    /// Largest upgrade request (431 beyond). Default 8 KiB.
-    pub fn max_handshake_size(mut self, bytes: usize) -> Self {
-        self.config.max_handshake_size = bytes;
-        self
-    }
-
-    /// Time a client has to send its whole upgrade request (and, for connections this engine
-    /// dials, the server to answer); trickling bytes does not extend it (slow-loris
-    /// protection). Default 10 s.
-    pub fn handshake_timeout(mut self, t: Duration) -> Self {
-        self.config.handshake_timeout = t;
-        self
-    }
-
-    /// Heartbeat: when no complete frame has arrived for this long the server sends a ping;
-    /// if nothing comes back within `pong_timeout` the connection closes with
-    /// [`CloseReason::ReadTimeout`]. Only whole frames count as activity. Default 60 s;
-    /// `None` disables it.
-    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
-        self.config.idle_timeout = t;
-        self
-    }
-
-    /// See [`idle_timeout`](Self::idle_timeout). Default 10 s.
-    pub fn pong_timeout(mut self, t: Duration) -> Self {
-        self.config.pong_timeout = t;
-        self
-    }
-
-    /// Deliver data messages piece by piece as they arrive, to
-    /// [`WsHandler::on_fragment`], instead of whole to `on_message`: nothing is buffered, so
-    /// `max_message_size` can be large (streaming uploads). Default off.
-    pub fn deliver_fragments(mut self, on: bool) -> Self {
-        self.config.deliver_fragments = on;
-        self
-    }
-
-    /// Validates the settings.
-    pub fn build(self) -> Result<WsConfig, ConfigError> {
-        let c = self.config;
-        let bad = |field, reason: &str| {
-            Err(ConfigError {
-                field,
-                reason: reason.to_string(),
-            })
-        };
-        if c.limits.max_frame_size == 0 || c.limits.max_message_size == 0 {
-            return bad(
-                "max_message_size",
-                "frame and message limits must be positive",
-            );
-        }
-        if c.limits.max_fragments == 0 {
-            return bad("max_fragments", "must be positive");
-        }
-        if c.max_handshake_size < 256 {
-            return bad("max_handshake_size", "must be at least 256 bytes");
-        }
-        if c.handshake_timeout.is_zero() || c.pong_timeout.is_zero() {
-            return bad("handshake_timeout", "timeouts must be positive");
-        }
-        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
-            return bad("idle_timeout", "must be positive (None disables it)");
-        }
-        Ok(c)
-    }
-
-    /// Starts an engine from `engine` serving WebSockets with the handler `new_handler(i)`
-    /// makes for poller `i`.
-    ///
-    /// The engine's `read_timeout` becomes the handshake timeout and its `read_refresh`
-    /// becomes [`ReadRefresh::Manual`] (only whole frames refresh the idle deadline).
-    pub fn start<H, F>(
-        self,
-        engine: EngineBuilder,
-        mut new_handler: F,
-    ) -> Result<WsEngine<H>, Error>
-    where
-        H: WsHandler,
-        F: FnMut(usize) -> H,
-    {
-        let config = Arc::new(self.build().map_err(Error::Config)?);
-        let clients = Arc::new(client::Clients::default());
-        let engine = engine
-            .read_timeout(Some(config.handshake_timeout))
-            .read_refresh(ReadRefresh::Manual)
-            .start(|i| server::Adapter::new(new_handler(i), config.clone(), clients.clone()))?;
-        Ok(WsEngine { engine, clients })
     }
 }

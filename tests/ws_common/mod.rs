@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use netpoll::ws::frame::{OpKind, encode_frame};
+use netpoll::ws::frame::{OpCode, encode_frame};
 use netpoll::ws::{
     Accept, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsEngine,
     WsHandler,
@@ -149,7 +149,7 @@ pub fn read_close_code(ws: &mut Client) -> Option<u16> {
 pub const MASK: [u8; 4] = [0xa1, 0x0b, 0x5c, 0x77];
 
 /// A masked client frame, built by hand (for frames tungstenite would refuse to send).
-pub fn raw_frame(kind: OpKind, fin: bool, payload: &[u8]) -> Vec<u8> {
+pub fn raw_frame(kind: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     encode_frame(&mut v, kind, fin, payload, Some(MASK));
     v

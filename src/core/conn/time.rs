@@ -14,7 +14,7 @@ use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
 impl Conn {
     /// The engine clock now: the poller's loop time on its own thread (no clock read per
     /// write), a fresh reading elsewhere.
-    fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         context::now_ms(&self.shared.poller)
     }
 

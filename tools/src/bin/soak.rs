@@ -42,8 +42,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use netpoll::Engine;
-use netpoll::ws::frame::{OpKind, encode_frame};
-use netpoll::ws::{Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler};
+use netpoll::ws::frame::{Control, Data, OpCode, encode_frame};
+use netpoll::ws::{
+    CloseCode, Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsHandler,
+};
 
 /// Server settings the checks below rely on.
 const IDLE_TIMEOUT: f64 = 2.0;
@@ -373,7 +375,7 @@ fn connect_with(
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-fn masked_frame(kind: OpKind, payload: &[u8]) -> Vec<u8> {
+fn masked_frame(kind: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     encode_frame(&mut frame, kind, true, payload, Some(MASK));
     frame
@@ -441,7 +443,7 @@ fn slow_echo_reader(addr: SocketAddr, from: SocketAddr, tally: &Tally) {
     let Ok(mut s) = raw_upgrade(addr, from, "/echo") else {
         return tally.fail(format_args!("slow reader could not connect"));
     };
-    let frame = masked_frame(OpKind::Binary, &[7u8; 16 * 1024]);
+    let frame = masked_frame(OpCode::Data(Data::Binary), &[7u8; 16 * 1024]);
     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
     let t0 = Instant::now();
     while t0.elapsed() < CUT_OFF_WITHIN {
@@ -476,7 +478,7 @@ fn slow_broadcast_member(
         return tally.fail(format_args!("slow member could not connect"));
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-    let pong = masked_frame(OpKind::Pong, b"");
+    let pong = masked_frame(OpCode::Control(Control::Pong), b"");
     let mut buf = [0u8; 2048];
     let t0 = Instant::now();
     let mut last_pong = t0;
@@ -516,7 +518,7 @@ fn vanisher(addr: SocketAddr, from: SocketAddr, silent: bool, tally: &Tally) {
     let Ok(mut s) = raw_upgrade(addr, from, "/echo") else {
         return tally.fail(format_args!("vanisher could not connect"));
     };
-    if s.write_all(&masked_frame(OpKind::Text, b"here, for now"))
+    if s.write_all(&masked_frame(OpCode::Data(Data::Text), b"here, for now"))
         .is_err()
     {
         return tally.fail(format_args!("vanisher could not send"));
@@ -774,7 +776,7 @@ fn run_round(o: &Options, addr: SocketAddr, length: Duration) -> Round {
     }
     shared.stopping.store(true, Ordering::Relaxed);
     for conn in shared.opened.lock().unwrap().drain(..) {
-        conn.close(1000, "soak done");
+        conn.close(CloseCode::Normal, "soak done");
     }
     engine.shutdown(Duration::from_secs(5));
 

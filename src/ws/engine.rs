@@ -1,0 +1,332 @@
+//! The WebSocket engine: [`WsServer`] / [`WsBuilder`] start an [`Engine`] whose pollers run the
+//! WebSocket protocol, and [`WsEngine`] is the running engine (connect, stats, timers,
+//! shutdown).
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::WsHandler;
+use super::adapter::Adapter;
+use super::client::{self, Connect, Pending};
+use super::conn::{HANDSHAKING, WsConn};
+use super::frame::Limits;
+use crate::core::config::ReadRefresh;
+use crate::core::error::{ConfigError, Error};
+use crate::core::stats::Stats;
+use crate::core::timer::{TimerHandle, timeout_ms};
+use crate::engine::{DialOptions, Engine, EngineBuilder};
+
+/// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`].
+///
+/// It offers what makes sense on a WebSocket engine: addresses, counters, timers, client
+/// connections ([`connect`](Self::connect)) and shutdown. A raw TCP dial is not among them:
+/// its connection would wait for an HTTP request that never comes.
+///
+/// ```no_run
+/// # use netpoll::ws::{WsEngine, WsHandler};
+/// # fn demo<H: WsHandler>(ws: WsEngine<H>) {
+/// use std::time::Duration;
+/// println!("serving on {:?}", ws.local_addrs());
+/// let stats = ws.stats();
+/// println!("{} open", stats.open());
+/// ws.shutdown(Duration::from_secs(5)); // 1001 Going Away to everyone, up to 5 s
+/// # }
+/// ```
+pub struct WsEngine<H: WsHandler> {
+    engine: Engine,
+    _handler: std::marker::PhantomData<fn() -> H>,
+}
+
+impl<H: WsHandler> std::fmt::Debug for WsEngine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsEngine")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl<H: WsHandler> WsEngine<H> {
+    /// Opens a client WebSocket connection to a `ws://` URL without blocking (only the host
+    /// name lookup blocks; give an IP address to avoid it). The TCP connect and the upgrade
+    /// run on a poller; on success the handler's [`on_open`](WsHandler::on_open) runs with
+    /// `opts`'s state, on failure [`on_connect_error`](WsHandler::on_connect_error) gets the
+    /// state back. The returned handle identifies the connection, but sends fail with
+    /// [`WriteError::Invalid`](crate::WriteError::Invalid) until `on_open` has run (a client
+    /// must not send before the server's `101`, RFC 6455 §4.1): start sending from `on_open`.
+    /// Client frames are masked, which copies the payload.
+    ///
+    /// ```no_run
+    /// # use netpoll::ws::{Connect, WsEngine, WsHandler};
+    /// # fn demo<H: WsHandler<State = ()>>(ws: &WsEngine<H>) -> Result<(), netpoll::Error> {
+    /// let conn = ws.connect("ws://127.0.0.1:9001/echo", Connect::new(()).protocol("chat"))?;
+    /// println!("connecting as {}", conn.id());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] with [`io::ErrorKind::InvalidInput`] for a URL that is not `ws://` or a
+    /// header that is not valid HTTP; [`Error::Io`] if the host does not resolve or the socket
+    /// cannot be created; [`Error::Shutdown`] after shutdown. The state is dropped then.
+    pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
+        let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
+        let prepared = client::prepare(url, &opts.protocols, &opts.headers).map_err(invalid)?;
+        let addr = (prepared.host.as_str(), prepared.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| invalid(format!("{} does not resolve", prepared.host)))?;
+        let dial = DialOptions {
+            local_addr: opts.local_addr,
+            timeout: opts.timeout,
+        };
+        let mut pending = Some(Pending {
+            state: opts.state,
+            hello: prepared.hello,
+        });
+        // Before any poller sees the connection: frames are held back until the server's 101,
+        // and the pending handshake waits in the connection's attachment for its poller.
+        let conn = self.engine.dial_prepared(addr, dial, |c| {
+            c.with_layer(|bits, attachment, _| {
+                *bits |= HANDSHAKING;
+                if let Some(p) = pending.take() {
+                    attachment.get_or_insert_with(|| p);
+                }
+            })
+        })?;
+        // Queued until the TCP connection is up.
+        let _ = conn.write(Bytes::from(prepared.request));
+        Ok(WsConn::with_role(conn, true))
+    }
+
+    /// The bound listening addresses, in the order given to the builder.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        self.engine.local_addrs()
+    }
+
+    /// Counters summed over all pollers (see [`Engine::stats`]).
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Number of poller threads.
+    pub fn pollers(&self) -> usize {
+        self.engine.pollers()
+    }
+
+    /// Runs `f` once after `delay` on one of the pollers (see [`Engine::after`]).
+    pub fn after(&self, delay: Duration, f: impl FnOnce() + Send + 'static) -> TimerHandle {
+        self.engine.after(delay, f)
+    }
+
+    /// Runs `f` every `period` on one of the pollers (see [`Engine::every`]).
+    pub fn every(&self, period: Duration, f: impl FnMut() + Send + 'static) -> TimerHandle {
+        self.engine.every(period, f)
+    }
+
+    /// Shuts down: every open WebSocket gets 1001 Going Away and up to `timeout` to answer
+    /// (see [`Engine::shutdown`]); returns the final counters.
+    pub fn shutdown(self, timeout: Duration) -> Stats {
+        self.engine.shutdown(timeout)
+    }
+}
+
+/// Validated WebSocket settings, from [`WsBuilder::build`].
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub(crate) limits: Limits,
+    pub(crate) max_handshake_size: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) deliver_fragments: bool,
+}
+
+/// Entry point of the WebSocket server: [`WsServer::builder`].
+#[derive(Debug)]
+pub struct WsServer;
+
+impl WsServer {
+    /// A builder with the default settings.
+    pub fn builder() -> WsBuilder {
+        WsBuilder::default()
+    }
+}
+
+/// Settings of a WebSocket server (and client). Every limit is enforced with the right close
+/// code or HTTP status, and documented in docs/TUNING.md.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use netpoll::Engine;
+/// use netpoll::ws::{Message, Request, Upgrade, Accept, WsConn, WsHandler, WsServer};
+///
+/// struct Chat;
+/// impl WsHandler for Chat {
+///     type State = ();
+///     fn on_request(&mut self, req: &Request<'_>) -> Upgrade<()> {
+///         if req.origin_allowed(&["https://chat.example"]) {
+///             Accept::new(()).into()
+///         } else {
+///             Upgrade::reject(403)
+///         }
+///     }
+///     fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+/// }
+///
+/// let engine = WsServer::builder()
+///     .max_message_size(64 << 10)
+///     .idle_timeout(Some(Duration::from_secs(30)))
+///     .start(Engine::builder().listen("0.0.0.0:8080"), |_| Chat)?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct WsBuilder {
+    config: WsConfig,
+}
+
+impl Default for WsBuilder {
+    fn default() -> Self {
+        WsBuilder {
+            config: WsConfig {
+                limits: Limits::default(),
+                max_handshake_size: 8 * 1024,
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Some(Duration::from_secs(60)),
+                pong_timeout: Duration::from_secs(10),
+                deliver_fragments: false,
+            },
+        }
+    }
+}
+
+impl WsBuilder {
+    /// Largest frame payload accepted (close 1009 beyond). Default 16 MiB.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_frame_size = bytes;
+        self
+    }
+
+    /// Largest message accepted, all fragments together (close 1009 beyond). Default 16 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.config.limits.max_message_size = bytes;
+        self
+    }
+
+    /// Most fragments per message (close 1008 beyond). Default 100,000.
+    pub fn max_fragments(mut self, n: usize) -> Self {
+        self.config.limits.max_fragments = n;
+        self
+    }
+
+    /// Largest upgrade request (431 beyond). Default 8 KiB.
+    pub fn max_handshake_size(mut self, bytes: usize) -> Self {
+        self.config.max_handshake_size = bytes;
+        self
+    }
+
+    /// Time a client has to send its whole upgrade request (and, for connections this engine
+    /// dials, the server to answer); trickling bytes does not extend it (slow-loris
+    /// protection). Default 10 s.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.config.handshake_timeout = t;
+        self
+    }
+
+    /// Heartbeat: when no complete frame has arrived for this long the server sends a ping;
+    /// if nothing comes back within `pong_timeout` the connection closes with
+    /// [`CloseReason::ReadTimeout`]. Only whole frames count as activity. Default 60 s;
+    /// `None` disables it.
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.config.idle_timeout = t;
+        self
+    }
+
+    /// See [`idle_timeout`](Self::idle_timeout). Default 10 s.
+    pub fn pong_timeout(mut self, t: Duration) -> Self {
+        self.config.pong_timeout = t;
+        self
+    }
+
+    /// Deliver data messages piece by piece as they arrive, to
+    /// [`WsHandler::on_fragment`], instead of whole to `on_message`: nothing is buffered, so
+    /// `max_message_size` can be large (streaming uploads). Default off.
+    pub fn deliver_fragments(mut self, on: bool) -> Self {
+        self.config.deliver_fragments = on;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting out of range.
+    pub fn build(self) -> Result<WsConfig, ConfigError> {
+        let c = self.config;
+        let bad = |field, reason: &str| {
+            Err(ConfigError {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if c.limits.max_frame_size == 0 || c.limits.max_message_size == 0 {
+            return bad(
+                "max_message_size",
+                "frame and message limits must be positive",
+            );
+        }
+        if c.limits.max_fragments == 0 {
+            return bad("max_fragments", "must be positive");
+        }
+        if c.max_handshake_size < 256 {
+            return bad("max_handshake_size", "must be at least 256 bytes");
+        }
+        if c.handshake_timeout.is_zero() || c.pong_timeout.is_zero() {
+            return bad("handshake_timeout", "timeouts must be positive");
+        }
+        if c.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return bad("idle_timeout", "must be positive (None disables it)");
+        }
+        // The session measures the time since the last frame in wrapping 32-bit milliseconds.
+        let heartbeat =
+            u64::from(timeout_ms(c.idle_timeout)) + u64::from(timeout_ms(Some(c.pong_timeout)));
+        if heartbeat >= u64::from(u32::MAX) {
+            return bad(
+                "idle_timeout",
+                "idle_timeout + pong_timeout must be under 49 days",
+            );
+        }
+        Ok(c)
+    }
+
+    /// Starts an engine from `engine` serving WebSockets with the handler `new_handler(i)`
+    /// makes for poller `i`.
+    ///
+    /// The engine's `read_timeout` becomes the handshake timeout and its `read_refresh`
+    /// becomes [`ReadRefresh::Manual`] (only whole frames count as activity; the session
+    /// keeps the heartbeat).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad WebSocket or engine setting; [`Error::Io`] if a listener
+    /// cannot be bound.
+    pub fn start<H, F>(
+        self,
+        engine: EngineBuilder,
+        mut new_handler: F,
+    ) -> Result<WsEngine<H>, Error>
+    where
+        H: WsHandler,
+        F: FnMut(usize) -> H,
+    {
+        let config = Arc::new(self.build().map_err(Error::Config)?);
+        let engine = engine
+            .read_timeout(Some(config.handshake_timeout))
+            .read_refresh(ReadRefresh::Manual)
+            .start(|i| Adapter::new(new_handler(i), config.clone()))?;
+        Ok(WsEngine {
+            engine,
+            _handler: std::marker::PhantomData,
+        })
+    }
+}
