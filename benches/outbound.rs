@@ -1,6 +1,6 @@
 //! Outbound queue micro-benchmarks: queueing, writev batching and draining.
 //!
-//! `cargo bench --bench outbound`. The sink is an in-memory writer that takes a fixed number
+//! `cargo bench --bench outbound --features internals`. The sink is an in-memory writer that takes a fixed number
 //! of bytes per call, standing in for a socket whose buffer has room for that much.
 
 use std::hint::black_box;
@@ -8,7 +8,7 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use netpoll::OutboundBuffer;
+use netpoll::internals::OutboundBuffer;
 
 /// Accepts up to `cap` bytes per call and discards them.
 struct Sink {

@@ -44,16 +44,24 @@
 
 mod core;
 mod engine;
+#[cfg(any(test, feature = "internals"))]
 #[doc(hidden)]
 pub mod fuzz;
 mod os;
 pub mod ws;
 
+/// Internals for netpoll's own benchmarks and fuzz targets (feature `internals`); no stability
+/// promise.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::core::outbound::OutboundBuffer;
+}
+
 pub use crate::core::config::{AcceptMode, EngineConfig, OverflowPolicy, ReadRefresh};
 pub use crate::core::conn::{CloseReason, Conn, ConnId};
 pub use crate::core::error::{ConfigError, Error, WriteError};
 pub use crate::core::handler::{Handler, IdleAction, ShutdownAction};
-pub use crate::core::outbound::OutboundBuffer;
 pub use crate::core::stats::Stats;
 pub use crate::core::timer::TimerHandle;
 pub use engine::{DialOptions, Engine, EngineBuilder};

@@ -53,6 +53,7 @@ impl OutboundBuffer {
     }
 
     /// Heap bytes currently held (for tests and memory accounting).
+    #[cfg(any(test, feature = "internals"))]
     pub fn allocated(&self) -> usize {
         self.chunks.capacity() * std::mem::size_of::<Bytes>() + self.tail.capacity()
     }
@@ -169,6 +170,7 @@ impl OutboundBuffer {
 
     /// Frees the ring and tail allocations if the queue is empty, so a drained connection holds
     /// no buffer. Returns true if the queue is empty.
+    #[cfg(any(test, feature = "internals"))]
     pub fn release(&mut self) -> bool {
         self.release_into(&mut Vec::new(), 0)
     }

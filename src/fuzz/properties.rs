@@ -1,11 +1,11 @@
-//! Randomized property tests over the same checks the fuzz targets run (`netpoll::fuzz`), so
-//! the stable toolchain exercises them in every `cargo test`: WebSocket frame decoding (server
+//! Randomized property tests over the same checks the fuzz targets run, so the stable
+//! toolchain exercises them in every `cargo test`: WebSocket frame decoding (server
 //! and client roles, split anywhere, whole or streamed), the HTTP upgrade parser, the client's
 //! response check, and the outbound queue. Inputs mix well-formed frames and requests with
 //! random corruption, so both the accepting and the rejecting paths are covered.
 
-use netpoll::fuzz;
-use netpoll::ws::frame::{Control, Data, OpCode, encode_frame};
+use crate::fuzz;
+use crate::ws::frame::{Control, Data, OpCode, encode_frame};
 
 /// xorshift64*: deterministic, so a failure names a reproducible case.
 struct Rng(u64);

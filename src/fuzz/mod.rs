@@ -1,6 +1,10 @@
 //! Checks shared by the fuzz targets (`fuzz/`, cargo-fuzz) and the randomized property tests
-//! that run in `cargo test` (`tests/properties.rs`). Each takes arbitrary bytes, must never
-//! panic on its own account, and panics only when an invariant is broken. Not part of the API.
+//! that run in `cargo test` (`properties`). Each takes arbitrary bytes, must never panic on
+//! its own account, and panics only when an invariant is broken. Not part of the API: compiled
+//! for the crate's tests and with the `internals` feature (which the fuzz crate enables).
+
+#[cfg(test)]
+mod properties;
 
 use std::io::{self, IoSlice, Write};
 
