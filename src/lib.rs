@@ -27,9 +27,10 @@
 //!     }
 //! }
 //!
-//! let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Echo).unwrap();
+//! let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Echo)?;
 //! // ... serve until done ...
 //! engine.shutdown(std::time::Duration::from_secs(5));
+//! # Ok::<(), netpoll::Error>(())
 //! ```
 //!
 //! - [`ws`]: WebSocket server and client on the engine (sans-IO protocol core, upgrade hook,

@@ -12,6 +12,27 @@ use crate::os::StreamOptions;
 /// [`EngineBuilder::max_outbound_bytes`](crate::EngineBuilder::max_outbound_bytes).
 ///
 /// The message is never split: it is queued whole or not at all.
+///
+/// ```
+/// use netpoll::{Conn, OverflowPolicy, WriteError};
+///
+/// // The engine's policy (`EngineBuilder::overflow_policy`) is `Error` by default. A live
+/// // feed overrides it for its subscribers: stale data is worthless, so one that falls
+/// // behind is cut off.
+/// fn subscribe(conn: &Conn) {
+///     conn.set_overflow_policy(OverflowPolicy::Close);
+/// }
+///
+/// fn publish(conn: &Conn, update: &[u8]) {
+///     match conn.write_slice(update) {
+///         Ok(()) => {}
+///         // Under `Close` the connection is already closing. (Under `Error` a producer
+///         // would keep `update` and try again after `on_drained`.)
+///         Err(WriteError::Overflow { .. }) => {}
+///         Err(_) => {} // closed meanwhile
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OverflowPolicy {
     /// Refuse the write with [`WriteError::Overflow`](crate::WriteError::Overflow) and keep the
@@ -25,6 +46,35 @@ pub enum OverflowPolicy {
 }
 
 /// What refreshes a connection's read (idle) deadline.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use netpoll::{Conn, Engine, Handler, ReadRefresh};
+///
+/// /// A line protocol: only a complete line shows the peer is alive.
+/// struct Lines;
+/// impl Handler for Lines {
+///     type State = ();
+///     fn on_open(&mut self, _: &Conn) {}
+///     fn on_data(&mut self, conn: &Conn, _: &mut (), data: &mut [u8]) -> usize {
+///         // Consume whole lines only; a partial line waits for more bytes.
+///         let used = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+///         if used > 0 {
+///             conn.touch_read();
+///         }
+///         used
+///     }
+/// }
+///
+/// // A peer that sends a byte every few seconds but never a whole line (slow loris) is
+/// // closed 30 s after its last complete line.
+/// let engine = Engine::builder()
+///     .listen("127.0.0.1:9000")
+///     .read_timeout(Some(Duration::from_secs(30)))
+///     .read_refresh(ReadRefresh::Manual)
+///     .start(|_| Lines)?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadRefresh {
     /// Any bytes arriving move the deadline to now + `read_timeout`.
@@ -37,6 +87,25 @@ pub enum ReadRefresh {
 }
 
 /// How accepted connections reach their poller.
+///
+/// ```no_run
+/// use netpoll::{AcceptMode, Engine};
+/// # struct H;
+/// # impl netpoll::Handler for H {
+/// #     type State = ();
+/// #     fn on_open(&mut self, _: &netpoll::Conn) {}
+/// #     fn on_data(&mut self, _: &netpoll::Conn, _: &mut (), d: &mut [u8]) -> usize { d.len() }
+/// # }
+///
+/// // Many short connections a second: four listening sockets on one port, one per poller,
+/// // and the kernel spreads the connections over them.
+/// let engine = Engine::builder()
+///     .pollers(4)
+///     .accept_mode(AcceptMode::ReusePort)
+///     .listen("0.0.0.0:8080")
+///     .start(|_| H)?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AcceptMode {
     /// One listening socket, accepted on poller 0 and handed to pollers round robin through
@@ -51,6 +120,17 @@ pub enum AcceptMode {
 /// A validated engine configuration, produced by
 /// [`EngineBuilder::build`](crate::EngineBuilder::build). Each field is one knob of the
 /// builder, documented there and in docs/TUNING.md.
+///
+/// ```
+/// use netpoll::Engine;
+///
+/// // Check the settings (from a configuration file, say) before anything starts.
+/// let config = Engine::builder().pollers(2).max_outbound_bytes(1 << 20).build()?;
+/// assert_eq!(config.pollers(), 2);
+/// assert_eq!(config.max_outbound_bytes(), 1 << 20);
+/// // Then: `Engine::start(config, |_poller| handler)`.
+/// # Ok::<(), netpoll::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// `None` until `validate` resolved it (then the number of available cores unless set).
@@ -79,9 +159,10 @@ pub struct EngineConfig {
     pub(crate) thread_name: String,
 }
 
-impl Default for EngineConfig {
-    /// The defaults every builder starts from (see the builder's methods).
-    fn default() -> Self {
+impl EngineConfig {
+    /// The defaults every builder starts from (see the builder's methods). Not `Default`: a
+    /// configuration outside the crate comes only from `EngineBuilder::build`, validated.
+    pub(crate) fn defaults() -> Self {
         EngineConfig {
             pollers: None,
             listen: Vec::new(),

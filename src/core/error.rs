@@ -4,6 +4,14 @@ use std::fmt;
 use std::io;
 
 /// A builder value that is out of range, naming the knob and why.
+///
+/// ```
+/// use netpoll::Engine;
+///
+/// let err = Engine::builder().pollers(0).build().unwrap_err();
+/// assert_eq!(err.field, "pollers");
+/// assert_eq!(err.to_string(), "invalid pollers: 0 is not in 1..=256");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The builder method whose value was rejected.
@@ -21,6 +29,24 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Errors from starting an engine or dialing.
+///
+/// ```no_run
+/// use std::io::ErrorKind;
+/// use netpoll::{Engine, Error};
+/// # struct H;
+/// # impl netpoll::Handler for H {
+/// #     type State = ();
+/// #     fn on_open(&mut self, _: &netpoll::Conn) {}
+/// #     fn on_data(&mut self, _: &netpoll::Conn, _: &mut (), d: &mut [u8]) -> usize { d.len() }
+/// # }
+///
+/// match Engine::builder().listen("0.0.0.0:8080").start(|_| H) {
+///     Ok(engine) => println!("listening on {}", engine.local_addrs()[0]),
+///     Err(Error::Config(e)) => eprintln!("fix the setting {}: {}", e.field, e.reason),
+///     Err(Error::Io(e)) if e.kind() == ErrorKind::AddrInUse => eprintln!("port 8080 is taken"),
+///     Err(e) => eprintln!("cannot start: {e}"),
+/// }
+/// ```
 #[derive(Debug)]
 pub enum Error {
     /// A builder value was rejected.
@@ -65,6 +91,24 @@ impl From<io::Error> for Error {
 
 /// Why a write was not accepted. A refused message was not sent at all: messages are queued
 /// whole or not at all.
+///
+/// ```
+/// use netpoll::WriteError;
+///
+/// // What a producer does with a refused message.
+/// fn next_step(e: &WriteError) -> &'static str {
+///     match e {
+///         WriteError::Overflow { .. } => "keep it and retry after on_drained, or drop it",
+///         WriteError::Closed | WriteError::Io(_) => "stop: the connection is gone",
+///         WriteError::Invalid(_) => "fix the message",
+///         _ => "stop",
+///     }
+/// }
+///
+/// let e = WriteError::Overflow { pending: 4096, len: 512, limit: 4096 };
+/// assert_eq!(next_step(&e), "keep it and retry after on_drained, or drop it");
+/// assert_eq!(e.to_string(), "outbound limit exceeded: 4096 bytes queued + 512 > 4096");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WriteError {

@@ -1,6 +1,6 @@
 //! The engine core: connections, pollers, timers, deadlines and the transport seam.
 //!
-//! The core names no protocol. A protocol layer (`crate::ws`) runs on it as a
+//! The core names no protocol. A protocol layer runs on it as a
 //! [`Handler`](handler::Handler), keeps its per-connection state in the handler's state, and
 //! reaches shared per-connection state through a crate-visible slot the core offers (the layer
 //! bits checked by write [`Gate`](conn::Gate)s and an [`Attachment`](conn::Attachment)).

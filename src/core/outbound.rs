@@ -1,7 +1,7 @@
 //! The per-connection outbound queue.
 //!
 //! Holds the bytes a connection has accepted for sending but the kernel has not taken yet. It is
-//! a ring (`VecDeque`) of `Bytes` chunks, so a `Bytes` written by the user (or one broadcast frame
+//! a ring (`VecDeque`) of `Bytes` chunks, so a `Bytes` written by the user (or one broadcast buffer
 //! shared by many connections) is queued without copying. Small slices written while data is
 //! already queued are coalesced into one owned tail chunk, so many tiny writes cost one iovec,
 //! not one each. The whole queue is flushed with `writev`, up to [`MAX_IOVECS`] chunks per call.

@@ -57,6 +57,26 @@ impl PollerStats {
 ///
 /// Counters are read one by one without a global pause, so a snapshot taken under load may
 /// be off by the events of a few microseconds between fields.
+///
+/// ```
+/// use netpoll::{CloseReason, Stats};
+///
+/// // A log line from `engine.stats()` (or from the `Stats` that `shutdown` returns).
+/// fn report(s: &Stats) -> String {
+///     format!(
+///         "open={} in={}B out={}B write_timeouts={} overflows={}",
+///         s.open(),
+///         s.bytes_in,
+///         s.bytes_out,
+///         s.closed(CloseReason::WriteTimeout),
+///         s.overflows,
+///     )
+/// }
+///
+/// let mut s = Stats::default();
+/// s.opened = 3;
+/// assert_eq!(report(&s), "open=3 in=0B out=0B write_timeouts=0 overflows=0");
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Connections accepted from listeners.

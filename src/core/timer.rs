@@ -175,6 +175,20 @@ pub(crate) fn timeout_ms(t: Option<Duration>) -> u32 {
 /// A user timer made by [`Engine::after`](crate::Engine::after),
 /// [`Engine::every`](crate::Engine::every), [`Conn::after`](crate::Conn::after) or
 /// [`Conn::every`](crate::Conn::every). Dropping the handle does not cancel the timer.
+///
+/// ```no_run
+/// # fn demo(conn: &netpoll::Conn) {
+/// use std::time::Duration;
+///
+/// // A keep-alive byte every 15 s while the connection lives; it stops by itself on close.
+/// let beat = conn.every(Duration::from_secs(15), |conn| {
+///     let _ = conn.write_slice(b"\n");
+/// });
+/// // The handle is `Clone + Send`: any thread may stop it early.
+/// beat.cancel();
+/// assert!(!beat.is_active());
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TimerHandle {
     pub(crate) state: Arc<TimerState>,

@@ -3,21 +3,22 @@
 //!
 //! A [`Transport`] owns a connection's socket and its outbound queue. The engine hands it
 //! plaintext and asks for plaintext; what goes on the wire is the transport's business. Today
-//! the only transport is plain TCP, where the two are the same bytes. TLS plugs in here
-//! (docs/ARCHITECTURE.md, "The transport seam"):
+//! the only transport is plain TCP, where the two are the same bytes. An encrypting transport
+//! plugs in here without the poller's read and flush paths changing (docs/ARCHITECTURE.md,
+//! "The transport seam"):
 //!
 //! - [`send`](Transport::send) and [`queue`](Transport::queue) take a message's plaintext under
-//!   the connection's lock, from any thread: TLS turns it into records (encrypting in the
-//!   caller's thread, in the writers' order) and writes or queues those. The queue, and with it
-//!   the outbound limit and the write deadline, counts wire bytes.
+//!   the connection's lock, from any thread, and write or queue wire bytes (records, for an
+//!   encrypting transport: sealed in the writer's thread, in the writers' order). The queue,
+//!   and with it the outbound limit and the write deadline, counts wire bytes.
 //! - [`flush`](Transport::flush) writes queued wire bytes; the poller's flush path does not
-//!   know whether they are records.
-//! - [`read`](Transport::read) fills the poller's read buffer and says where the plaintext
-//!   is in it; TLS reads records, decrypts them in place and may also have handshake bytes to
-//!   send, which it queues and reports with [`Read::flush`].
-//! - [`close_notify`](Transport::close_notify) runs when a graceful close starts (TLS queues
-//!   its `close_notify` alert behind the data); [`shutdown_write`](Transport::shutdown_write)
-//!   sends the FIN once everything is out.
+//!   know what they are.
+//! - [`read`](Transport::read) fills the poller's read buffer and says where the plaintext is
+//!   in it (records are opened in place); it may also queue bytes of its own (a handshake's),
+//!   reported with [`Read::flush`].
+//! - [`close_notify`](Transport::close_notify) runs when a graceful close starts (its last
+//!   words, queued behind the data); [`shutdown_write`](Transport::shutdown_write) sends the
+//!   FIN once everything is out.
 
 use std::io;
 use std::ops::Range;
@@ -33,9 +34,9 @@ use crate::os;
 #[derive(Debug)]
 pub(crate) enum Payload<'a> {
     Shared(Bytes),
-    /// Shared bytes that are always queued as they are, never copied (a frame held by many
-    /// connections' queues).
-    Frame(Bytes),
+    /// Shared bytes that are always queued as they are, never copied (one buffer held by many
+    /// connections' queues: a broadcast).
+    Fanout(Bytes),
     Slice(&'a [u8]),
 }
 
@@ -52,7 +53,7 @@ impl Payload<'_> {
     #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
-            Payload::Shared(b) | Payload::Frame(b) => b,
+            Payload::Shared(b) | Payload::Fanout(b) => b,
             Payload::Slice(s) => s,
         }
     }
@@ -65,7 +66,7 @@ impl Payload<'_> {
             (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
                 out.push_slice_pooled(&b[from..], pool)
             }
-            (Payload::Shared(mut b) | Payload::Frame(mut b), _) => {
+            (Payload::Shared(mut b) | Payload::Fanout(mut b), _) => {
                 bytes::Buf::advance(&mut b, from);
                 out.push(b)
             }
@@ -81,9 +82,9 @@ pub(crate) struct Read {
     /// Bytes taken from the socket; 0 means the peer closed its side (end of stream).
     pub(crate) wire: usize,
     /// Where the plaintext for the application lies in the buffer (may be empty when the
-    /// bytes were all protocol records).
+    /// bytes were all the transport's own).
     pub(crate) plain: Range<usize>,
-    /// The transport queued bytes of its own (handshake records) that should go out now.
+    /// The transport queued bytes of its own (a handshake's) that should go out now.
     pub(crate) flush: bool,
 }
 
@@ -231,7 +232,7 @@ impl Transport {
     }
 
     /// A graceful close starts: queue whatever the transport must say last (nothing for plain
-    /// TCP; a TLS `close_notify`).
+    /// TCP; an encrypting transport's closing alert).
     pub(crate) fn close_notify(&mut self) {}
 
     /// Everything is out: send the FIN.

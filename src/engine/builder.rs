@@ -33,11 +33,20 @@ use crate::core::handler::Handler;
 /// ```
 ///
 /// [`build`]: EngineBuilder::build
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineBuilder {
     /// Each knob is a field of the configuration; addresses are resolved by `build`.
     config: EngineConfig,
     listen: Vec<String>,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            config: EngineConfig::defaults(),
+            listen: Vec::new(),
+        }
+    }
 }
 
 impl EngineBuilder {
@@ -219,8 +228,9 @@ impl EngineBuilder {
     /// Checks every value and resolves the listen addresses.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the first knob whose value is out of range, or a listen
-    /// address that does not resolve.
+    /// A [`ConfigError`] for a listen address that does not resolve (`field` is `"listen"`;
+    /// addresses are checked first), else naming the first knob whose value is out of the
+    /// range its method documents.
     pub fn build(self) -> Result<EngineConfig, ConfigError> {
         let mut config = self.config;
         for a in &self.listen {
@@ -246,8 +256,8 @@ impl EngineBuilder {
     /// methods take `&mut self` with no locking.
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad knob, [`Error::Io`] if a listener cannot be bound (address
-    /// in use, say) or a poller cannot be created.
+    /// [`Error::Config`] for what [`build`](Self::build) refuses; [`Error::Io`] if a listener
+    /// cannot be bound (address in use, say), or a poller or its thread cannot be created.
     pub fn start<H, F>(self, new_handler: F) -> Result<Engine, Error>
     where
         H: Handler,

@@ -24,6 +24,25 @@ use crate::os;
 pub use builder::EngineBuilder;
 
 /// Options for [`Engine::dial_with`].
+///
+/// ```no_run
+/// # fn demo(engine: &netpoll::Engine) -> Result<(), netpoll::Error> {
+/// use std::net::SocketAddr;
+/// use std::time::Duration;
+/// use netpoll::DialOptions;
+///
+/// // A load client: 100k connections need more than one source address's ephemeral ports.
+/// let target: SocketAddr = ([10, 0, 0, 1], 9000).into();
+/// for i in 0..100_000u32 {
+///     let source = ([127, 0, 0, 2 + (i % 4) as u8], 0); // 127.0.0.2 .. 127.0.0.5
+///     let opts = DialOptions {
+///         local_addr: Some(source.into()),
+///         timeout: Some(Duration::from_secs(3)),
+///     };
+///     engine.dial_with(target, opts)?;
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct DialOptions {
     /// Local address to bind before connecting, e.g. `127.0.0.2:0` to spread a load client's
@@ -37,6 +56,32 @@ pub struct DialOptions {
 /// from its listeners or dialed through it.
 ///
 /// Dropping the engine shuts it down with the builder's `shutdown_timeout`.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use netpoll::{Conn, Engine};
+/// # struct Echo;
+/// # impl netpoll::Handler for Echo {
+/// #     type State = ();
+/// #     fn on_open(&mut self, _: &Conn) {}
+/// #     fn on_data(&mut self, c: &Conn, _: &mut (), d: &mut [u8]) -> usize {
+/// #         let _ = c.write_slice(d);
+/// #         d.len()
+/// #     }
+/// # }
+///
+/// let engine = Engine::builder().listen("127.0.0.1:0").start(|_| Echo)?;
+/// let addr = engine.local_addrs()[0]; // the port the OS picked for port 0
+///
+/// // The same engine dials too: this connection's callbacks run on one of its pollers.
+/// let conn = engine.dial(addr)?;
+/// let _ = conn.write_slice(b"hello"); // queued until the connection is up
+///
+/// std::thread::sleep(Duration::from_secs(1));
+/// let stats = engine.shutdown(Duration::from_secs(5)); // flush, close, join the pollers
+/// println!("{} connections, {} bytes in", stats.opened, stats.bytes_in);
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 pub struct Engine {
     common: Arc<Common>,
     pollers: Arc<[Arc<PollerShared>]>,
@@ -65,7 +110,8 @@ impl Engine {
     /// handler.
     ///
     /// # Errors
-    /// [`Error::Io`] if a listener cannot be bound or a poller cannot be created.
+    /// [`Error::Io`] if a listener cannot be bound (address in use, say), or a poller or its
+    /// thread cannot be created. Pollers already started are stopped again.
     pub fn start<H, F>(config: EngineConfig, mut new_handler: F) -> Result<Engine, Error>
     where
         H: Handler,
@@ -149,6 +195,11 @@ impl Engine {
     /// connection is established are queued and sent when it is. When it is established
     /// [`Handler::on_open`] runs on its poller; if it cannot be,
     /// [`Handler::on_connect_error`] runs instead.
+    ///
+    /// # Errors
+    /// As for [`dial_with`](Self::dial_with): [`Error::Io`] if the socket cannot be created,
+    /// the connect fails at once, or `max_connections` connections are open;
+    /// [`Error::Shutdown`] after shutdown.
     pub fn dial(&self, addr: SocketAddr) -> Result<Conn, Error> {
         self.dial_with(addr, DialOptions::default())
     }
@@ -157,8 +208,10 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::Shutdown`] after shutdown; [`Error::Io`] if the socket cannot be created or
-    /// bound (out of descriptors, a source address in use) or `max_connections` is reached.
-    /// A failure to connect is reported later, to `on_connect_error`.
+    /// bound (out of descriptors, a source address in use), if the kernel refuses the connect
+    /// at once (network unreachable, say), or if `max_connections` connections are open (an
+    /// [`io::ErrorKind::Other`] error). No callback runs for such a dial. A failure to connect
+    /// found later (refused, timed out) goes to [`Handler::on_connect_error`] instead.
     pub fn dial_with(&self, addr: SocketAddr, opts: DialOptions) -> Result<Conn, Error> {
         self.dial_prepared(addr, opts, |_| {})
     }

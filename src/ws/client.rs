@@ -9,6 +9,21 @@ use std::time::Duration;
 /// Options of one [`WsEngine::connect`](super::WsEngine::connect): the connection's state (handed
 /// to the handler once the upgrade succeeds, or back with the error), subprotocols to offer,
 /// extra request headers, and timeouts.
+///
+/// ```no_run
+/// # use netpoll::ws::{WsEngine, WsHandler};
+/// # fn demo<H: WsHandler<State = u32>>(ws: &WsEngine<H>) -> Result<(), netpoll::Error> {
+/// use std::time::Duration;
+/// use netpoll::ws::Connect;
+///
+/// let opts = Connect::new(42) // the connection's state: a user id, say
+///     .protocol("chat.v2")
+///     .protocol("chat.v1") // accepted too, if the server has no v2
+///     .header("Authorization", "Bearer secret-token")
+///     .timeout(Duration::from_secs(3));
+/// ws.connect("ws://127.0.0.1:9001/chat", opts)?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Connect<S> {
     pub(crate) state: S,
@@ -61,6 +76,27 @@ impl<S> Connect<S> {
 /// Why a client connection did not become a WebSocket. Given to
 /// [`WsHandler::on_connect_error`](super::WsHandler::on_connect_error) with the connection's
 /// state.
+///
+/// ```
+/// use netpoll::ws::{ConnectError, Message, Request, Upgrade, WsConn, WsHandler};
+///
+/// struct Client;
+///
+/// impl WsHandler for Client {
+///     type State = String; // the URL, to retry it
+///     fn on_request(&mut self, _: &Request<'_>) -> Upgrade<String> {
+///         Upgrade::not_found() // a client engine has no listener: never called
+///     }
+///     fn on_message(&mut self, _: &WsConn, _: &mut String, _: Message<'_>) {}
+///     fn on_connect_error(&mut self, url: String, error: ConnectError) {
+///         match error {
+///             ConnectError::Status(401 | 403) => eprintln!("{url}: not allowed, giving up"),
+///             ConnectError::Io(_) | ConnectError::Timeout => eprintln!("{url}: {error}, retry"),
+///             other => eprintln!("{url}: {other}"),
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ConnectError {

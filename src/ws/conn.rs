@@ -162,7 +162,24 @@ impl WsConn {
             .with_layer(|bits, _, open| open && *bits & CLOSE_SENT == 0)
     }
 
-    /// Sends a message (copied only if it cannot be written at once).
+    /// Sends a message. On a server connection it is copied only if it cannot be written at
+    /// once; a client connection masks a copy of it.
+    ///
+    /// ```no_run
+    /// use netpoll::WriteError;
+    /// use netpoll::ws::{Message, WsConn};
+    ///
+    /// // An echo: a received message goes back as it is, while it still borrows the read
+    /// // buffer.
+    /// fn on_message(conn: &WsConn, msg: Message<'_>) {
+    ///     match conn.send(msg) {
+    ///         Ok(()) => {}
+    ///         // The peer does not read: drop this one (or keep it until `on_drained`).
+    ///         Err(WriteError::Overflow { .. }) => {}
+    ///         Err(e) => eprintln!("{}: not sent: {e}", conn.id()),
+    ///     }
+    /// }
+    /// ```
     ///
     /// # Errors
     /// Nothing of a refused message is sent. [`WriteError::Closed`] after the close handshake
@@ -191,7 +208,8 @@ impl WsConn {
     }
 
     /// Sends shared bytes without copying them: the header is written in front of `payload`
-    /// with one `writev`. With `text` set the payload must be UTF-8.
+    /// with one `writev`. With `text` set the payload must be UTF-8. (A client connection
+    /// masks a copy, as for every send.)
     ///
     /// # Errors
     /// As for [`send`](Self::send), and [`WriteError::Invalid`] for text that is not UTF-8.

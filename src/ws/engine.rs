@@ -68,9 +68,12 @@ impl<H: WsHandler> WsEngine<H> {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] with [`io::ErrorKind::InvalidInput`] for a URL that is not `ws://` or a
-    /// header that is not valid HTTP; [`Error::Io`] if the host does not resolve or the socket
-    /// cannot be created; [`Error::Shutdown`] after shutdown. The state is dropped then.
+    /// No callback runs and the state is dropped. [`Error::Io`] with
+    /// [`io::ErrorKind::InvalidInput`] for a URL that is not `ws://` (`wss://` included: there
+    /// is no TLS yet), has credentials or a bad port, or for a subprotocol or header that is
+    /// not valid HTTP; [`Error::Io`] if the host does not resolve, the socket cannot be created
+    /// or bound, the connect fails at once, or `max_connections` connections are open (see
+    /// [`Engine::dial_with`]); [`Error::Shutdown`] after shutdown.
     pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
         let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
         let prepared = client::prepare(url, &opts.protocols, &opts.headers).map_err(invalid)?;
@@ -134,6 +137,16 @@ impl<H: WsHandler> WsEngine<H> {
 }
 
 /// Validated WebSocket settings, from [`WsBuilder::build`].
+///
+/// ```
+/// use netpoll::ws::WsServer;
+///
+/// // Check the settings (from a configuration file, say) before anything starts;
+/// // `WsBuilder::start` checks them again.
+/// let err = WsServer::builder().max_handshake_size(100).build().unwrap_err();
+/// assert_eq!(err.field, "max_handshake_size");
+/// assert!(WsServer::builder().max_message_size(1 << 20).build().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct WsConfig {
     pub(crate) limits: Limits,
@@ -145,6 +158,28 @@ pub struct WsConfig {
 }
 
 /// Entry point of the WebSocket server: [`WsServer::builder`].
+///
+/// ```no_run
+/// use netpoll::Engine;
+/// use netpoll::ws::WsServer;
+/// # use netpoll::ws::{Accept, Message, Request, Upgrade, WsConn, WsHandler};
+/// # struct App;
+/// # impl WsHandler for App {
+/// #     type State = ();
+/// #     fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+/// #         Accept::new(()).into()
+/// #     }
+/// #     fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+/// # }
+///
+/// // The WebSocket builder takes the protocol's settings, the engine builder the rest
+/// // (addresses, pollers, outbound limit, ...).
+/// let server = WsServer::builder()
+///     .max_message_size(1 << 20)
+///     .start(Engine::builder().listen("127.0.0.1:9001").pollers(2), |_poller| App)?;
+/// println!("listening on {}", server.local_addrs()[0]);
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct WsServer;
 
@@ -237,8 +272,8 @@ impl WsBuilder {
 
     /// Heartbeat: when no complete frame has arrived for this long the server sends a ping;
     /// if nothing comes back within `pong_timeout` the connection closes with
-    /// [`CloseReason::ReadTimeout`]. Only whole frames count as activity. Default 60 s;
-    /// `None` disables it.
+    /// [`CloseReason::ReadTimeout`](crate::CloseReason::ReadTimeout). Only whole frames count
+    /// as activity. Default 60 s; `None` disables it.
     pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
         self.config.idle_timeout = t;
         self
@@ -261,7 +296,14 @@ impl WsBuilder {
     /// Validates the settings.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the first setting out of range.
+    /// A [`ConfigError`] for the first setting out of range, checked in this order (`field`
+    /// names the setting as shown):
+    /// - `"max_frame_size"`, `"max_message_size"`: 0;
+    /// - `"max_fragments"`: 0;
+    /// - `"max_handshake_size"`: under 256 bytes;
+    /// - `"handshake_timeout"`, `"pong_timeout"`: zero;
+    /// - `"idle_timeout"`: `Some` of zero, or `idle_timeout` + `pong_timeout` reaches
+    ///   `u32::MAX` milliseconds (about 49.7 days).
     pub fn build(self) -> Result<WsConfig, ConfigError> {
         let c = self.config;
         let bad = |field, reason: &str| {
@@ -270,11 +312,11 @@ impl WsBuilder {
                 reason: reason.to_string(),
             })
         };
-        if c.limits.max_frame_size == 0 || c.limits.max_message_size == 0 {
-            return bad(
-                "max_message_size",
-                "frame and message limits must be positive",
-            );
+        if c.limits.max_frame_size == 0 {
+            return bad("max_frame_size", "must be positive");
+        }
+        if c.limits.max_message_size == 0 {
+            return bad("max_message_size", "must be positive");
         }
         if c.limits.max_fragments == 0 {
             return bad("max_fragments", "must be positive");
@@ -282,8 +324,11 @@ impl WsBuilder {
         if c.max_handshake_size < 256 {
             return bad("max_handshake_size", "must be at least 256 bytes");
         }
-        if c.handshake_timeout.is_zero() || c.pong_timeout.is_zero() {
-            return bad("handshake_timeout", "timeouts must be positive");
+        if c.handshake_timeout.is_zero() {
+            return bad("handshake_timeout", "must be positive");
+        }
+        if c.pong_timeout.is_zero() {
+            return bad("pong_timeout", "must be positive");
         }
         if c.idle_timeout.is_some_and(|t| t.is_zero()) {
             return bad("idle_timeout", "must be positive (None disables it)");
@@ -308,8 +353,9 @@ impl WsBuilder {
     /// keeps the heartbeat).
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad WebSocket or engine setting; [`Error::Io`] if a listener
-    /// cannot be bound.
+    /// [`Error::Config`] for what [`build`](Self::build) or
+    /// [`EngineBuilder::build`] refuses; [`Error::Io`] if a listener cannot be bound, or a
+    /// poller or its thread cannot be created.
     pub fn start<H, F>(
         self,
         engine: EngineBuilder,
@@ -328,5 +374,33 @@ impl WsBuilder {
             engine,
             _handler: std::marker::PhantomData,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rejected setting is reported under its own builder method's name.
+    #[test]
+    fn each_bad_setting_is_named() {
+        let b = WsServer::builder;
+        let zero = Duration::ZERO;
+        for (builder, field) in [
+            (b().max_frame_size(0), "max_frame_size"),
+            (b().max_message_size(0), "max_message_size"),
+            (b().max_fragments(0), "max_fragments"),
+            (b().max_handshake_size(255), "max_handshake_size"),
+            (b().handshake_timeout(zero), "handshake_timeout"),
+            (b().pong_timeout(zero), "pong_timeout"),
+            (b().idle_timeout(Some(zero)), "idle_timeout"),
+            (
+                b().idle_timeout(Some(Duration::from_secs(50 * 24 * 3600))),
+                "idle_timeout",
+            ),
+        ] {
+            assert_eq!(builder.build().unwrap_err().field, field);
+        }
+        assert!(b().build().is_ok());
     }
 }

@@ -16,6 +16,17 @@ use crate::core::transport::Payload;
 /// What a broadcast does for a member whose outbound queue is full (it would pass the
 /// engine's `max_outbound_bytes`). Either way the other members are not held up: each gets
 /// the message queued as soon as its poller runs the broadcast.
+///
+/// ```
+/// use netpoll::ws::{CloseCode, Group, SlowPolicy};
+///
+/// // Prices: the next tick supersedes a missed one, so a slow client just misses some.
+/// let ticks = Group::new(SlowPolicy::Drop);
+/// // Orders: every message matters, so a client that cannot keep up is cut off
+/// // (1013 Try Again Later) and must reconnect and resync.
+/// let orders = Group::new(SlowPolicy::Close { code: CloseCode::Again });
+/// # let _ = (ticks, orders);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowPolicy {
     /// Skip the message for that member and count it in [`Group::dropped_messages`]. The member
@@ -169,7 +180,7 @@ impl GroupInner {
             }
             let result = m.conn().write_gated(
                 &[],
-                Payload::Frame(frame.clone()),
+                Payload::Fanout(frame.clone()),
                 FRAME,
                 Some(OverflowPolicy::Error),
             );
@@ -277,6 +288,19 @@ impl Group {
     }
 
     /// Sends `msg` to every member.
+    ///
+    /// Returns at once, from any thread: the frame is encoded here, once, and each member's
+    /// poller queues it later. A member that joins meanwhile may get it too; a member whose
+    /// queue is full is handled by the group's [`SlowPolicy`].
+    ///
+    /// ```no_run
+    /// # fn demo(room: &netpoll::ws::Group) {
+    /// use netpoll::ws::Message;
+    ///
+    /// room.broadcast(Message::Text(r#"{"type":"tick","price":101.5}"#));
+    /// println!("{} members, {} messages dropped so far", room.len(), room.dropped_messages());
+    /// # }
+    /// ```
     pub fn broadcast(&self, msg: Message<'_>) {
         self.send(msg, None)
     }

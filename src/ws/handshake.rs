@@ -11,6 +11,30 @@ use bytes::Bytes;
 pub(crate) const MAX_HEADERS: usize = 64;
 
 /// A parsed HTTP request, as the upgrade hook sees it. Borrows the connection's input.
+///
+/// ```
+/// use netpoll::ws::{Accept, Request, Upgrade};
+///
+/// // Upgrades on `/live` only: from our own pages, with a token, in `v2` if offered.
+/// fn on_request(req: &Request<'_>) -> Upgrade<String> {
+///     if req.path() != "/live" || !req.is_upgrade() {
+///         return Upgrade::not_found();
+///     }
+///     if !req.origin_allowed(&["https://app.example"]) {
+///         return Upgrade::reject(403); // another site's page, with our user's cookies
+///     }
+///     let token = req.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+///     let Some(token) = token else {
+///         return Upgrade::reject(401);
+///     };
+///     let accept = Accept::new(token.to_string());
+///     if req.protocols().any(|p| p == "v2") {
+///         accept.protocol("v2").into()
+///     } else {
+///         accept.into()
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Request<'a> {
     method: &'a str,
@@ -95,6 +119,25 @@ fn has_token(v: &str, token: &str) -> bool {
 
 /// A plain HTTP response: for requests that are not upgrades (serve a page, say) or to refuse
 /// one. Sent with `Content-Length` and `Connection: close`, then the connection closes.
+///
+/// ```
+/// use netpoll::ws::{Accept, HttpResponse, Request, Upgrade};
+///
+/// // A health check on the WebSocket port; only `/ws` upgrades.
+/// fn on_request(req: &Request<'_>) -> Upgrade<()> {
+///     match req.path() {
+///         "/health" => Upgrade::Respond(
+///             HttpResponse::new(200)
+///                 .header("Content-Type", "text/plain")
+///                 .body("ok\n"),
+///         ),
+///         "/ws" => Accept::new(()).into(),
+///         _ => Upgrade::not_found(),
+///     }
+/// }
+///
+/// assert_eq!(HttpResponse::new(503).body("busy\n").status(), 503);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     status: u16,

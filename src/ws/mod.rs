@@ -30,10 +30,9 @@
 //!     }
 //! }
 //!
-//! let engine = WsServer::builder()
-//!     .start(Engine::builder().listen("127.0.0.1:9001"), |_| Echo)
-//!     .unwrap();
+//! let engine = WsServer::builder().start(Engine::builder().listen("127.0.0.1:9001"), |_| Echo)?;
 //! # engine.shutdown(std::time::Duration::from_secs(1));
+//! # Ok::<(), netpoll::Error>(())
 //! ```
 
 mod adapter;
@@ -55,6 +54,16 @@ pub use handshake::{HttpResponse, Request};
 use crate::core::conn::CloseReason;
 
 /// The upgrade hook's decision (see [`WsHandler::on_request`]).
+///
+/// ```
+/// use netpoll::ws::{Accept, HttpResponse, Upgrade};
+///
+/// let yes: Upgrade<u32> = Accept::new(7).into(); // 7: the new connection's state
+/// let no: Upgrade<u32> = Upgrade::reject(403);
+/// let page: Upgrade<u32> = Upgrade::Respond(HttpResponse::new(200).body("hello\n"));
+/// assert!(matches!(no, Upgrade::Respond(r) if r.status() == 403));
+/// # let _ = (yes, page);
+/// ```
 #[derive(Debug)]
 pub enum Upgrade<S> {
     /// Switch to WebSocket with this per-connection state.
@@ -84,6 +93,20 @@ impl<S> From<Accept<S>> for Upgrade<S> {
 
 /// Accepting an upgrade: the connection's state, and optionally a subprotocol and extra
 /// response headers.
+///
+/// ```
+/// use netpoll::ws::{Accept, Request, Upgrade};
+///
+/// fn on_request(req: &Request<'_>) -> Upgrade<u64> {
+///     let session = 7; // looked up from a cookie, say
+///     let accept = Accept::new(session).header("X-Server", "edge-3");
+///     // Speak the first of our protocols the client offers; offered none, speak none.
+///     match req.protocols().find(|p| ["chat.v2", "chat.v1"].contains(p)) {
+///         Some(p) => accept.protocol(p).into(),
+///         None => accept.into(),
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 pub struct Accept<S> {
     pub(crate) state: S,
@@ -116,6 +139,38 @@ impl<S> Accept<S> {
 }
 
 /// A piece of a message delivered by [`WsHandler::on_fragment`]. Borrows the read buffer.
+///
+/// ```no_run
+/// use netpoll::Engine;
+/// use netpoll::ws::{Accept, Fragment, Message, Request, Upgrade, WsConn, WsHandler, WsServer};
+///
+/// /// Takes uploads of any size without holding one in memory.
+/// struct Upload;
+///
+/// impl WsHandler for Upload {
+///     type State = u64; // bytes of the message so far
+///     fn on_request(&mut self, _: &Request<'_>) -> Upgrade<u64> {
+///         Accept::new(0).into()
+///     }
+///     fn on_message(&mut self, _: &WsConn, _: &mut u64, _: Message<'_>) {} // not called
+///     fn on_fragment(&mut self, conn: &WsConn, size: &mut u64, piece: Fragment<'_>) {
+///         if piece.first {
+///             *size = 0;
+///         }
+///         *size += piece.data.len() as u64; // hash it, parse it, pass it on
+///         if piece.last {
+///             let _ = conn.send_text(&format!("received {size} bytes"));
+///         }
+///     }
+/// }
+///
+/// let server = WsServer::builder()
+///     .deliver_fragments(true)
+///     .max_frame_size(1 << 30)
+///     .max_message_size(1 << 30) // 1 GiB uploads, with no 1 GiB buffer
+///     .start(Engine::builder().listen("127.0.0.1:9001"), |_| Upload)?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fragment<'a> {
     /// The message is text. Text is validated as UTF-8 across pieces (a violation closes the
@@ -152,6 +207,53 @@ pub struct WsClose {
 
 /// Callbacks of a WebSocket server. Like [`Handler`](crate::Handler), each poller owns one
 /// instance and per-connection state needs no locks.
+///
+/// ```no_run
+/// use netpoll::Engine;
+/// use netpoll::ws::{
+///     Accept, Group, Message, Request, SlowPolicy, Upgrade, WsClose, WsConn, WsHandler, WsServer,
+/// };
+///
+/// /// A chat room at `/chat?name=...`: every message goes to everyone else.
+/// struct Chat {
+///     room: Group, // one room for every poller's handler (a clone is a handle)
+/// }
+///
+/// impl WsHandler for Chat {
+///     type State = String; // the user's name
+///
+///     fn on_request(&mut self, req: &Request<'_>) -> Upgrade<String> {
+///         if req.path() != "/chat" {
+///             return Upgrade::not_found();
+///         }
+///         match req.query().and_then(|q| q.strip_prefix("name=")) {
+///             Some(name) if !name.is_empty() => Accept::new(name.to_string()).into(),
+///             _ => Upgrade::reject(400),
+///         }
+///     }
+///
+///     fn on_open(&mut self, conn: &WsConn, _name: &mut String) {
+///         self.room.join(conn); // left by itself when the connection closes
+///     }
+///
+///     fn on_message(&mut self, conn: &WsConn, name: &mut String, msg: Message<'_>) {
+///         if let Message::Text(text) = msg {
+///             let line = format!("{name}: {text}");
+///             self.room.broadcast_except(conn, Message::Text(&line));
+///         }
+///     }
+///
+///     fn on_close(&mut self, _conn: &WsConn, name: String, close: WsClose) {
+///         println!("{name} left (code {}, {:?})", close.code, close.cause);
+///     }
+/// }
+///
+/// let room = Group::new(SlowPolicy::Drop);
+/// let server = WsServer::builder().start(Engine::builder().listen("127.0.0.1:9001"), |_| Chat {
+///     room: room.clone(),
+/// })?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
 pub trait WsHandler: Send + 'static {
     /// Per-connection state, created by the upgrade hook (or given to
     /// [`WsEngine::connect`]). It lives on the connection's poller thread; it must be `Send`

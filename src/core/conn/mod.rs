@@ -233,7 +233,8 @@ impl ConnShared {
 ///         data.len()
 ///     }
 /// }
-/// let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Push).unwrap();
+/// let engine = Engine::builder().listen("127.0.0.1:9000").start(|_| Push)?;
+/// # Ok::<(), netpoll::Error>(())
 /// ```
 #[derive(Clone)]
 pub struct Conn {

@@ -102,7 +102,7 @@ impl Conn {
         // or when corking on the owning poller. Corking batches small writes; a large one with
         // nothing queued goes straight to the socket like a write from another thread, saving
         // its copy into the queue (and, past the pooled-buffer size, an allocation).
-        let cork = on_owner && (len < DIRECT_WRITE_MIN || matches!(body, Payload::Frame(_)));
+        let cork = on_owner && (len < DIRECT_WRITE_MIN || matches!(body, Payload::Fanout(_)));
         if pending != 0 || io.phase == Phase::Connecting || cork {
             if on_owner {
                 context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool)));

@@ -84,6 +84,35 @@ impl Utf8Stream {
 }
 
 /// Per-connection WebSocket frame decoder. 8 bytes while no message is in progress.
+///
+/// Keep one per connection and feed it every read; it holds a message that arrives in
+/// fragments (or a large frame that arrives in pieces) until it is complete.
+///
+/// ```
+/// use netpoll::ws::frame::{Data, Decoder, Event, Flow, Limits, OpCode, Role, encode_frame};
+///
+/// // A message in two fragments, masked as a client sends them, in two reads.
+/// let mask = Some([9, 8, 7, 6]);
+/// let (mut read1, mut read2) = (Vec::new(), Vec::new());
+/// encode_frame(&mut read1, OpCode::Data(Data::Text), false, b"Hello, ", mask);
+/// encode_frame(&mut read2, OpCode::Data(Data::Continue), true, b"world", mask);
+///
+/// let mut decoder = Decoder::new();
+/// let limits = Limits::default();
+/// let mut messages = Vec::new();
+/// for read in [&mut read1, &mut read2] {
+///     decoder.decode(read, Role::Server, &limits, |event| {
+///         if let Event::Text(t) = event {
+///             messages.push(t.to_string());
+///         }
+///         Flow::Continue
+///     })?;
+///     // After the first read the decoder holds "Hello, "; after the second, nothing.
+/// }
+/// assert_eq!(messages, ["Hello, world"]);
+/// assert!(!decoder.in_progress());
+/// # Ok::<(), netpoll::ws::ProtocolError>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct Decoder {
     assembly: Option<Box<Assembly>>,
@@ -114,22 +143,28 @@ impl Decoder {
     /// ```
     /// use netpoll::ws::frame::{Decoder, Event, Flow, Limits, Role};
     ///
-    /// // A masked text frame "Hi" as a client sends it.
-    /// let mask = [1u8, 2, 3, 4];
+    /// // A masked text frame "Hi" as a client sends it (mask 1, 2, 3, 4).
     /// let mut frame = vec![0x81, 0x82, 1, 2, 3, 4, b'H' ^ 1, b'i' ^ 2];
     /// let mut got = Vec::new();
-    /// let d = Decoder::new()
-    ///     .decode(&mut frame, Role::Server, &Limits::default(), |ev| {
-    ///         if let Event::Text(t) = ev {
-    ///             got.push(t.to_string());
-    ///         }
-    ///         Flow::Continue
-    ///     })
-    ///     .unwrap();
+    /// let d = Decoder::new().decode(&mut frame, Role::Server, &Limits::default(), |ev| {
+    ///     if let Event::Text(t) = ev {
+    ///         got.push(t.to_string());
+    ///     }
+    ///     Flow::Continue
+    /// })?;
     /// assert_eq!((d.consumed, d.frames), (8, 1));
     /// assert_eq!(got, ["Hi"]);
-    /// # let _ = mask;
+    /// # Ok::<(), netpoll::ws::ProtocolError>(())
     /// ```
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] when the peer broke the protocol: a reserved opcode or RSV bit, a
+    /// frame masked the wrong way for `role`, a fragmented control frame or one over 125
+    /// bytes, a continuation with no message in progress or a new message inside one, a
+    /// close payload of 1 byte or with a code not allowed on the wire, text (or a close
+    /// reason) that is not UTF-8, or a frame, message or fragment count over `limits`. Events
+    /// for the frames before the bad one have been delivered; how much was consumed is not
+    /// reported.
     pub fn decode(
         &mut self,
         data: &mut [u8],
@@ -143,6 +178,31 @@ impl Decoder {
     /// Like [`decode`](Self::decode), but data messages are handed out as
     /// [`Event::Fragment`] pieces as they arrive instead of whole: a message of any size
     /// (within `max_message_size`) is streamed through without being buffered.
+    ///
+    /// ```
+    /// use netpoll::ws::frame::{Data, Decoder, Event, Flow, Limits, OpCode, Role, encode_frame};
+    ///
+    /// // Only the first 1000 bytes of a 60 kB frame have arrived.
+    /// let mut frame = Vec::new();
+    /// encode_frame(&mut frame, OpCode::Data(Data::Binary), true, &[1; 60_000], None);
+    /// let mut input = frame[..1000].to_vec();
+    /// let mut pieces = Vec::new();
+    /// let d = Decoder::new().decode_fragments(&mut input, Role::Client, &Limits::default(), |e| {
+    ///     if let Event::Fragment { data, first, last, .. } = e {
+    ///         pieces.push((data.len(), first, last));
+    ///     }
+    ///     Flow::Continue
+    /// })?;
+    /// // The payload that is here is handed out at once and consumed; nothing is kept.
+    /// assert_eq!(pieces, [(1000 - 4, true, false)]); // after the 4-byte header
+    /// assert_eq!(d.consumed, 1000);
+    /// # Ok::<(), netpoll::ws::ProtocolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`decode`](Self::decode). Pieces of a message handed out before the error stay
+    /// handed out: text is validated as it streams, so an invalid byte fails the message at
+    /// the piece that holds it.
     pub fn decode_fragments(
         &mut self,
         data: &mut [u8],

@@ -7,6 +7,21 @@ use super::{MAX_CONTROL_PAYLOAD, MAX_HEADER};
 
 /// XORs `buf` with `mask`, starting at byte `offset` of the mask pattern. Works 8 bytes at a
 /// time in safe code.
+///
+/// ```
+/// use netpoll::ws::frame::apply_mask;
+///
+/// let mask = [0x37, 0xfa, 0x21, 0x3d];
+/// let mut hello = *b"Hello";
+/// apply_mask(&mut hello, mask, 0);
+/// assert_eq!(hello, [0x7f, 0x9f, 0x4d, 0x51, 0x58]); // the example of RFC 6455 §5.7
+///
+/// // A payload unmasked in pieces: each piece goes on where the mask pattern stopped.
+/// let (mut a, mut b) = ([0x7f, 0x9f, 0x4d], [0x51, 0x58]);
+/// apply_mask(&mut a, mask, 0);
+/// apply_mask(&mut b, mask, 3);
+/// assert_eq!([&a[..], &b[..]].concat(), b"Hello");
+/// ```
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     let m = [
         mask[offset & 3],
@@ -57,6 +72,22 @@ pub fn encode_frame(
 
 /// Encodes a frame header into `out` and returns its length (2 to 14 bytes). The payload is
 /// sent separately, so it is never copied to prepend a header.
+///
+/// ```
+/// use std::io::{IoSlice, Write};
+/// use netpoll::ws::frame::{Data, MAX_HEADER, OpCode, encode_header};
+///
+/// let payload = vec![0u8; 1000];
+/// let mut head = [0u8; MAX_HEADER];
+/// let n = encode_header(&mut head, OpCode::Data(Data::Binary), true, payload.len(), None);
+/// assert_eq!(&head[..n], [0x82, 126, 0x03, 0xe8]); // FIN + binary, 16-bit length 1000
+///
+/// // Header and payload go out together with one vectored write.
+/// let mut socket = Vec::new(); // stands in for a TCP stream
+/// socket.write_vectored(&[IoSlice::new(&head[..n]), IoSlice::new(&payload)])?;
+/// assert_eq!(socket.len(), 4 + 1000);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn encode_header(
     out: &mut [u8; MAX_HEADER],
     opcode: OpCode,
@@ -90,6 +121,18 @@ pub fn encode_header(
 
 /// The payload of a close frame: the code and as much of `reason` as fits in 123 bytes (cut at
 /// a character boundary). Returns the length used in `out`.
+///
+/// ```
+/// use netpoll::ws::frame::{CloseCode, MAX_CONTROL_PAYLOAD, encode_close_payload};
+///
+/// let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+/// let n = encode_close_payload(&mut payload, CloseCode::Normal, "bye");
+/// assert_eq!(&payload[..n], [0x03, 0xe8, b'b', b'y', b'e']); // 1000, then the reason
+///
+/// // A long reason is cut: 61 two-byte characters fit in 123 bytes, the 62nd does not.
+/// let n = encode_close_payload(&mut payload, CloseCode::Away, &"é".repeat(100));
+/// assert_eq!(n, 2 + 122);
+/// ```
 pub fn encode_close_payload(
     out: &mut [u8; MAX_CONTROL_PAYLOAD],
     code: CloseCode,

@@ -26,6 +26,25 @@ pub const MAX_HEADER: usize = 14;
 pub const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Which side of the connection decodes: a server receives masked frames, a client unmasked.
+///
+/// ```
+/// use netpoll::ws::frame::{Data, Decoder, Flow, Limits, OpCode, ProtocolError, Role};
+/// use netpoll::ws::frame::encode_frame;
+///
+/// // An unmasked frame, as a server sends it.
+/// let mut frame = Vec::new();
+/// encode_frame(&mut frame, OpCode::Data(Data::Text), true, b"hi", None);
+/// let limits = Limits::default();
+///
+/// // A server must refuse it: clients mask every frame (RFC 6455 §5.1).
+/// let as_server = Decoder::new().decode(&mut frame.clone(), Role::Server, &limits, |_| {
+///     Flow::Continue
+/// });
+/// assert_eq!(as_server, Err(ProtocolError::UnmaskedFrame));
+/// // A client takes it.
+/// let as_client = Decoder::new().decode(&mut frame, Role::Client, &limits, |_| Flow::Continue);
+/// assert_eq!(as_client.map(|d| d.frames), Ok(1));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Receives frames from a client: they must be masked.
@@ -154,12 +173,49 @@ impl std::error::Error for ProtocolError {}
 /// True for a close code a peer may send on the wire: tungstenite's
 /// [`CloseCode::is_allowed`], plus 1014 (Bad Gateway, in the IANA registry), which
 /// tungstenite 0.30 does not know and RFC 6455 §7.4.2 lets endpoints use.
+///
+/// ```
+/// use netpoll::ws::frame::{CloseCode, close_code_is_valid};
+///
+/// assert!(close_code_is_valid(CloseCode::Normal)); // 1000
+/// assert!(close_code_is_valid(CloseCode::from(1014))); // Bad Gateway
+/// assert!(close_code_is_valid(CloseCode::from(4000))); // for applications
+/// assert!(!close_code_is_valid(CloseCode::Abnormal)); // 1006: reported, never sent
+/// assert!(!close_code_is_valid(CloseCode::from(1004))); // reserved
+/// ```
 pub fn close_code_is_valid(code: CloseCode) -> bool {
     code.is_allowed() || u16::from(code) == 1014
 }
 
 /// What the decoder found. Payloads borrow the caller's buffer (already unmasked) or the
 /// decoder's assembly buffer, and live until the callback returns.
+///
+/// ```
+/// use netpoll::ws::frame::{CloseCode, Control, Decoder, Event, Flow, Limits, OpCode, Role};
+/// use netpoll::ws::frame::{MAX_CONTROL_PAYLOAD, encode_close_payload, encode_frame};
+///
+/// // What a client may receive from a server: a ping, then a close frame.
+/// let mut input = Vec::new();
+/// encode_frame(&mut input, OpCode::Control(Control::Ping), true, b"t1", None);
+/// let mut close = [0u8; MAX_CONTROL_PAYLOAD];
+/// let n = encode_close_payload(&mut close, CloseCode::Away, "restarting");
+/// encode_frame(&mut input, OpCode::Control(Control::Close), true, &close[..n], None);
+///
+/// let mut seen = Vec::new();
+/// Decoder::new().decode(&mut input, Role::Client, &Limits::default(), |event| {
+///     match event {
+///         // The receiver owes a pong with the same payload.
+///         Event::Ping(p) => seen.push(format!("ping {}", String::from_utf8_lossy(p))),
+///         Event::Close { code, reason } => {
+///             seen.push(format!("close {} {reason}", code.unwrap_or(CloseCode::Status)))
+///         }
+///         other => seen.push(format!("{other:?}")),
+///     }
+///     Flow::Continue
+/// })?;
+/// assert_eq!(seen, ["ping t1", "close 1001 restarting"]);
+/// # Ok::<(), netpoll::ws::ProtocolError>(())
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A complete text message, validated as UTF-8.
@@ -195,6 +251,25 @@ pub enum Event<'a> {
 }
 
 /// What [`Decoder::decode`] did with the input.
+///
+/// ```
+/// use netpoll::ws::frame::{Data, Decoder, Flow, Limits, OpCode, Role, encode_frame};
+///
+/// let mut frame = Vec::new();
+/// encode_frame(&mut frame, OpCode::Data(Data::Binary), true, &[7; 10], None); // 12 bytes
+/// let (limits, mut decoder) = (Limits::default(), Decoder::new());
+///
+/// // Only 5 bytes have arrived: nothing is consumed, the caller keeps them.
+/// let mut input = frame[..5].to_vec();
+/// let d = decoder.decode(&mut input, Role::Client, &limits, |_| Flow::Continue)?;
+/// assert_eq!((d.consumed, d.frames), (0, 0));
+///
+/// // The rest arrives: the kept bytes are offered again, followed by the new ones.
+/// input.extend_from_slice(&frame[5..]);
+/// let d = decoder.decode(&mut input, Role::Client, &limits, |_| Flow::Continue)?;
+/// assert_eq!((d.consumed, d.frames, d.stopped), (12, 1, false));
+/// # Ok::<(), netpoll::ws::ProtocolError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
     /// Bytes consumed; the caller keeps the rest (an incomplete frame) and offers it again,
@@ -207,6 +282,27 @@ pub struct Decoded {
 }
 
 /// The callback's answer: go on decoding or stop after this event.
+///
+/// ```
+/// use netpoll::ws::frame::{Data, Decoder, Event, Flow, Limits, OpCode, Role, encode_frame};
+///
+/// // Two messages in one read. Take only the first (a login, say, to check before reading
+/// // on).
+/// let mut input = Vec::new();
+/// encode_frame(&mut input, OpCode::Data(Data::Text), true, b"login", None);
+/// encode_frame(&mut input, OpCode::Data(Data::Text), true, b"hello", None);
+///
+/// let mut first = String::new();
+/// let d = Decoder::new().decode(&mut input, Role::Client, &Limits::default(), |event| {
+///     if let Event::Text(t) = event {
+///         first = t.to_string();
+///     }
+///     Flow::Stop
+/// })?;
+/// assert_eq!((first.as_str(), d.consumed, d.stopped), ("login", 7, true));
+/// // `input[d.consumed..]` still holds the second message, for the next call.
+/// # Ok::<(), netpoll::ws::ProtocolError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
     /// Decode the next frame.
