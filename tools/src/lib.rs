@@ -48,3 +48,16 @@ impl Flags {
         rt.enable_all().build().expect("tokio runtime")
     }
 }
+
+/// A process's resident set size (`VmRSS` from `/proc/PID/status`), in KiB.
+///
+/// # Panics
+/// If the process is gone or the line is missing.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process running");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
