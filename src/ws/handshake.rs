@@ -73,6 +73,14 @@ impl<'a> Request<'a> {
             .and_then(|h| std::str::from_utf8(h.value).ok())
     }
 
+    /// How many headers named `name` (case-insensitive) the request has.
+    pub(crate) fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    }
+
     /// Every header as (name, raw value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
         self.headers.iter().map(|h| (h.name, h.value))
@@ -255,6 +263,20 @@ pub(crate) fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpRespon
     if req.method != "GET" {
         return Err(HttpResponse::new(405).header("Allow", "GET"));
     }
+    // One Host (RFC 7230 §5.4), one key and one version (RFC 6455 §11.3.1, §11.3.5): a request
+    // that says two things is refused rather than read one way.
+    for (name, text) in [
+        ("host", "one Host header\n"),
+        ("sec-websocket-key", "one Sec-WebSocket-Key header\n"),
+        (
+            "sec-websocket-version",
+            "one Sec-WebSocket-Version header\n",
+        ),
+    ] {
+        if req.header_count(name) > 1 {
+            return Err(HttpResponse::new(400).body(text));
+        }
+    }
     if req.header("host").is_none() {
         return Err(HttpResponse::new(400).body("missing Host\n"));
     }
@@ -268,10 +290,27 @@ pub(crate) fn check_upgrade<'a>(req: &Request<'a>) -> Result<&'a str, HttpRespon
         return Err(HttpResponse::new(426).header("Sec-WebSocket-Version", "13"));
     }
     match req.header("sec-websocket-key").map(str::trim) {
-        // 16 random bytes in base64: 24 characters ending in "==".
-        Some(key) if key.len() == 24 && key.ends_with("==") => Ok(key),
+        Some(key) if is_nonce(key) => Ok(key),
         _ => Err(HttpResponse::new(400).body("bad Sec-WebSocket-Key\n")),
     }
+}
+
+/// True if `key` is base64 of 16 bytes (RFC 6455 §4.2.1 point 5): 22 characters of the base64
+/// alphabet, the last carrying only 2 bits (so the 4 it cannot use are 0), then `==`.
+fn is_nonce(key: &str) -> bool {
+    let b = key.as_bytes();
+    let sextet = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    b.len() == 24
+        && b.ends_with(b"==")
+        && b[..22].iter().all(|&c| sextet(c).is_some())
+        && sextet(b[21]).is_some_and(|v| v & 0x0f == 0)
 }
 
 /// The `101 Switching Protocols` response for `key`, with an optional subprotocol and extra
@@ -369,6 +408,31 @@ mod tests {
             (GOOD.replace("keep-alive, Upgrade", "keep-alive"), 400),
             (GOOD.replace("Version: 13", "Version: 8"), 426),
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+            // 24 characters ending in "==", but not base64 of 16 bytes.
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!!!!!!!!!!!!!!!!!!!!=="),
+                400,
+            ),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZR=="),
+                400,
+            ),
+            // Two of what there must be one of (RFC 6455 §11.3, RFC 7230 §5.4).
+            (
+                GOOD.replace(
+                    "Sec-WebSocket-Version: 13\r\n",
+                    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+                ),
+                400,
+            ),
+            (
+                GOOD.replace(
+                    "Sec-WebSocket-Version: 13\r\n",
+                    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 8\r\n",
+                ),
+                400,
+            ),
+            (GOOD.replace("Host: x\r\n", "Host: x\r\nHost: y\r\n"), 400),
         ];
         for (raw, status) in cases {
             let (_, r) = parse(raw.as_bytes()).unwrap();
