@@ -3,7 +3,7 @@
 mod common;
 mod ws_common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -176,16 +176,6 @@ impl WsHandler for Counter {
     }
 }
 
-/// A member that upgrades and then never reads, with a tiny receive buffer.
-fn stuck_member(addr: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let mut s: TcpStream = s.into();
-    std::io::Write::write_all(&mut s, ws_common::upgrade_request("/").as_bytes()).unwrap();
-    s
-}
-
 /// Runs the scenario, then `check`s the server's stats and the slow member while everything
 /// is still up.
 fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&Group, &WsConn)) {
@@ -203,7 +193,7 @@ fn one_slow_member_among_1000(policy: SlowPolicy, check: impl FnOnce(&Group, &Ws
         .max_outbound_bytes(LIMIT)
         .send_buffer_size(4096);
     let (_server, addr, opened_rx) = start_hub(&group, engine);
-    let _stuck = stuck_member(addr);
+    let _stuck = ws_common::stuck_member(addr, "/");
     let slow = opened_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let received = Arc::new(AtomicU64::new(0));
     let opened = Arc::new(AtomicUsize::new(0));

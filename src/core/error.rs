@@ -107,17 +107,19 @@ impl From<io::Error> for Error {
 ///
 /// let e = WriteError::Overflow { pending: 4096, len: 512, limit: 4096 };
 /// assert_eq!(next_step(&e), "keep it and retry after on_drained, or drop it");
-/// assert_eq!(e.to_string(), "outbound limit exceeded: 4096 bytes queued + 512 > 4096");
+/// assert_eq!(e.to_string(), "outbound limit exceeded: 4096 bytes queued + 512 over 4096");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WriteError {
     /// The connection is closed or closing (also for a handle that outlived its connection).
     Closed,
-    /// Queuing the message would exceed the outbound limit. Under
+    /// Queuing the message would exceed the outbound limit (`pending + len` plus the 64
+    /// bytes of bookkeeping a queued message may cost, over `limit`). Under
     /// [`OverflowPolicy::Close`](crate::OverflowPolicy::Close) the connection is now closing.
     Overflow {
-        /// Bytes queued when the write was refused.
+        /// What was queued when the write was refused, as the limit counts it (see
+        /// [`Conn::pending_bytes`](crate::Conn::pending_bytes)).
         pending: usize,
         /// Size of the refused message.
         len: usize,
@@ -141,7 +143,7 @@ impl fmt::Display for WriteError {
                 limit,
             } => write!(
                 f,
-                "outbound limit exceeded: {pending} bytes queued + {len} > {limit}"
+                "outbound limit exceeded: {pending} bytes queued + {len} over {limit}"
             ),
             WriteError::Io(kind) => write!(f, "socket error: {kind}"),
             WriteError::Invalid(why) => write!(f, "invalid message: {why}"),

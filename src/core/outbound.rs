@@ -21,6 +21,12 @@ pub(crate) const MAX_IOVECS: usize = 64;
 /// Slices shorter than this are copied into the coalescing tail instead of getting a chunk each.
 const COALESCE_MAX: usize = 16 * 1024;
 
+/// What a queued chunk costs besides its bytes: its slot in the ring (a `Bytes`, 32 bytes) and
+/// the ring's spare capacity, which can be as large again (it doubles when it grows). Charged
+/// so that a queue of many tiny chunks (empty broadcast frames, say) is bounded by the memory it
+/// really holds, not by its payload bytes alone.
+pub(crate) const CHUNK_CHARGE: usize = 2 * std::mem::size_of::<Bytes>();
+
 /// An ordered queue of bytes waiting for the socket.
 #[derive(Debug, Default)]
 pub struct OutboundBuffer {
@@ -50,6 +56,13 @@ impl OutboundBuffer {
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The memory the queue accounts for: its bytes plus [`CHUNK_CHARGE`] per queued chunk
+    /// (coalesced small writes share one chunk). What the outbound limit counts.
+    #[inline]
+    pub fn charge(&self) -> usize {
+        self.len + self.chunks.len() * CHUNK_CHARGE
     }
 
     /// Heap bytes currently held (for tests and memory accounting).

@@ -121,6 +121,12 @@ impl Transport {
         self.out.len()
     }
 
+    /// What the queue counts against the outbound limit: its bytes and its bookkeeping.
+    #[inline]
+    pub(crate) fn charge(&self) -> usize {
+        self.out.charge()
+    }
+
     /// The socket, for registration and connect completion (`None` once freed).
     #[inline]
     pub(crate) fn socket(&self) -> Option<&TcpStream> {

@@ -120,8 +120,12 @@ impl EngineBuilder {
         self
     }
 
-    /// Most bytes queued for sending on one connection. Default 4 MiB; must be at least 1. A
-    /// single message larger than this can never be sent.
+    /// Most memory one connection's outbound queue may hold: the bytes waiting for the kernel
+    /// plus 64 bytes of bookkeeping per message queued as its own buffer (small copied writes
+    /// are packed together and pay once). So the queue holds at most this much whatever the mix
+    /// of message sizes, plus one closing message of a protocol (at most 127 bytes), which may
+    /// pass it. Default 4 MiB; must be at least 1. A message larger than this minus 64 bytes
+    /// can never be sent.
     pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
         self.config.max_outbound_bytes = bytes;
         self

@@ -1,6 +1,6 @@
 //! Broadcast groups: one message to many WebSocket connections, encoded once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
@@ -11,11 +11,18 @@ use super::frame::{CloseCode, MAX_HEADER, encode_header};
 use crate::core::config::OverflowPolicy;
 use crate::core::conn::{ConnId, PollerRef};
 use crate::core::error::WriteError;
+use crate::core::outbound::CHUNK_CHARGE;
 use crate::core::transport::Payload;
 
+/// Member writes one run of a slot's backlog makes before it lets the poller serve its
+/// sockets again (it re-queues itself behind the commands that came meanwhile).
+const DRAIN_BUDGET: usize = 16 * 1024;
+
 /// What a broadcast does for a member whose outbound queue is full (it would pass the
-/// engine's `max_outbound_bytes`). Either way the other members are not held up: each gets
-/// the message queued as soon as its poller runs the broadcast.
+/// engine's `max_outbound_bytes`), and for all of a poller's members when that poller has
+/// fallen so far behind that the group's backlog for it is full (see [`Group`]). Either way
+/// the other members are not held up: each gets the message queued as soon as its poller runs
+/// the broadcast.
 ///
 /// ```
 /// use netpoll::ws::{CloseCode, Group, SlowPolicy};
@@ -45,12 +52,22 @@ pub enum SlowPolicy {
 /// A set of WebSocket connections that receive the same messages: a chat room, a topic, a
 /// market-data channel. `Clone + Send + Sync`; use it from any thread.
 ///
-/// [`broadcast`](Self::broadcast) encodes the frame once into one `Bytes`, and hands it to
-/// each poller that has members (one command per poller, not one per member); the poller
-/// queues that same `Bytes` on each of its members, without copying, and flushes each with
-/// `writev` at the end of its loop iteration. Messages from several senders may interleave
-/// differently on different members, but every member gets each message whole and each
-/// sender's messages in that sender's order.
+/// [`broadcast`](Self::broadcast) encodes the frame once into one `Bytes`, and puts that same
+/// `Bytes` in the group's backlog for each poller that has members; the poller drains its
+/// backlog in slices (at most 16,384 member writes before it serves its sockets again), queues
+/// the frame on each of its members without copying, and flushes each with `writev` at the end
+/// of its loop iteration. Messages from several senders may interleave differently on
+/// different members, but every member gets each message whole and each sender's messages in
+/// that sender's order.
+///
+/// Every queue on the way is bounded. A member's queue is bounded by the engine's
+/// `max_outbound_bytes`; past it the group's [`SlowPolicy`] applies to that member. The
+/// backlog for one poller is bounded the same way (`max_outbound_bytes`, counting 64 bytes of
+/// bookkeeping per frame): a poller that cannot keep up (its members' fan-out is more than it
+/// can do) gets no more until it has caught up, and the policy applies to its members for the
+/// messages it misses (counted once per member under `Drop`; under `Close` they are closed, as
+/// they could not get every message). The sender is never blocked or refused: a slow poller
+/// must not slow down delivery to the others.
 ///
 /// A connection leaves its groups when it closes.
 ///
@@ -111,11 +128,28 @@ impl Members {
 struct Slot {
     poller: PollerRef,
     members: Mutex<Members>,
+    /// Frames waiting for this poller to deliver them.
+    backlog: Mutex<Backlog>,
+    /// The backlog's bound (the engine's `max_outbound_bytes`).
+    limit: usize,
+}
+
+/// Broadcast frames waiting for a poller, with what they are charged against the bound.
+#[derive(Default)]
+struct Backlog {
+    frames: VecDeque<(Bytes, Option<ConnId>)>,
+    charge: usize,
+    /// A run that drains the backlog is queued on the poller.
+    scheduled: bool,
 }
 
 impl Slot {
     fn members(&self) -> MutexGuard<'_, Members> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -155,6 +189,8 @@ impl GroupInner {
             Arc::new(Slot {
                 poller: poller.clone(),
                 members: Mutex::new(Members::default()),
+                backlog: Mutex::new(Backlog::default()),
+                limit: conn.conn().config().max_outbound_bytes(),
             })
         });
         slot.poller.same(&poller).then(|| slot.clone())
@@ -171,8 +207,85 @@ impl GroupInner {
         removed
     }
 
-    /// Queues `frame` on a slot's members (runs on that slot's poller).
-    fn deliver(&self, slot: &Slot, frame: &Bytes, except: Option<ConnId>) {
+    /// Puts `frame` in `slot`'s backlog and makes sure its poller will drain it; if the
+    /// backlog is full (the poller is behind), the members of that poller miss it, under the
+    /// group's policy.
+    fn enqueue(self: &Arc<Self>, slot: &Arc<Slot>, frame: &Bytes, except: Option<ConnId>) {
+        let charge = frame.len() + CHUNK_CHARGE;
+        let schedule = {
+            let mut backlog = slot.backlog();
+            if backlog.charge + charge > slot.limit {
+                drop(backlog);
+                self.poller_behind(slot, except);
+                return;
+            }
+            backlog.frames.push_back((frame.clone(), except));
+            backlog.charge += charge;
+            !std::mem::replace(&mut backlog.scheduled, true)
+        };
+        if schedule {
+            self.schedule(slot);
+        }
+    }
+
+    fn schedule(self: &Arc<Self>, slot: &Arc<Slot>) {
+        let (inner, run_slot) = (self.clone(), slot.clone());
+        slot.poller.run(Box::new(move || inner.drain(&run_slot)));
+    }
+
+    /// A poller is too far behind to take `slot`'s next frame: its members miss it.
+    fn poller_behind(&self, slot: &Slot, except: Option<ConnId>) {
+        let members = slot.members();
+        let missed = members
+            .conns
+            .iter()
+            .filter(|m| Some(m.id()) != except)
+            .count() as u64;
+        match self.policy {
+            SlowPolicy::Drop => {
+                self.dropped_messages.fetch_add(missed, Ordering::Relaxed);
+            }
+            SlowPolicy::Close { code } => {
+                for m in members.conns.iter().filter(|m| Some(m.id()) != except) {
+                    if m.is_open() {
+                        self.slow_closes.fetch_add(1, Ordering::Relaxed);
+                        m.close(code, "too slow");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs on `slot`'s poller: delivers backlogged frames until it is empty or the slice's
+    /// budget of member writes is spent, then queues itself again behind whatever came
+    /// meanwhile, so a long backlog never starves the poller's sockets.
+    fn drain(self: &Arc<Self>, slot: &Arc<Slot>) {
+        let mut writes = 0;
+        while writes < DRAIN_BUDGET {
+            let next = {
+                let mut backlog = slot.backlog();
+                match backlog.frames.pop_front() {
+                    Some(item) => {
+                        backlog.charge -= item.0.len() + CHUNK_CHARGE;
+                        item
+                    }
+                    None => {
+                        backlog.scheduled = false;
+                        // Give a burst's ring back.
+                        if backlog.frames.capacity() > 64 {
+                            backlog.frames = VecDeque::new();
+                        }
+                        return;
+                    }
+                }
+            };
+            writes += self.deliver(slot, &next.0, next.1).max(1);
+        }
+        self.schedule(slot);
+    }
+
+    /// Queues `frame` on a slot's members (on that slot's poller); returns how many.
+    fn deliver(&self, slot: &Slot, frame: &Bytes, except: Option<ConnId>) -> usize {
         let members = slot.members();
         for m in &members.conns {
             if Some(m.id()) == except {
@@ -197,6 +310,7 @@ impl GroupInner {
             }
             // A closed member is removed by its own close; nothing to do here.
         }
+        members.conns.len()
     }
 }
 
@@ -320,10 +434,7 @@ impl Group {
             if slot.members().conns.is_empty() {
                 continue;
             }
-            let inner = self.inner.clone();
-            let frame = frame.clone();
-            let poller = slot.poller.clone();
-            poller.run(Box::new(move || inner.deliver(&slot, &frame, except)));
+            self.inner.enqueue(&slot, &frame, except);
         }
     }
 }

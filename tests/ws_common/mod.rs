@@ -217,3 +217,14 @@ pub fn raw_close_code(s: &mut TcpStream) -> u16 {
         }
     }
 }
+
+/// A member that upgrades on `path` and never reads (not even the 101), with a small receive
+/// buffer, so that what is sent to it piles up in the server's queue.
+pub fn stuck_member(addr: SocketAddr, path: &str) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = s.into();
+    s.write_all(upgrade_request(path).as_bytes()).unwrap();
+    s
+}

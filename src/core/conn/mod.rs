@@ -284,9 +284,11 @@ impl Conn {
         self.shared.lock().phase != Phase::Closed
     }
 
-    /// Bytes accepted by `write` but not yet taken by the kernel.
+    /// What is queued for this connection and not yet taken by the kernel, as the outbound
+    /// limit counts it: the bytes, plus 64 bytes of bookkeeping per queued chunk (a message
+    /// queued as its own buffer; small copied writes share one). 0 when nothing waits.
     pub fn pending_bytes(&self) -> usize {
-        self.shared.lock().transport.pending()
+        self.shared.lock().transport.charge()
     }
 
     /// Overrides the engine's [`overflow_policy`](crate::EngineBuilder::overflow_policy) for

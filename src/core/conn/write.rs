@@ -5,6 +5,7 @@ use bytes::Bytes;
 use super::{CloseReason, Conn, ConnIo, Gate, Phase};
 use crate::core::config::OverflowPolicy;
 use crate::core::error::WriteError;
+use crate::core::outbound::CHUNK_CHARGE;
 use crate::core::poller::context;
 use crate::core::stats::count;
 use crate::core::transport::Payload;
@@ -78,9 +79,10 @@ impl Conn {
         if len == 0 {
             return Ok(());
         }
-        let pending = io.transport.pending();
+        let pending = io.transport.charge();
         let limit = poller.config().max_outbound_bytes;
-        if pending + len > limit && !gate.past_limit {
+        // Reserve what the message may cost besides its bytes (one queued chunk).
+        if pending + len + CHUNK_CHARGE > limit && !gate.past_limit {
             count(&poller.stats.overflows, 1);
             let err = WriteError::Overflow {
                 pending,
@@ -103,7 +105,7 @@ impl Conn {
         // nothing queued goes straight to the socket like a write from another thread, saving
         // its copy into the queue (and, past the pooled-buffer size, an allocation).
         let cork = on_owner && (len < DIRECT_WRITE_MIN || matches!(body, Payload::Fanout(_)));
-        if pending != 0 || io.phase == Phase::Connecting || cork {
+        if io.transport.pending() != 0 || io.phase == Phase::Connecting || cork {
             if on_owner {
                 context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool)));
                 if !io.corked && io.phase == Phase::Open {
@@ -142,7 +144,7 @@ impl Conn {
     }
 
     fn note_watermark(&self, io: &mut ConnIo) {
-        if io.transport.pending() > self.config().low_watermark() {
+        if io.transport.charge() > self.config().low_watermark() {
             io.above_low_water = true;
         }
     }

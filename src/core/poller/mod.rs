@@ -75,6 +75,12 @@ struct Connection<S> {
 /// user timers).
 type Entry = (usize, TimerKind, u64);
 
+/// Most commands one loop iteration runs before it polls the sockets again.
+const COMMAND_BUDGET: usize = 4096;
+
+/// Room for commands the queues keep between bursts.
+const COMMANDS_KEEP: usize = 4096;
+
 pub(crate) struct Poller<H: Handler> {
     shared: Arc<PollerShared>,
     all: Arc<[Arc<PollerShared>]>,
@@ -92,7 +98,10 @@ pub(crate) struct Poller<H: Handler> {
     due_timers: Vec<(u64, u64, usize)>,
     /// Connections whose reads the fairness budget cut short; continued next iteration.
     backlog: VecDeque<usize>,
-    inbox: Vec<Command>,
+    /// Commands taken from the shared queue, run at most `COMMAND_BUDGET` per iteration.
+    inbox: VecDeque<Command>,
+    /// Where the shared queue is swapped out to (kept for its allocation).
+    incoming: Vec<Command>,
     /// The cork list's second buffer (the two alternate, so flushing allocates nothing).
     corked_spare: Vec<usize>,
     /// Accepting is paused until then (descriptor exhaustion or the connection limit).
@@ -128,7 +137,8 @@ impl<H: Handler> Poller<H> {
             listeners,
             due: Vec::new(),
             backlog: VecDeque::new(),
-            inbox: Vec::new(),
+            inbox: VecDeque::new(),
+            incoming: Vec::new(),
             corked_spare: Vec::new(),
             accept_resume_at: None,
             shutdown_deadline: None,
@@ -181,7 +191,7 @@ impl<H: Handler> Poller<H> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.backlog.is_empty() || self.shared.has_commands() {
+        if !self.backlog.is_empty() || !self.inbox.is_empty() || self.shared.has_commands() {
             return Some(Duration::ZERO);
         }
         let now = self.shared.common.clock.ms(Instant::now());
@@ -232,10 +242,18 @@ impl<H: Handler> Poller<H> {
             .then_some(token)
     }
 
+    /// Runs the commands other threads sent, oldest first, at most `COMMAND_BUDGET` of them
+    /// per iteration: the rest wait for the next one, after the sockets had their turn.
     fn run_commands(&mut self) {
-        let mut inbox = std::mem::take(&mut self.inbox);
-        self.shared.take_commands(&mut inbox);
-        for cmd in inbox.drain(..) {
+        self.shared.take_commands(&mut self.incoming);
+        self.inbox.extend(self.incoming.drain(..));
+        if self.incoming.capacity() > COMMANDS_KEEP {
+            self.incoming = Vec::new();
+        }
+        for _ in 0..COMMAND_BUDGET {
+            let Some(cmd) = self.inbox.pop_front() else {
+                break;
+            };
             match cmd {
                 Command::Adopt(adopt) => self.adopt(adopt),
                 Command::Close {
@@ -270,7 +288,9 @@ impl<H: Handler> Poller<H> {
                 }
             }
         }
-        self.inbox = inbox;
+        if self.inbox.is_empty() && self.inbox.capacity() > COMMANDS_KEEP {
+            self.inbox = VecDeque::new();
+        }
     }
 }
 
