@@ -396,16 +396,34 @@ impl<S> Session<S> {
         io.close();
     }
 
-    /// The idle (read) deadline passed at `now`: the handshake took too long, our close went
-    /// unanswered, the heartbeat's ping went unanswered (close), or it is time to ping, or to
-    /// wait for the rest of the idle time since the last frame.
+    /// The idle (read) deadline passed at `now`: the handshake took too long (a server answers
+    /// 408), our close went unanswered, the heartbeat's ping went unanswered (a close frame
+    /// with 1001 goes out first), or it is time to ping, or to wait for the rest of the idle
+    /// time since the last frame.
     pub(crate) fn on_timeout(
         &mut self,
         now: u64,
         config: &WsConfig,
         io: &mut impl Io,
     ) -> IdleAction {
-        if self.phase() != Phase::Open || io.close_sent() || self.bits & PING_OUT != 0 {
+        match self.phase() {
+            // The request did not arrive in time: say so in HTTP (the client's own handshake
+            // timeout has no one to tell).
+            Phase::Handshake => {
+                let resp = HttpResponse::new(408);
+                io.send_http(resp.head().as_bytes(), resp.body_bytes());
+                return IdleAction::Close;
+            }
+            Phase::ClientHandshake | Phase::Done => return IdleAction::Close,
+            Phase::Open => {}
+        }
+        if io.close_sent() {
+            return IdleAction::Close; // our close went unanswered
+        }
+        if self.bits & PING_OUT != 0 {
+            // No frame since the ping: tell a peer that is there after all why it goes (it is
+            // reported as 1006, as no close frame came back).
+            io.send_close(Some(CloseCode::Away), "no answer to ping");
             return IdleAction::Close;
         }
         let Some(idle) = config.idle_timeout else {

@@ -257,6 +257,7 @@ fn the_handshake_timeout_closes_before_the_upgrade() {
     let mut h = Harness::server();
     h.input(0, &UPGRADE.as_bytes()[..10]);
     assert_eq!(h.timeout(10_000), IdleAction::Close);
+    assert!(h.wire.http[0].starts_with("HTTP/1.1 408 Request Timeout\r\n"));
     assert!(matches!(h.end(CloseReason::ReadTimeout), Ended::Nothing));
 }
 
@@ -274,10 +275,11 @@ fn the_heartbeat_pings_an_idle_peer_and_waits_for_any_frame() {
     h.input(1_700, &client_frame(OpCode::Control(Control::Pong), b""));
     assert_eq!(wait_ms(h.timeout(1_900)), IDLE - 200);
     assert!(h.app.events.contains(&"pong 0".to_string()));
-    // Silent again: ping, then nothing within pong_timeout: close.
+    // Silent again: ping, then nothing within pong_timeout: close, saying why.
     assert_eq!(wait_ms(h.timeout(2_700)), PONG);
     assert_eq!(h.timeout(3_000), IdleAction::Close);
     assert_eq!(h.wire.pings, 2);
+    assert_eq!(h.wire.closes, [(Some(1001), "no answer to ping".into())]);
     assert_eq!(
         closed_with(h.end(CloseReason::ReadTimeout)),
         (1006, CloseReason::ReadTimeout)
