@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example ws_echo -- --addr 127.0.0.1:9001 [--pollers N]
-//!     [--max-message BYTES] [--max-write-buffer BYTES] [--write-timeout SECS]
+//!     [--max-message BYTES] [--max-write-buffer BYTES] [--max-connections N] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
 //!     [--send-buffer BYTES] [--events N] [--control]
 //! ```
@@ -16,6 +16,9 @@
 //!
 //! Prints `listening on ADDR` once ready. Serves until killed. A client that stops reading is
 //! cut off when its queue would pass `--max-write-buffer` or its write deadline passes.
+//! Defaults: messages up to 1 MiB (`--max-message`; the Autobahn run passes 16 MiB), a write
+//! buffer of twice that plus 64 KiB, at most 16,384 connections (`--max-connections`): the
+//! worst case of queued outbound memory is their product (docs/TUNING.md).
 //!
 //! With `--control` it reads commands from stdin (for test drivers such as `examples/soak`):
 //! `stats` prints one line `stats key=value ...` with the engine's counters; `quit` (or the end
@@ -91,7 +94,8 @@ fn number_flag(value: Option<String>, flag: &str) -> usize {
 fn main() {
     let mut addr = "127.0.0.1:9001".to_string();
     let mut pollers = None;
-    let mut max_message = 16 << 20;
+    let mut max_message = 1 << 20;
+    let mut max_connections = 16_384;
     let mut max_write_buffer = None;
     let mut write_timeout = Some(Duration::from_secs(30));
     let mut idle_timeout = Some(Duration::from_secs(60));
@@ -107,6 +111,9 @@ fn main() {
             "--addr" => addr = args.next().expect("--addr needs a value"),
             "--pollers" => pollers = Some(number_flag(args.next(), "--pollers")),
             "--max-message" => max_message = number_flag(args.next(), "--max-message"),
+            "--max-connections" => {
+                max_connections = number_flag(args.next(), "--max-connections")
+            }
             "--max-write-buffer" => {
                 max_write_buffer = Some(number_flag(args.next(), "--max-write-buffer"))
             }
@@ -128,8 +135,12 @@ fn main() {
     }
     // An echo must be able to queue a whole maximum-size message back.
     let max_write_buffer = max_write_buffer.unwrap_or(2 * max_message + 64 * 1024);
+    // Worst case of queued outbound memory: max_connections x max_write_buffer (about 33 GiB
+    // at the defaults, if every client stopped reading at once; the write deadline and the
+    // heartbeat cut such clients off within 30 s and 70 s).
     let mut engine = Engine::builder()
         .listen(addr)
+        .max_connections(max_connections)
         .max_outbound_bytes(max_write_buffer)
         .overflow_policy(OverflowPolicy::Close)
         .write_timeout(write_timeout);
