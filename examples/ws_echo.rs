@@ -111,9 +111,7 @@ fn main() {
             "--addr" => addr = args.next().expect("--addr needs a value"),
             "--pollers" => pollers = Some(number_flag(args.next(), "--pollers")),
             "--max-message" => max_message = number_flag(args.next(), "--max-message"),
-            "--max-connections" => {
-                max_connections = number_flag(args.next(), "--max-connections")
-            }
+            "--max-connections" => max_connections = number_flag(args.next(), "--max-connections"),
             "--max-write-buffer" => {
                 max_write_buffer = Some(number_flag(args.next(), "--max-write-buffer"))
             }
