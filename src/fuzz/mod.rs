@@ -153,7 +153,7 @@ pub fn http_request(data: &[u8]) {
         );
         let _ = request.protocols().count();
         if let Ok(key) = handshake::check_upgrade(&request) {
-            let resp = handshake::accept_response(key, Some("p"), &[]);
+            let resp = handshake::accept_response(key, Some("p"), &[]).expect("valid headers");
             assert!(resp.starts_with("HTTP/1.1 101"));
         }
     }

@@ -180,8 +180,18 @@ impl HttpResponse {
         self.status
     }
 
-    /// Serializes the status line and headers (the body goes separately, uncopied).
+    /// Serializes the status line and headers (the body goes separately, uncopied). A header
+    /// that is not valid HTTP (a CR or LF in its value, say, which would let untrusted data
+    /// add headers of its own) turns the response into a bare 500: an application bug must not
+    /// become an injection.
     pub(crate) fn head(&self) -> String {
+        if !headers_valid(&self.headers) {
+            tracing::error!(
+                status = self.status,
+                "invalid header in an HTTP response; sending 500"
+            );
+            return HttpResponse::new(500).head();
+        }
         let mut s = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (k, v) in &self.headers {
             let _ = write!(s, "{k}: {v}\r\n");
@@ -195,8 +205,21 @@ impl HttpResponse {
     }
 
     pub(crate) fn body_bytes(&self) -> &Bytes {
-        &self.body
+        if headers_valid(&self.headers) {
+            &self.body
+        } else {
+            static EMPTY: Bytes = Bytes::new();
+            &EMPTY
+        }
     }
+}
+
+/// True if every (name, value) is a valid HTTP header (as `http` parses them).
+pub(crate) fn headers_valid<'a>(headers: impl IntoIterator<Item = &'a (String, String)>) -> bool {
+    use tungstenite::http::{HeaderName, HeaderValue};
+    headers.into_iter().all(|(k, v)| {
+        HeaderName::from_bytes(k.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
+    })
 }
 
 /// The reason phrase for `status` (from `http`, through tungstenite).
@@ -314,12 +337,17 @@ fn is_nonce(key: &str) -> bool {
 }
 
 /// The `101 Switching Protocols` response for `key`, with an optional subprotocol and extra
-/// headers.
+/// headers; `None` if the subprotocol or a header is not valid HTTP (the caller answers 500).
 pub(crate) fn accept_response(
     key: &str,
     protocol: Option<&str>,
     extra: &[(String, String)],
-) -> String {
+) -> Option<String> {
+    let protocol_ok = protocol
+        .is_none_or(|p| tungstenite::http::HeaderValue::from_str(p).is_ok() && !p.is_empty());
+    if !protocol_ok || !headers_valid(extra) {
+        return None;
+    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut s = String::with_capacity(160);
     s.push_str("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n");
@@ -331,7 +359,7 @@ pub(crate) fn accept_response(
         let _ = write!(s, "{k}: {v}\r\n");
     }
     s.push_str("\r\n");
-    s
+    Some(s)
 }
 
 #[cfg(test)]
@@ -364,7 +392,7 @@ mod tests {
         let (len, key) = parse(GOOD.as_bytes()).unwrap();
         assert_eq!(len, GOOD.len());
         let key = key.unwrap();
-        let resp = accept_response(&key, Some("chat"), &[("X-A".into(), "1".into())]);
+        let resp = accept_response(&key, Some("chat"), &[("X-A".into(), "1".into())]).unwrap();
         // The example from RFC 6455 §1.3.
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(
@@ -438,6 +466,26 @@ mod tests {
             let (_, r) = parse(raw.as_bytes()).unwrap();
             assert_eq!(r, Err(status), "{raw}");
         }
+    }
+
+    #[test]
+    fn headers_that_are_not_valid_http_become_a_500_not_an_injection() {
+        let r = HttpResponse::new(200)
+            .header("X-Name", "a\r\nSet-Cookie: stolen=1")
+            .body("page");
+        assert!(r.head().starts_with("HTTP/1.1 500 "), "{}", r.head());
+        assert!(!r.head().contains("stolen"));
+        assert!(r.body_bytes().is_empty());
+        assert!(
+            HttpResponse::new(200)
+                .header("Bad Name", "1")
+                .head()
+                .starts_with("HTTP/1.1 500")
+        );
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert!(accept_response(key, None, &[("X".into(), "1\n2".into())]).is_none());
+        assert!(accept_response(key, Some("a\r\nb"), &[]).is_none());
+        assert!(accept_response(key, Some("chat"), &[]).is_some());
     }
 
     #[test]

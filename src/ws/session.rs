@@ -243,8 +243,11 @@ impl<S> Session<S> {
         };
         match (app.request(&request), key) {
             (Upgrade::Accept(accept), Some(key)) => {
-                let resp =
-                    handshake::accept_response(key, accept.protocol.as_deref(), &accept.headers);
+                let protocol = accept.protocol.as_deref();
+                let Some(resp) = handshake::accept_response(key, protocol, &accept.headers) else {
+                    tracing::error!("invalid subprotocol or header in an accept; sending 500");
+                    return Some(self.refuse(io, &HttpResponse::new(500), data));
+                };
                 io.send_http(resp.as_bytes(), &Bytes::new());
                 self.app = Some(accept.state);
                 self.open(now, config, io, app);

@@ -102,6 +102,9 @@ impl App<&'static str> for Recorder {
         self.events.push(format!("request {}", req.path()));
         match req.path() {
             "/ws" => Accept::new("alice").protocol("chat").into(),
+            "/bad" => Accept::new("mallory")
+                .header("X-Echo", "a\r\nSet-Cookie: stolen=1")
+                .into(),
             "/" => Upgrade::Respond(HttpResponse::new(200).body("page")),
             _ => Upgrade::not_found(),
         }
@@ -210,6 +213,20 @@ fn an_upgrade_and_the_frames_behind_it_in_one_read() {
         ["request /ws", "open alice", "message alice hi"]
     );
     assert_eq!(h.wire.idle, [Some(Duration::from_millis(IDLE))]);
+}
+
+#[test]
+fn an_accept_with_a_header_that_is_not_valid_http_gets_a_500() {
+    let mut h = Harness::server();
+    h.input(0, UPGRADE.replace("/ws", "/bad").as_bytes());
+    assert!(
+        h.wire.http[0].starts_with("HTTP/1.1 500 "),
+        "{}",
+        h.wire.http[0]
+    );
+    assert!(!h.wire.http[0].contains("stolen"));
+    assert!(h.wire.closed);
+    assert!(!h.app.events.iter().any(|e| e.starts_with("open")));
 }
 
 #[test]
