@@ -70,10 +70,21 @@ impl WsHandler for Hub {
     }
 }
 
-fn start(
-    group: &Group,
-    engine: netpoll::EngineBuilder,
-) -> (impl Drop, SocketAddr, Receiver<(Route, usize, WsConn)>) {
+/// A hub on two pollers with a `Drop` group, an outbound limit of `limit` and small kernel
+/// send buffers (so that what a stuck member is sent piles up in the engine).
+fn hub(
+    limit: usize,
+) -> (
+    Group,
+    impl Drop,
+    SocketAddr,
+    Receiver<(Route, usize, WsConn)>,
+) {
+    let group = Group::new(SlowPolicy::Drop);
+    let engine = Engine::builder()
+        .pollers(2)
+        .max_outbound_bytes(limit)
+        .send_buffer_size(4096);
     let (tx, rx) = mpsc::channel();
     let g = group.clone();
     let server = netpoll::ws::WsServer::builder()
@@ -83,7 +94,7 @@ fn start(
         })
         .expect("server starts");
     let addr = server.local_addrs()[0];
-    (Stop(Some(server)), addr, rx)
+    (group, Stop(Some(server)), addr, rx)
 }
 
 /// Shuts the server down when dropped.
@@ -143,12 +154,7 @@ fn a_broadcast_flood_towards_a_poller_of_stuck_members_stays_bounded() {
     const MEMBERS: usize = 1000;
     const LIMIT: usize = 256 * 1024;
     common::raise_nofile_limit(4 * MEMBERS as u64 + 200);
-    let group = Group::new(SlowPolicy::Drop);
-    let engine = Engine::builder()
-        .pollers(2)
-        .max_outbound_bytes(LIMIT)
-        .send_buffer_size(4096);
-    let (_server, addr, opened) = start(&group, engine);
+    let (group, _server, addr, opened) = hub(LIMIT);
     // Members: connections land on pollers 0, 1, 0, 1, ...; the hub keeps those on poller 1.
     let mut stuck: Vec<TcpStream> = Vec::new();
     while group.len() < MEMBERS {
@@ -227,12 +233,7 @@ fn empty_broadcasts_to_stalled_members_stay_within_the_limit() {
     let _serial = serial();
     const MEMBERS: usize = 4;
     const LIMIT: usize = 64 * 1024;
-    let group = Group::new(SlowPolicy::Drop);
-    let engine = Engine::builder()
-        .pollers(2)
-        .max_outbound_bytes(LIMIT)
-        .send_buffer_size(4096);
-    let (_server, addr, opened) = start(&group, engine);
+    let (group, _server, addr, opened) = hub(LIMIT);
     let mut stuck = Vec::new();
     let mut members = Vec::new();
     while group.len() < MEMBERS {

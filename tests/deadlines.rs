@@ -304,7 +304,9 @@ fn trickle(mut s: TcpStream, chunk: &'static [u8], n: usize) -> std::thread::Joi
             if s.write_all(chunk).is_err() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // 8 writes per 400 ms read timeout: a stalled thread on a loaded machine must not
+            // look like an idle peer.
+            std::thread::sleep(Duration::from_millis(50));
         }
         s
     })
@@ -323,10 +325,10 @@ fn manual_read_refresh_closes_a_slow_loris_but_not_a_peer_sending_whole_messages
         .start(|_| LineProtocol { tx: tx.clone() })
         .unwrap();
     let addr = engine.local_addrs()[0];
-    let loris = trickle(client(addr), b"x", 15); // one byte of a never-ending line per 100 ms
+    let loris = trickle(client(addr), b"x", 30); // one byte of a never-ending line per 50 ms
     let loris_conn = next_open(&rx);
     let t0 = Instant::now();
-    let talker = trickle(client(addr), b"hello\n", 15); // a whole message per 100 ms
+    let talker = trickle(client(addr), b"hello\n", 30); // a whole message per 50 ms
     let talker_conn = next_open(&rx);
     assert_eq!(wait_close(&rx, loris_conn.id()), CloseReason::ReadTimeout);
     let took = t0.elapsed();
@@ -338,7 +340,7 @@ fn manual_read_refresh_closes_a_slow_loris_but_not_a_peer_sending_whole_messages
     let _ = talker.join();
     assert!(
         talker_conn.is_open(),
-        "whole messages every 100 ms must keep a 400 ms read deadline alive for 1.5 s"
+        "whole messages every 50 ms must keep a 400 ms read deadline alive for 1.5 s"
     );
 }
 
@@ -350,7 +352,7 @@ fn any_data_refresh_keeps_a_trickling_peer_alive() {
         .timer_tick(Duration::from_millis(10))
         .read_timeout(Some(Duration::from_millis(400)));
     let (_engine, addr, rx) = start(builder, Mode::Hoard);
-    let loris = trickle(client(addr), b"x", 12);
+    let loris = trickle(client(addr), b"x", 24);
     let conn = next_open(&rx);
     let _ = loris.join();
     assert!(conn.is_open(), "any byte refreshes the deadline by default");

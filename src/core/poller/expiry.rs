@@ -5,7 +5,7 @@ use std::io;
 
 use tracing::debug;
 
-use super::{Poller, Stage, TimerKind, guarded};
+use super::{Poller, Stage, TimerKind};
 use crate::core::conn::CloseReason;
 use crate::core::deadline::Due;
 use crate::core::handler::{Handler, IdleAction};
@@ -96,24 +96,21 @@ impl<H: Handler> Poller<H> {
 
     /// Idle: ask the handler; by default close gracefully (anything queued still goes out).
     fn read_deadline_passed(&mut self, token: usize) {
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
-        let Some(state) = c.user.as_mut() else {
-            return;
-        };
-        let handler = &mut self.handler;
-        let conn = &c.conn;
-        match guarded("on_idle", conn, || handler.on_idle(conn, state)) {
-            Some(IdleAction::Close) => self.begin_close(token, CloseReason::ReadTimeout, true),
-            Some(IdleAction::Wait(d)) => {
+        match self.with_state(token, "on_idle", |h, conn, state| h.on_idle(conn, state)) {
+            Some(Some(IdleAction::Close)) => {
+                self.begin_close(token, CloseReason::ReadTimeout, true)
+            }
+            Some(Some(IdleAction::Wait(d))) => {
+                let Some(c) = self.conns.get(token) else {
+                    return;
+                };
                 let mut io = c.conn.shared.lock();
                 io.read_deadline.extend(self.now, timeout_ms(Some(d)));
                 if let Some(at) = io.read_deadline.claim_entry() {
                     self.wheel.insert(at, (token, TimerKind::Read, at));
                 }
             }
-            None => self.begin_close(token, CloseReason::HandlerPanic, false),
+            _ => {} // gone, or it panicked (and was aborted)
         }
     }
 }

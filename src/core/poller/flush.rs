@@ -1,7 +1,7 @@
 //! The flush path: writing queued bytes on a writable edge or at the end of the loop
 //! iteration (the cork list), with the write deadline and the low-watermark notice.
 
-use super::{Poller, Stage, TimerKind, context, guarded};
+use super::{Poller, Stage, TimerKind, context};
 use crate::core::conn::CloseReason;
 use crate::core::handler::Handler;
 use crate::core::stats::count;
@@ -61,13 +61,9 @@ impl<H: Handler> Poller<H> {
         let c = self.conns.get_mut(token).expect("checked above");
         match c.stage {
             Stage::Open if drained_notice => {
-                if let Some(state) = c.user.as_mut() {
-                    let handler = &mut self.handler;
-                    let conn = &c.conn;
-                    if guarded("on_drained", conn, || handler.on_drained(conn, state)).is_none() {
-                        self.begin_close(token, CloseReason::HandlerPanic, false);
-                    }
-                }
+                self.with_state(token, "on_drained", |h, conn, state| {
+                    h.on_drained(conn, state)
+                });
             }
             Stage::Flushing { deadline } if empty => self.send_fin(token, deadline),
             _ => {}

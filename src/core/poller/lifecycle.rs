@@ -274,20 +274,10 @@ impl<H: Handler> Poller<H> {
         for token in self.conns.tokens() {
             match self.stage(token) {
                 Some(Stage::Open) => {
-                    let Some(c) = self.conns.get_mut(token) else {
-                        continue;
-                    };
-                    let Some(state) = c.user.as_mut() else {
-                        continue;
-                    };
-                    let handler = &mut self.handler;
-                    let conn = &c.conn;
-                    match guarded("on_shutdown", conn, || handler.on_shutdown(conn, state)) {
-                        Some(ShutdownAction::Wait) => {}
-                        Some(ShutdownAction::Close) => {
-                            self.begin_close(token, CloseReason::Shutdown, true)
-                        }
-                        None => self.begin_close(token, CloseReason::HandlerPanic, false),
+                    let said =
+                        self.with_state(token, "on_shutdown", |h, conn, s| h.on_shutdown(conn, s));
+                    if let Some(Some(ShutdownAction::Close)) = said {
+                        self.begin_close(token, CloseReason::Shutdown, true)
                     }
                 }
                 Some(Stage::Connecting { .. }) => {

@@ -233,6 +233,26 @@ impl<H: Handler> Poller<H> {
         self.conns.get(token).map(|c| c.stage)
     }
 
+    /// Runs handler callback `what` with an open connection's state: `None` if there is no
+    /// such connection or state, else what it returned; a panic is contained and aborts the
+    /// connection (`Some(None)`).
+    fn with_state<R>(
+        &mut self,
+        token: usize,
+        what: &'static str,
+        f: impl FnOnce(&mut H, &Conn, &mut H::State) -> R,
+    ) -> Option<Option<R>> {
+        let c = self.conns.get_mut(token)?;
+        let state = c.user.as_mut()?;
+        let handler = &mut self.handler;
+        let conn = &c.conn;
+        let result = guarded(what, conn, || f(handler, conn, state));
+        if result.is_none() {
+            self.begin_close(token, CloseReason::HandlerPanic, false);
+        }
+        Some(result)
+    }
+
     /// The token of `conn` if it is live on this poller.
     fn live(&self, conn: &crate::core::conn::ConnShared) -> Option<usize> {
         let token = conn.token();
