@@ -373,27 +373,13 @@ mod tests {
         assert_eq!(w.got, b"firstond");
     }
 
-    /// xorshift64*: a deterministic, dependency-free source of test randomness.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// Random interleavings of shared and copied pushes, pooled tails, partial writes and
     /// would-blocks: the bytes that come out are exactly the bytes pushed, in order, and the
     /// queue's length and release behaviour stay consistent throughout.
     #[test]
     fn random_push_and_partial_flush_sequences_preserve_bytes() {
         for seed in 1..=200u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = crate::fuzz::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut q = OutboundBuffer::new();
             let mut pool = Vec::new();
             let mut expected = Vec::new();

@@ -4,26 +4,8 @@
 //! response check, and the outbound queue. Inputs mix well-formed frames and requests with
 //! random corruption, so both the accepting and the rejecting paths are covered.
 
-use crate::fuzz;
+use crate::fuzz::{self, Rng};
 use crate::ws::frame::{Control, Data, OpCode, encode_frame};
-
-/// xorshift64*: deterministic, so a failure names a reproducible case.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 const CASES: u64 = 3000;
 

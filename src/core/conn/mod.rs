@@ -22,7 +22,7 @@ use mio::net::TcpStream;
 
 use crate::core::config::{EngineConfig, OverflowPolicy, ReadRefresh};
 use crate::core::deadline::Deadline;
-use crate::core::poller::{Command, PollerShared};
+use crate::core::poller::{Command, PollerShared, context};
 use crate::core::timer::timeout_ms;
 use crate::core::transport::Transport;
 pub(crate) use layer::{Attachment, Gate};
@@ -141,6 +141,15 @@ pub(crate) struct ConnIo {
 }
 
 impl ConnIo {
+    /// Puts the connection on its poller's flush list, once per loop iteration (on the
+    /// poller's own thread: from a callback, or when the transport has bytes of its own).
+    pub(crate) fn cork(&mut self, token: usize) {
+        if !self.corked {
+            self.corked = true;
+            context::cork(token);
+        }
+    }
+
     /// Marks the connection closed, drops anything queued and closes the descriptor (which
     /// also removes it from the poller). Handles see `Closed` from now on.
     pub(crate) fn release(&mut self) {

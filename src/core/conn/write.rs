@@ -108,9 +108,8 @@ impl Conn {
         if io.transport.pending() != 0 || io.phase == Phase::Connecting || cork {
             if on_owner {
                 context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool)));
-                if !io.corked && io.phase == Phase::Open {
-                    io.corked = true;
-                    context::cork(shared.token());
+                if io.phase == Phase::Open {
+                    io.cork(shared.token());
                 }
             } else {
                 io.transport.queue(head, body, None);

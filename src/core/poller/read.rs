@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use tracing::warn;
 
-use super::{Connection, Poller, Stage, context, guarded};
+use super::{Connection, Poller, Stage, guarded};
 use crate::core::conn::{CloseReason, Phase};
 use crate::core::handler::Handler;
 use crate::core::stats::count;
@@ -56,9 +56,8 @@ impl<H: Handler> Poller<H> {
                         // A plain store; the wheel entry checks it lazily.
                         io.read_deadline.on_read(self.now);
                     }
-                    if read.flush && !io.corked {
-                        io.corked = true;
-                        context::cork(token);
+                    if read.flush {
+                        io.cork(token);
                     }
                 }
                 result
