@@ -236,21 +236,21 @@ impl GroupInner {
     /// A poller is too far behind to take `slot`'s next frame: its members miss it.
     fn poller_behind(&self, slot: &Slot, except: Option<ConnId>) {
         let members = slot.members();
-        let missed = members
-            .conns
-            .iter()
-            .filter(|m| Some(m.id()) != except)
-            .count() as u64;
+        self.missed(members.conns.iter().filter(|m| Some(m.id()) != except));
+    }
+
+    /// Members that could not take a message, under the group's policy: counted (`Drop`), or
+    /// closed (`Close`, those still open).
+    fn missed<'a>(&self, members: impl Iterator<Item = &'a WsConn>) {
         match self.policy {
             SlowPolicy::Drop => {
-                self.dropped_messages.fetch_add(missed, Ordering::Relaxed);
+                let n = members.count() as u64;
+                self.dropped_messages.fetch_add(n, Ordering::Relaxed);
             }
             SlowPolicy::Close { code } => {
-                for m in members.conns.iter().filter(|m| Some(m.id()) != except) {
-                    if m.is_open() {
-                        self.slow_closes.fetch_add(1, Ordering::Relaxed);
-                        m.close(code, "too slow");
-                    }
+                for m in members.filter(|m| m.is_open()) {
+                    self.slow_closes.fetch_add(1, Ordering::Relaxed);
+                    m.close(code, "too slow");
                 }
             }
         }
@@ -298,15 +298,7 @@ impl GroupInner {
                 Some(OverflowPolicy::Error),
             );
             if let Err(WriteError::Overflow { .. }) = result {
-                match self.policy {
-                    SlowPolicy::Drop => {
-                        self.dropped_messages.fetch_add(1, Ordering::Relaxed);
-                    }
-                    SlowPolicy::Close { code } => {
-                        self.slow_closes.fetch_add(1, Ordering::Relaxed);
-                        m.close(code, "too slow");
-                    }
-                }
+                self.missed(std::iter::once(m));
             }
             // A closed member is removed by its own close; nothing to do here.
         }
