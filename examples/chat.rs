@@ -261,14 +261,10 @@ impl WsHandler for Chat {
 /// True for a request from no browser (no `Origin`), from this page's own origin (the `Host`
 /// it was asked for), or from one of `extra`.
 fn origin_ok(req: &Request<'_>, extra: &[String]) -> bool {
-    let Some(origin) = req.origin() else {
-        return true;
-    };
     let host = req.header("host").unwrap_or("");
     let own = [format!("http://{host}"), format!("https://{host}")];
-    own.iter()
-        .chain(extra)
-        .any(|o| o.eq_ignore_ascii_case(origin))
+    let allowed: Vec<&str> = own.iter().chain(extra).map(String::as_str).collect();
+    req.origin_allowed(&allowed)
 }
 
 /// The `nick` query parameter, percent-decoded and checked.
