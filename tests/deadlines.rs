@@ -469,3 +469,104 @@ fn shortening_a_deadline_takes_effect_at_once() {
     want.sort_by_key(|(id, _)| *id);
     assert_eq!(got, want);
 }
+
+/// More peers than one poll returns (`events_capacity` 16), so that after a stall most of
+/// their readiness is still waiting in the kernel when the poller next runs expiry.
+const LATE_PEERS: usize = 48;
+const STALL: Duration = Duration::from_millis(1000);
+
+/// Blocks the (only) poller for [`STALL`] from a timer, as a descheduled or overloaded poller
+/// would be; returns once the stall has begun.
+fn stall_the_poller(engine: &Engine) {
+    let (began, rx) = mpsc::channel();
+    engine.after(Duration::ZERO, move || {
+        let _ = began.send(());
+        std::thread::sleep(STALL);
+    });
+    rx.recv_timeout(WAIT).expect("the stall begins");
+}
+
+#[test]
+fn a_late_poller_does_not_blame_peers_that_kept_reading() {
+    // Every peer has 256 KiB queued behind it and reads all it is given during the stall;
+    // each write deadline (400 ms) passes while the poller sleeps. On waking, one poll brings
+    // 16 writable edges; the other 32 are still in the kernel when expiry runs, and only a
+    // last look at the socket shows that those peers read.
+    const REPLY: usize = 256 * 1024;
+    let builder = base(Some(Duration::from_millis(400))).events_capacity(16);
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let mut peers = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..LATE_PEERS {
+        peers.push(small_client(addr));
+        conns.push(next_open(&rx));
+    }
+    for conn in &conns {
+        conn.write(Bytes::from(vec![b'q'; REPLY])).unwrap();
+        assert!(
+            conn.pending_bytes() > 0,
+            "nothing queued: no deadline armed"
+        );
+    }
+    stall_the_poller(&engine);
+    let readers: Vec<_> = peers
+        .into_iter()
+        .map(|mut peer| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                let mut got = 0;
+                while got < REPLY {
+                    match peer.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                }
+                (got, peer)
+            })
+        })
+        .collect();
+    let mut _peers = Vec::new();
+    for reader in readers {
+        let (got, peer) = reader.join().unwrap();
+        assert_eq!(got, REPLY, "a peer was cut off");
+        _peers.push(peer);
+    }
+    assert_eq!(engine.stats().closed(CloseReason::WriteTimeout), 0);
+    assert!(conns.iter().all(|c| c.is_open()));
+}
+
+#[test]
+fn a_late_poller_does_not_blame_peers_that_kept_sending() {
+    // Every peer sends a byte every 50 ms against a 400 ms read timeout, through a stall of
+    // 1 s: their bytes wait in the kernel, and for 32 of them still do when expiry runs.
+    let builder = base(None)
+        .read_timeout(Some(Duration::from_millis(400)))
+        .events_capacity(16);
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let mut peers: Vec<TcpStream> = (0..LATE_PEERS)
+        .map(|_| {
+            let peer = client(addr);
+            next_open(&rx);
+            peer
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for peer in &mut peers {
+                    peer.write_all(b"k").unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peers
+        })
+    };
+    stall_the_poller(&engine);
+    std::thread::sleep(STALL + Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _peers = sender.join().unwrap();
+    assert_eq!(engine.stats().closed(CloseReason::ReadTimeout), 0);
+    assert_eq!(engine.stats().open(), LATE_PEERS as u64);
+}

@@ -154,6 +154,13 @@ impl Deadline {
         })
     }
 
+    /// True when the deadline applies (`armed`: for a write deadline, bytes are queued) and
+    /// has passed at `now`. Asked again after the poller's last look at the socket.
+    #[inline]
+    pub(crate) fn passed(&self, now: u64, armed: bool) -> bool {
+        self.at != 0 && armed && now >= self.at
+    }
+
     /// On another thread: if an entry is needed, records that the poller is being asked for one
     /// and returns true; the caller then sends it the request, which it answers with
     /// [`entry_due`](Self::entry_due)`(`[`Deadline::REQUESTED`]`, ..)`.
@@ -272,6 +279,29 @@ mod tests {
         sim.watch(&mut d);
         assert!(!sim.advance(1_100, &mut d, true));
         assert!(sim.advance(1_101, &mut d, true));
+    }
+
+    #[test]
+    fn progress_found_by_the_last_look_after_expiry_rearms_the_deadline() {
+        // The poller came late (a stall): the entry expired, but the write it then tries
+        // makes progress, so the deadline moves on and gets a new entry.
+        let mut sim = Sim::new();
+        let mut d = Deadline::new(100, false);
+        d.after_write(sim.now, false, true);
+        sim.watch(&mut d);
+        assert!(sim.advance(1_500, &mut d, true));
+        assert!(d.passed(1_500, true));
+        d.after_write(1_500, true, true);
+        assert!(!d.passed(1_500, true));
+        sim.watch(&mut d);
+        assert_eq!(sim.entries, vec![1_601]);
+        assert!(!sim.advance(1_600, &mut d, true));
+        // No progress on the last look: still passed, and it is closed.
+        assert!(sim.advance(1_601, &mut d, true));
+        d.after_write(1_601, false, true);
+        assert!(d.passed(1_601, true));
+        // Nothing queued any more: a write deadline does not apply.
+        assert!(!d.passed(1_601, false));
     }
 
     #[test]

@@ -86,12 +86,43 @@ impl<H: Handler> Poller<H> {
         match due {
             Due::Stale | Due::Idle => {}
             Due::Reinsert(d) => self.wheel.insert(d, (token, kind, d)),
+            Due::Expired if !self.still_passed_after_last_look(token, kind) => {}
             // The peer stopped reading: what is queued cannot be delivered.
             Due::Expired if kind == TimerKind::Write => {
                 self.begin_close(token, CloseReason::WriteTimeout, false)
             }
             Due::Expired => self.read_deadline_passed(token),
         }
+    }
+
+    /// Before blaming the peer, one look at its socket: flush what is queued (write) or read
+    /// what arrived (read). The poller itself may be late: descheduled, or with more ready
+    /// sockets than one poll returns (`events_capacity`), it runs expiry while edges that prove
+    /// progress still wait in the kernel. Progress refreshes the deadline as usual; then it is
+    /// put back on the wheel and this returns false. A stuck peer costs one `EAGAIN`.
+    fn still_passed_after_last_look(&mut self, token: usize, kind: TimerKind) -> bool {
+        match kind {
+            TimerKind::Write => self.flush(token),
+            TimerKind::Read => self.on_readable(token, true),
+            TimerKind::Stage | TimerKind::User => return false,
+        }
+        let Some(c) = self.conns.get(token) else {
+            return false; // the look found an error, and freed it
+        };
+        let mut io = c.conn.shared.lock();
+        let io = &mut *io;
+        let pending = io.transport.pending() != 0;
+        let deadline = match kind {
+            TimerKind::Write => &mut io.write_deadline,
+            _ => &mut io.read_deadline,
+        };
+        if deadline.passed(self.now, kind == TimerKind::Read || pending) {
+            return true;
+        }
+        if let Some(at) = deadline.claim_entry() {
+            self.wheel.insert(at, (token, kind, at));
+        }
+        false
     }
 
     /// Idle: ask the handler; by default close gracefully (anything queued still goes out).
