@@ -353,6 +353,73 @@ fn heartbeat_pings_idle_peers_and_closes_silent_ones() {
 }
 
 #[test]
+fn heartbeat_keeps_a_slow_reader_whose_pong_waits_behind_our_data() {
+    // 48 x 8 KiB pushed at once to a client that reads one message every 40 ms (about
+    // 200 KB/s) through small socket buffers: each ping queues behind hundreds of KiB and is
+    // answered long after pong_timeout. The peer keeps taking our bytes, so it is alive.
+    const MESSAGES: usize = 48;
+    let ws = WsServer::builder()
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .pong_timeout(Duration::from_millis(300));
+    let (_e, addr, rx) = start_ws(ws, engine().send_buffer_size(4096));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut client, _) =
+        tungstenite::client::client(format!("ws://{addr}/record"), stream).expect("handshake");
+    let conn = next_open(&rx);
+    let t0 = Instant::now();
+    for i in 0..MESSAGES {
+        conn.send_binary(&vec![i as u8; 8192]).unwrap();
+    }
+    let mut got = 0;
+    while got < MESSAGES {
+        match client.read().expect("the stream keeps flowing") {
+            TMessage::Binary(b) => {
+                assert_eq!(b.len(), 8192);
+                assert!(b.iter().all(|&x| x == got as u8), "message {got} whole");
+                got += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            _ => {} // pings (answered by tungstenite)
+        }
+    }
+    let took = t0.elapsed();
+    // Answer any ping still unread, then check how it went on the server.
+    client
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let until = Instant::now() + Duration::from_millis(700);
+    let mut first_pong = None;
+    while Instant::now() < until {
+        let _ = client.read();
+        let _ = client.flush();
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                WsEvent::Pong(_) => {
+                    first_pong.get_or_insert(t0.elapsed());
+                }
+                WsEvent::Close(_, close) => panic!("slow reader closed: {close:?}"),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        took > Duration::from_millis(1500),
+        "read too fast: {took:?}"
+    );
+    let pong = first_pong.expect("the peer answered a ping");
+    assert!(
+        pong > Duration::from_millis(600),
+        "the first pong ({pong:?}) came within idle + pong timeout: nothing was tested"
+    );
+    assert!(conn.is_open());
+}
+
+#[test]
 fn shutdown_sends_going_away_and_waits_for_the_answer() {
     let (engine, addr, rx) = start_ws(WsServer::builder(), engine());
     let mut c = connect(addr, "/record");

@@ -33,6 +33,9 @@ pub(crate) struct Deadline {
     fixed: bool,
     /// Only [`touch`](Self::touch) refreshes it, not arriving bytes (read deadlines).
     manual: bool,
+    /// A write made progress since [`take_progress`](Self::take_progress) last asked (write
+    /// deadlines): the peer is taking our bytes, which a protocol's liveness check counts.
+    progressed: bool,
 }
 
 /// What an expired wheel entry found.
@@ -78,6 +81,7 @@ impl Deadline {
     /// were `written` (progress); armed when bytes start waiting. A fixed deadline only stays.
     #[inline]
     pub(crate) fn after_write(&mut self, now: u64, written: bool, pending: bool) {
+        self.progressed |= written;
         if self.fixed {
             return;
         }
@@ -86,6 +90,13 @@ impl Deadline {
         } else if self.timeout != 0 && (written || self.at == 0) {
             self.at = Clock::deadline(now, self.timeout);
         }
+    }
+
+    /// True if a write made progress since the last call (which clears it). Kept in the
+    /// padding of the deadline: it costs no memory.
+    #[inline]
+    pub(crate) fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
     }
 
     /// The read rule for arriving bytes: they refresh the deadline unless it is fixed or under
@@ -302,6 +313,23 @@ mod tests {
         assert!(d.passed(1_601, true));
         // Nothing queued any more: a write deadline does not apply.
         assert!(!d.passed(1_601, false));
+    }
+
+    #[test]
+    fn progress_is_remembered_until_asked_and_costs_no_memory() {
+        let mut d = Deadline::new(100, false);
+        assert!(!d.take_progress());
+        d.after_write(1_000, false, true);
+        assert!(!d.take_progress(), "queued without progress");
+        d.after_write(1_010, true, true);
+        d.after_write(1_020, false, true);
+        assert!(d.take_progress());
+        assert!(!d.take_progress(), "asking clears it");
+        // A fixed deadline does not move, but progress still counts.
+        d.set_absolute(5_000);
+        d.after_write(1_030, true, false);
+        assert!(d.take_progress());
+        assert_eq!(std::mem::size_of::<Deadline>(), 24);
     }
 
     #[test]

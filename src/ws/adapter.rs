@@ -73,6 +73,10 @@ impl Io for ConnIo<'_> {
         });
     }
 
+    fn take_write_progress(&mut self) -> bool {
+        self.0.conn().take_write_progress()
+    }
+
     fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
         self.0.conn().set_read_timeout(timeout);
     }

@@ -8,7 +8,7 @@
 //! It decides: the HTTP upgrade (server) or the check of the server's `101` (client), frame
 //! decoding and its limits, answering pings and close frames, failing the connection with the
 //! right close code, the heartbeat (a ping after `idle_timeout` without a whole frame, a close
-//! after `pong_timeout` more), the goodbye on shutdown, and the close code to report.
+//! after `pong_timeout` more without a frame or any outbound progress), the goodbye on shutdown, and the close code to report.
 //!
 //! Liveness costs no lock: a read that completes a frame stores the time here, in the
 //! poller's own state. The engine's read deadline is set once at open and, when it passes, the
@@ -49,6 +49,8 @@ pub(crate) trait Io {
     fn with_hello<R>(&mut self, f: impl FnOnce(&ClientHello) -> R) -> Option<R>;
     /// The client's upgrade completed: frames may be sent from now on.
     fn upgraded(&mut self);
+    /// True if any of our bytes reached the socket since the last call (which clears it).
+    fn take_write_progress(&mut self) -> bool;
     /// Restarts the connection's idle (read) deadline at now + `timeout`; `None` removes it.
     fn set_idle_timeout(&mut self, timeout: Option<Duration>);
     /// Closes the transport gracefully (queued bytes first).
@@ -424,8 +426,13 @@ impl<S> Session<S> {
             return IdleAction::Close; // our close went unanswered
         }
         if self.bits & PING_OUT != 0 {
-            // No frame since the ping: tell a peer that is there after all why it goes (it is
-            // reported as 1006, as no close frame came back).
+            if io.take_write_progress() {
+                // No frame since the ping, but the peer took our bytes meanwhile: it is alive,
+                // only slow, and the ping may still wait behind the data it is reading.
+                return IdleAction::Wait(config.pong_timeout);
+            }
+            // No frame and no progress for a whole pong_timeout: tell a peer that is there
+            // after all why it goes (it is reported as 1006, as no close frame came back).
             io.send_close(Some(CloseCode::Away), "no answer to ping");
             return IdleAction::Close;
         }
@@ -440,6 +447,8 @@ impl<S> Session<S> {
         if !io.ping() {
             return IdleAction::Close;
         }
+        // Progress counts from here: a ping written at once is not the peer's doing.
+        io.take_write_progress();
         self.set_flag(PING_OUT, true);
         IdleAction::Wait(config.pong_timeout)
     }

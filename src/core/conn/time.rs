@@ -40,6 +40,13 @@ impl Conn {
         });
     }
 
+    /// True if any write reached the socket since the last call (which clears it): the peer
+    /// is taking our bytes. A protocol's liveness check counts this (a heartbeat ping can wait
+    /// behind data a slow reader is still reading).
+    pub(crate) fn take_write_progress(&self) -> bool {
+        self.shared.lock().write_deadline.take_progress()
+    }
+
     /// Sets (or with `None` clears) this connection's write timeout, overriding the builder's
     /// `write_timeout` and any absolute deadline from
     /// [`set_write_deadline`](Self::set_write_deadline). Takes effect at once: with bytes

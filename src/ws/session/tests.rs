@@ -39,6 +39,8 @@ struct Wire {
     hello: Option<ClientHello>,
     upgraded: bool,
     idle: Vec<Option<Duration>>,
+    /// Our bytes reached the socket since the session last asked.
+    progress: bool,
     closed: bool,
     aborted: bool,
 }
@@ -79,6 +81,9 @@ impl Io for Wire {
     fn upgraded(&mut self) {
         self.upgraded = true;
         self.hello = None;
+    }
+    fn take_write_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progress)
     }
     fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
         self.idle.push(timeout);
@@ -301,6 +306,32 @@ fn the_heartbeat_pings_an_idle_peer_and_waits_for_any_frame() {
         closed_with(h.end(CloseReason::ReadTimeout)),
         (1006, CloseReason::ReadTimeout)
     );
+}
+
+#[test]
+fn a_slow_reader_taking_our_bytes_is_alive_while_its_pong_waits_behind_them() {
+    let mut h = Harness::open_server(0);
+    // The ping goes out (written at once: that is not the peer's doing).
+    h.wire.progress = true;
+    assert_eq!(wait_ms(h.timeout(IDLE)), PONG);
+    h.wire.progress = false;
+    // The peer reads a little of what is queued before each pong_timeout: it is kept.
+    for i in 1..=20 {
+        h.wire.progress = true;
+        assert_eq!(wait_ms(h.timeout(IDLE + i * PONG)), PONG, "round {i}");
+    }
+    assert_eq!(h.wire.pings, 1, "one ping out at a time");
+    // It reaches the ping and answers: the heartbeat starts over.
+    h.input(
+        IDLE + 21 * PONG,
+        &client_frame(OpCode::Control(Control::Pong), b""),
+    );
+    assert_eq!(wait_ms(h.timeout(IDLE + 22 * PONG)), IDLE - PONG);
+    // Then it stops reading: ping, a pong_timeout without progress, and it is closed.
+    let t = 2 * IDLE + 21 * PONG;
+    assert_eq!(wait_ms(h.timeout(t)), PONG);
+    assert_eq!(h.timeout(t + PONG), IdleAction::Close);
+    assert_eq!(h.wire.closes, [(Some(1001), "no answer to ping".into())]);
 }
 
 #[test]
