@@ -198,3 +198,68 @@ fn drop_of_engine_shuts_down_and_refuses_new_connections() {
         "listener is closed"
     );
 }
+
+/// Shuts the engine down from inside `on_data` through the handle its factory got, and
+/// dials a second connection from the callback before that.
+struct QuitOnRequest {
+    engine: netpoll::EngineHandle,
+    tx: std::sync::mpsc::Sender<Result<netpoll::ConnId, netpoll::Error>>,
+}
+
+impl netpoll::Handler for QuitOnRequest {
+    type State = ();
+    fn on_open(&mut self, _: &netpoll::Conn) {}
+    fn on_data(&mut self, conn: &netpoll::Conn, _: &mut (), data: &mut [u8]) -> usize {
+        match &*data {
+            b"dial" => {
+                let dialed = self.engine.dial(conn.peer_addr());
+                let _ = self.tx.send(dialed.map(|c| c.id()));
+            }
+            b"quit" => {
+                self.engine.shutdown(Duration::from_secs(2));
+                // Once the shutdown started, the handle refuses new work.
+                let _ = self
+                    .tx
+                    .send(self.engine.dial(conn.peer_addr()).map(|c| c.id()));
+            }
+            _ => {}
+        }
+        data.len()
+    }
+}
+
+#[test]
+fn a_handler_shuts_the_engine_down_through_its_handle_and_the_owner_waits() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<netpoll::EngineHandle>();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Engine::builder()
+        .pollers(2)
+        .listen("127.0.0.1:0")
+        .start(|engine| QuitOnRequest {
+            engine: engine.clone(),
+            tx: tx.clone(),
+        })
+        .unwrap();
+    let addr = engine.local_addrs()[0];
+    let handle = engine.handle();
+    let mut c = client(addr);
+    c.write_all(b"dial").unwrap();
+    // A dial from a callback works (to the client's own address: refused later, no matter).
+    assert!(rx.recv_timeout(WAIT).unwrap().is_ok());
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(b"quit").unwrap();
+    let t0 = Instant::now();
+    let stats = engine.wait();
+    assert!(t0.elapsed() < Duration::from_secs(5), "wait returned late");
+    assert!(matches!(
+        rx.recv_timeout(WAIT).unwrap(),
+        Err(netpoll::Error::Shutdown)
+    ));
+    assert!(handle.is_shutting_down());
+    assert_eq!(stats.closed(CloseReason::Shutdown), 1);
+    assert_eq!(read_to_eof(&mut c).unwrap().len(), 0);
+    // The handle outlives the engine: harmless.
+    assert!(matches!(handle.dial(addr), Err(netpoll::Error::Shutdown)));
+    assert_eq!(handle.stats().open(), 0);
+}

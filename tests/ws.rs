@@ -554,3 +554,55 @@ fn fragment_mode_streams_a_large_message_in_pieces() {
     c.send(TMessage::Text("hi".into())).unwrap();
     assert_eq!(rx.recv_timeout(WAIT).unwrap().0, 1);
 }
+
+/// Keeps the handle its factory got; "shutdown" stops the server, anything else is answered
+/// with the open count.
+struct Admin {
+    engine: netpoll::ws::WsHandle<Admin>,
+}
+
+impl netpoll::ws::WsHandler for Admin {
+    type State = ();
+    fn on_request(&mut self, _: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<()> {
+        netpoll::ws::Accept::new(()).into()
+    }
+    fn on_message(
+        &mut self,
+        conn: &netpoll::ws::WsConn,
+        _: &mut (),
+        msg: netpoll::ws::Message<'_>,
+    ) {
+        if msg.as_bytes() == b"shutdown" {
+            self.engine.shutdown(Duration::from_secs(5));
+        } else {
+            let _ = conn.send_text(&format!("{} open", self.engine.stats().open()));
+        }
+    }
+}
+
+#[test]
+fn a_handler_keeps_the_ws_handle_and_shuts_the_server_down_with_it() {
+    fn assert_handle<T: Clone + Send + Sync + 'static>() {}
+    assert_handle::<netpoll::ws::WsHandle<Admin>>();
+    let server = WsServer::builder()
+        .start(engine().listen("127.0.0.1:0"), |engine| Admin {
+            engine: engine.clone(),
+        })
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let mut a = connect(addr, "/");
+    let mut b = connect(addr, "/");
+    a.send(TMessage::text("count")).unwrap();
+    assert_eq!(a.read().unwrap(), TMessage::text("2 open"));
+    b.send(TMessage::text("shutdown")).unwrap();
+    let answer = std::thread::spawn(move || {
+        let code = read_close_code(&mut a);
+        let _ = a.flush();
+        code
+    });
+    assert_eq!(read_close_code(&mut b), Some(1001));
+    let _ = b.flush();
+    let stats = server.wait();
+    assert_eq!(answer.join().unwrap(), Some(1001));
+    assert_eq!(stats.closed(CloseReason::Shutdown), 2);
+}

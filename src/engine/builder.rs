@@ -3,7 +3,7 @@
 use std::net::ToSocketAddrs;
 use std::time::Duration;
 
-use super::Engine;
+use super::{Engine, EngineHandle};
 use crate::core::config::{AcceptMode, EngineConfig, OverflowPolicy, ReadRefresh};
 use crate::core::error::{ConfigError, Error};
 use crate::core::handler::Handler;
@@ -256,8 +256,9 @@ impl EngineBuilder {
     }
 
     /// Validates the configuration, binds the listeners and starts the pollers.
-    /// `new_handler(i)` is called once per poller `i`; each poller owns its handler, so handler
-    /// methods take `&mut self` with no locking.
+    /// `new_handler` is called once per poller with the engine's [`EngineHandle`] (keep a clone
+    /// to dial, set timers, read counters or shut down from a callback); each poller owns its
+    /// handler, so handler methods take `&mut self` with no locking.
     ///
     /// # Errors
     /// [`Error::Config`] for what [`build`](Self::build) refuses; [`Error::Io`] if a listener
@@ -265,7 +266,7 @@ impl EngineBuilder {
     pub fn start<H, F>(self, new_handler: F) -> Result<Engine, Error>
     where
         H: Handler,
-        F: FnMut(usize) -> H,
+        F: FnMut(&EngineHandle) -> H,
     {
         Engine::start(self.build()?, new_handler)
     }

@@ -2,26 +2,24 @@
 //! schedules timers, reports stats and shuts down.
 
 mod builder;
+mod handle;
 
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::Poll;
 use mio::net::TcpListener;
 
 use crate::core::config::{AcceptMode, EngineConfig};
-use crate::core::conn::{Conn, ConnId, ConnShared, Phase};
 use crate::core::error::Error;
 use crate::core::handler::Handler;
-use crate::core::poller::{self, Adopt, Command, Common, Poller, PollerShared, context};
-use crate::core::stats::{Stats, count};
-use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
+use crate::core::poller::{self, Common, Poller, PollerShared};
+use crate::core::stats::Stats;
 use crate::os;
 pub use builder::EngineBuilder;
+pub use handle::EngineHandle;
 
 /// Options for [`Engine::dial_with`].
 ///
@@ -55,6 +53,11 @@ pub struct DialOptions {
 /// A running event-loop engine: a pool of poller threads serving every connection accepted
 /// from its listeners or dialed through it.
 ///
+/// The engine owns the poller threads; everything else it does is on its
+/// [`EngineHandle`] (which it derefs to): a cheap `Clone + Send + Sync` handle that handlers
+/// and other threads keep to dial, schedule timers, read the counters or start the shutdown.
+/// The handler factory gets one, so a handler can hold it from the start.
+///
 /// Dropping the engine shuts it down with the builder's `shutdown_timeout`.
 ///
 /// ```no_run
@@ -70,33 +73,42 @@ pub struct DialOptions {
 /// #     }
 /// # }
 ///
-/// let engine = Engine::builder().listen("127.0.0.1:0").start(|_| Echo)?;
+/// let engine = Engine::builder().listen("127.0.0.1:0").start(|_engine| Echo)?;
 /// let addr = engine.local_addrs()[0]; // the port the OS picked for port 0
 ///
 /// // The same engine dials too: this connection's callbacks run on one of its pollers.
 /// let conn = engine.dial(addr)?;
 /// let _ = conn.write_slice(b"hello"); // queued until the connection is up
 ///
-/// std::thread::sleep(Duration::from_secs(1));
-/// let stats = engine.shutdown(Duration::from_secs(5)); // flush, close, join the pollers
+/// // Another thread stops it after a second; this one waits for the end.
+/// let handle = engine.handle();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(Duration::from_secs(1));
+///     handle.shutdown(Duration::from_secs(5)); // flush, close, then the pollers stop
+/// });
+/// let stats = engine.wait();
 /// println!("{} connections, {} bytes in", stats.opened, stats.bytes_in);
 /// # Ok::<(), netpoll::Error>(())
 /// ```
 pub struct Engine {
-    common: Arc<Common>,
-    pollers: Arc<[Arc<PollerShared>]>,
+    handle: EngineHandle,
     threads: Vec<JoinHandle<()>>,
-    local_addrs: Vec<SocketAddr>,
-    next_dial: AtomicUsize,
-    next_timer: AtomicUsize,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("pollers", &self.pollers.len())
-            .field("local_addrs", &self.local_addrs)
+            .field("pollers", &self.handle.pollers())
+            .field("local_addrs", &self.handle.local_addrs())
             .finish()
+    }
+}
+
+impl std::ops::Deref for Engine {
+    type Target = EngineHandle;
+
+    fn deref(&self) -> &EngineHandle {
+        &self.handle
     }
 }
 
@@ -106,8 +118,8 @@ impl Engine {
         EngineBuilder::new()
     }
 
-    /// Starts an engine from a validated configuration; `new_handler(i)` makes poller `i`'s
-    /// handler.
+    /// Starts an engine from a validated configuration; `new_handler` makes each poller's
+    /// handler (once per poller, given the engine's handle).
     ///
     /// # Errors
     /// [`Error::Io`] if a listener cannot be bound (address in use, say), or a poller or its
@@ -115,7 +127,7 @@ impl Engine {
     pub fn start<H, F>(config: EngineConfig, mut new_handler: F) -> Result<Engine, Error>
     where
         H: Handler,
-        F: FnMut(usize) -> H,
+        F: FnMut(&EngineHandle) -> H,
     {
         let n = config.pollers();
         let backlog = config.backlog as i32;
@@ -151,12 +163,8 @@ impl Engine {
         }
         let all: Arc<[Arc<PollerShared>]> = shareds.into();
         let mut engine = Engine {
-            common: common.clone(),
-            pollers: all.clone(),
+            handle: EngineHandle::new(common.clone(), all.clone(), local_addrs),
             threads: Vec::with_capacity(n),
-            local_addrs,
-            next_dial: AtomicUsize::new(0),
-            next_timer: AtomicUsize::new(0),
         };
         for (i, (poll, mut own_listeners)) in polls.into_iter().zip(listeners).enumerate() {
             for (j, l) in own_listeners.iter_mut().enumerate() {
@@ -166,7 +174,7 @@ impl Engine {
                     mio::Interest::READABLE,
                 )?;
             }
-            let handler = new_handler(i);
+            let handler = new_handler(&engine.handle);
             let shared = all[i].clone();
             let all = all.clone();
             let name = format!("{}-poller-{i}", common.config.thread_name);
@@ -180,130 +188,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// The bound listening addresses, in the order given to the builder (with the real port
-    /// where port 0 was asked for).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
-    }
-
-    /// The engine's configuration.
-    pub fn config(&self) -> &EngineConfig {
-        &self.common.config
-    }
-
-    /// Opens an outbound connection. Returns at once with a handle; writes made before the
-    /// connection is established are queued and sent when it is. When it is established
-    /// [`Handler::on_open`] runs on its poller; if it cannot be,
-    /// [`Handler::on_connect_error`] runs instead.
-    ///
-    /// # Errors
-    /// As for [`dial_with`](Self::dial_with): [`Error::Io`] if the socket cannot be created,
-    /// the connect fails at once, or `max_connections` connections are open;
-    /// [`Error::Shutdown`] after shutdown.
-    pub fn dial(&self, addr: SocketAddr) -> Result<Conn, Error> {
-        self.dial_with(addr, DialOptions::default())
-    }
-
-    /// [`dial`](Self::dial) with a source address and/or timeout.
-    ///
-    /// # Errors
-    /// [`Error::Shutdown`] after shutdown; [`Error::Io`] if the socket cannot be created or
-    /// bound (out of descriptors, a source address in use), if the kernel refuses the connect
-    /// at once (network unreachable, say), or if `max_connections` connections are open (an
-    /// [`io::ErrorKind::Other`] error). No callback runs for such a dial. A failure to connect
-    /// found later (refused, timed out) goes to [`Handler::on_connect_error`] instead.
-    pub fn dial_with(&self, addr: SocketAddr, opts: DialOptions) -> Result<Conn, Error> {
-        self.dial_prepared(addr, opts, |_| {})
-    }
-
-    /// Dials, letting a protocol layer `prepare` the connection's shared state (its bits and
-    /// attachment) before any poller can see it.
-    pub(crate) fn dial_prepared(
-        &self,
-        addr: SocketAddr,
-        opts: DialOptions,
-        prepare: impl FnOnce(&Conn),
-    ) -> Result<Conn, Error> {
-        let common = &self.common;
-        if common.shutting_down.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
-        let config = &common.config;
-        if common.open.load(Ordering::Relaxed) >= config.max_connections {
-            return Err(Error::Io(io::Error::other("max_connections reached")));
-        }
-        let stream = os::connect(addr, opts.local_addr)?;
-        os::configure(&stream, &config.stream);
-        let target = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
-        let poller = &self.pollers[target];
-        let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
-        let shared = Arc::new(ConnShared::new(
-            id,
-            addr,
-            stream,
-            poller.clone(),
-            Phase::Connecting,
-        ));
-        let conn = Conn::from_shared(shared.clone());
-        prepare(&conn);
-        common.open.fetch_add(1, Ordering::Relaxed);
-        count(&poller.stats.dialed, 1);
-        let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);
-        poller.send(Command::Adopt(Adopt {
-            conn: shared,
-            connect_deadline: Some(deadline),
-        }));
-        Ok(conn)
-    }
-
-    /// Runs `f` once after `delay` on one of the engine's pollers (chosen round robin), unless
-    /// the returned handle was cancelled or the engine shut down first. It fires at most one
-    /// `timer_tick` late, never early. Keep it short: it runs on a poller thread between I/O
-    /// events.
-    ///
-    /// ```no_run
-    /// # fn demo(engine: &netpoll::Engine) {
-    /// use std::time::Duration;
-    /// let timer = engine.after(Duration::from_secs(1), || println!("one second later"));
-    /// timer.cancel(); // changed our mind: it never runs
-    /// # }
-    /// ```
-    pub fn after(&self, delay: Duration, f: impl FnOnce() + Send + 'static) -> TimerHandle {
-        let mut f = Some(f);
-        let task = TimerTask::Engine(Box::new(move || {
-            if let Some(f) = f.take() {
-                f()
-            }
-        }));
-        poller::schedule(self.next_timer_poller(), delay, 0, task)
-    }
-
-    /// Runs `f` every `period` (at least 1 ms) on one of the engine's pollers until the handle
-    /// is cancelled or the engine shuts down. Runs missed while the poller was busy are
-    /// skipped, not bunched.
-    pub fn every(&self, period: Duration, f: impl FnMut() + Send + 'static) -> TimerHandle {
-        let task = TimerTask::Engine(Box::new(f));
-        let period_ms = timeout_ms(Some(period));
-        poller::schedule(self.next_timer_poller(), period, period_ms, task)
-    }
-
-    fn next_timer_poller(&self) -> &Arc<PollerShared> {
-        let i = self.next_timer.fetch_add(1, Ordering::Relaxed) % self.pollers.len();
-        &self.pollers[i]
-    }
-
-    /// Counters summed over all pollers.
-    pub fn stats(&self) -> Stats {
-        let mut s = Stats::default();
-        for p in self.pollers.iter() {
-            p.stats.snapshot_into(&mut s);
-        }
-        s
-    }
-
-    /// Number of poller threads.
-    pub fn pollers(&self) -> usize {
-        self.pollers.len()
+    /// A handle on this engine for handlers and other threads.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
     }
 
     /// Stops accepting, closes every connection gracefully (every `on_close` runs, with
@@ -316,20 +203,22 @@ impl Engine {
     /// Returns the final counters (taken after the pollers finished, when it could wait for
     /// them), so a server can report what its shutdown closed.
     pub fn shutdown(mut self, timeout: Duration) -> Stats {
-        self.stop(timeout);
-        self.stats()
+        self.handle.shutdown(timeout);
+        self.join();
+        self.handle.stats()
     }
 
-    fn stop(&mut self, timeout: Duration) {
-        if self.common.shutting_down.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let deadline = Instant::now() + timeout;
-        for p in self.pollers.iter() {
-            p.send(Command::Shutdown { deadline });
-        }
-        let on_own_poller = self.pollers.iter().any(|p| context::is_current(p));
-        if on_own_poller {
+    /// Waits until the engine has shut down (started by [`EngineHandle::shutdown`] from a
+    /// handler, another thread or a signal handler) and returns the final counters. Blocks for
+    /// ever if nothing ever shuts it down. Called on one of the engine's own poller threads it
+    /// cannot wait for itself: it then starts the shutdown, as dropping the engine does.
+    pub fn wait(mut self) -> Stats {
+        self.join();
+        self.handle.stats()
+    }
+
+    fn join(&mut self) {
+        if self.handle.on_own_poller() {
             return;
         }
         for t in self.threads.drain(..) {
@@ -340,7 +229,8 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let timeout = self.common.config.shutdown_timeout;
-        self.stop(timeout);
+        let timeout = self.handle.config().shutdown_timeout;
+        self.handle.shutdown(timeout);
+        self.join();
     }
 }

@@ -1,6 +1,6 @@
 //! The WebSocket engine: [`WsServer`] / [`WsBuilder`] start an [`Engine`] whose pollers run the
-//! WebSocket protocol, and [`WsEngine`] is the running engine (connect, stats, timers,
-//! shutdown).
+//! WebSocket protocol; [`WsEngine`] is the running engine and [`WsHandle`] the handle that
+//! handlers and other threads keep (connect, stats, timers, shutdown).
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,38 +18,69 @@ use crate::core::config::ReadRefresh;
 use crate::core::error::{ConfigError, Error};
 use crate::core::stats::Stats;
 use crate::core::timer::{TimerHandle, timeout_ms};
-use crate::engine::{DialOptions, Engine, EngineBuilder};
+use crate::engine::{DialOptions, Engine, EngineBuilder, EngineHandle};
 
-/// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`].
+/// A cheap, `Clone + Send + Sync` handle on a running [`WsEngine`]: client connections,
+/// counters, timers and starting the shutdown, from any thread or from inside a handler. The
+/// handler factory of [`WsBuilder::start`] gets one.
 ///
-/// It offers what makes sense on a WebSocket engine: addresses, counters, timers, client
-/// connections ([`connect`](Self::connect)) and shutdown. A raw TCP dial is not among them:
-/// its connection would wait for an HTTP request that never comes.
+/// It offers what makes sense on a WebSocket engine. A raw TCP dial is not among them: its
+/// connection would wait for an HTTP request that never comes.
 ///
 /// ```no_run
-/// # use netpoll::ws::{WsEngine, WsHandler};
-/// # fn demo<H: WsHandler>(ws: WsEngine<H>) {
 /// use std::time::Duration;
-/// println!("serving on {:?}", ws.local_addrs());
-/// let stats = ws.stats();
-/// println!("{} open", stats.open());
-/// ws.shutdown(Duration::from_secs(5)); // 1001 Going Away to everyone, up to 5 s
-/// # }
+/// use netpoll::Engine;
+/// use netpoll::ws::{Accept, Message, Request, Upgrade, WsConn, WsHandle, WsHandler, WsServer};
+///
+/// /// Reports the number of open connections; "shutdown" stops the server.
+/// struct Admin {
+///     engine: WsHandle<Admin>,
+/// }
+///
+/// impl WsHandler for Admin {
+///     type State = ();
+///     fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+///         Accept::new(()).into()
+///     }
+///     fn on_message(&mut self, conn: &WsConn, _: &mut (), msg: Message<'_>) {
+///         if msg.as_bytes() == b"shutdown" {
+///             self.engine.shutdown(Duration::from_secs(5)); // 1001 to everyone
+///         } else {
+///             let _ = conn.send_text(&format!("{} open", self.engine.stats().open()));
+///         }
+///     }
+/// }
+///
+/// let server = WsServer::builder()
+///     .start(Engine::builder().listen("127.0.0.1:9001"), |engine| Admin {
+///         engine: engine.clone(),
+///     })?;
+/// let stats = server.wait(); // until a client says "shutdown"
+/// # Ok::<(), netpoll::Error>(())
 /// ```
-pub struct WsEngine<H: WsHandler> {
-    engine: Engine,
+pub struct WsHandle<H: WsHandler> {
+    engine: EngineHandle,
     _handler: std::marker::PhantomData<fn() -> H>,
 }
 
-impl<H: WsHandler> std::fmt::Debug for WsEngine<H> {
+impl<H: WsHandler> Clone for WsHandle<H> {
+    fn clone(&self) -> Self {
+        WsHandle {
+            engine: self.engine.clone(),
+            _handler: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<H: WsHandler> std::fmt::Debug for WsHandle<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsEngine")
+        f.debug_struct("WsHandle")
             .field("engine", &self.engine)
             .finish()
     }
 }
 
-impl<H: WsHandler> WsEngine<H> {
+impl<H: WsHandler> WsHandle<H> {
     /// Opens a client WebSocket connection to a `ws://` URL without blocking (only the host
     /// name lookup blocks; give an IP address to avoid it). The TCP connect and the upgrade
     /// run on a poller; on success the handler's [`on_open`](WsHandler::on_open) runs with
@@ -73,7 +104,7 @@ impl<H: WsHandler> WsEngine<H> {
     /// is no TLS yet), has credentials or a bad port, or for a subprotocol or header that is
     /// not valid HTTP; [`Error::Io`] if the host does not resolve, the socket cannot be created
     /// or bound, the connect fails at once, or `max_connections` connections are open (see
-    /// [`Engine::dial_with`]); [`Error::Shutdown`] after shutdown.
+    /// [`EngineHandle::dial_with`]); [`Error::Shutdown`] once the shutdown started.
     pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
         let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
         let prepared = client::prepare(url, &opts.protocols, &opts.headers).map_err(invalid)?;
@@ -109,7 +140,7 @@ impl<H: WsHandler> WsEngine<H> {
         self.engine.local_addrs()
     }
 
-    /// Counters summed over all pollers (see [`Engine::stats`]).
+    /// Counters summed over all pollers (see [`EngineHandle::stats`]).
     pub fn stats(&self) -> Stats {
         self.engine.stats()
     }
@@ -119,20 +150,80 @@ impl<H: WsHandler> WsEngine<H> {
         self.engine.pollers()
     }
 
-    /// Runs `f` once after `delay` on one of the pollers (see [`Engine::after`]).
+    /// Runs `f` once after `delay` on one of the pollers (see [`EngineHandle::after`]).
     pub fn after(&self, delay: Duration, f: impl FnOnce() + Send + 'static) -> TimerHandle {
         self.engine.after(delay, f)
     }
 
-    /// Runs `f` every `period` on one of the pollers (see [`Engine::every`]).
+    /// Runs `f` every `period` on one of the pollers (see [`EngineHandle::every`]).
     pub fn every(&self, period: Duration, f: impl FnMut() + Send + 'static) -> TimerHandle {
         self.engine.every(period, f)
+    }
+
+    /// Starts the shutdown and returns at once: every open WebSocket gets 1001 Going Away and
+    /// up to `timeout` to answer (see [`EngineHandle::shutdown`]). [`WsEngine::wait`] waits
+    /// for the end.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.engine.shutdown(timeout)
+    }
+
+    /// True once the shutdown started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.engine.is_shutting_down()
+    }
+}
+
+/// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`]. It owns
+/// the poller threads and derefs to its [`WsHandle`] for everything else (connect, counters,
+/// timers).
+///
+/// ```no_run
+/// # use netpoll::ws::{WsEngine, WsHandler};
+/// # fn demo<H: WsHandler>(ws: WsEngine<H>) {
+/// use std::time::Duration;
+/// println!("serving on {:?}", ws.local_addrs());
+/// let stats = ws.stats();
+/// println!("{} open", stats.open());
+/// ws.shutdown(Duration::from_secs(5)); // 1001 Going Away to everyone, up to 5 s
+/// # }
+/// ```
+pub struct WsEngine<H: WsHandler> {
+    engine: Engine,
+    handle: WsHandle<H>,
+}
+
+impl<H: WsHandler> std::fmt::Debug for WsEngine<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsEngine")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl<H: WsHandler> std::ops::Deref for WsEngine<H> {
+    type Target = WsHandle<H>;
+
+    fn deref(&self) -> &WsHandle<H> {
+        &self.handle
+    }
+}
+
+impl<H: WsHandler> WsEngine<H> {
+    /// A handle on this engine for handlers and other threads.
+    pub fn handle(&self) -> WsHandle<H> {
+        self.handle.clone()
     }
 
     /// Shuts down: every open WebSocket gets 1001 Going Away and up to `timeout` to answer
     /// (see [`Engine::shutdown`]); returns the final counters.
     pub fn shutdown(self, timeout: Duration) -> Stats {
         self.engine.shutdown(timeout)
+    }
+
+    /// Waits until the engine has shut down (started from a handle) and returns the final
+    /// counters (see [`Engine::wait`]).
+    pub fn wait(self) -> Stats {
+        self.engine.wait()
     }
 }
 
@@ -345,8 +436,8 @@ impl WsBuilder {
         Ok(c)
     }
 
-    /// Starts an engine from `engine` serving WebSockets with the handler `new_handler(i)`
-    /// makes for poller `i`.
+    /// Starts an engine from `engine` serving WebSockets; `new_handler` makes each poller's
+    /// handler, given the engine's [`WsHandle`].
     ///
     /// The engine's `read_timeout` becomes the handshake timeout and its `read_refresh`
     /// becomes [`ReadRefresh::Manual`] (only whole frames count as activity; the session
@@ -363,17 +454,24 @@ impl WsBuilder {
     ) -> Result<WsEngine<H>, Error>
     where
         H: WsHandler,
-        F: FnMut(usize) -> H,
+        F: FnMut(&WsHandle<H>) -> H,
     {
         let config = Arc::new(self.build().map_err(Error::Config)?);
         let engine = engine
             .read_timeout(Some(config.handshake_timeout))
             .read_refresh(ReadRefresh::Manual)
-            .start(|i| Adapter::new(new_handler(i), config.clone()))?;
-        Ok(WsEngine {
-            engine,
+            .start(|engine| {
+                let handle = WsHandle {
+                    engine: engine.clone(),
+                    _handler: std::marker::PhantomData,
+                };
+                Adapter::new(new_handler(&handle), config.clone())
+            })?;
+        let handle = WsHandle {
+            engine: engine.handle(),
             _handler: std::marker::PhantomData,
-        })
+        };
+        Ok(WsEngine { engine, handle })
     }
 }
 

@@ -46,7 +46,7 @@ mod session;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
-pub use engine::{WsBuilder, WsConfig, WsEngine, WsServer};
+pub use engine::{WsBuilder, WsConfig, WsEngine, WsHandle, WsServer};
 pub use frame::{CloseCode, Limits, ProtocolError};
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
