@@ -52,7 +52,7 @@ impl WsHandler for Hub {
     }
 
     fn on_open(&mut self, conn: &WsConn, route: &mut Route) {
-        let poller = conn.conn().poller_index();
+        let poller = conn.poller_index();
         if *route == Route::Member && poller == 1 {
             self.group.join(conn);
         }

@@ -606,3 +606,57 @@ fn a_handler_keeps_the_ws_handle_and_shuts_the_server_down_with_it() {
     assert_eq!(answer.join().unwrap(), Some(1001));
     assert_eq!(stats.closed(CloseReason::Shutdown), 2);
 }
+
+/// State: the user's name (from the path); every second a tick from `WsConn::every`.
+struct Named {
+    tx: std::sync::mpsc::Sender<netpoll::ws::WsConn>,
+}
+
+impl netpoll::ws::WsHandler for Named {
+    type State = String;
+    fn on_request(&mut self, req: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<String> {
+        netpoll::ws::Accept::new(req.path().trim_start_matches('/').to_string()).into()
+    }
+    fn on_open(&mut self, conn: &netpoll::ws::WsConn, _: &mut String) {
+        let _ = self.tx.send(conn.clone());
+        conn.every(Duration::from_millis(50), |conn| {
+            let _ = conn.send_text("tick");
+        });
+    }
+    fn on_message(&mut self, _: &netpoll::ws::WsConn, _: &mut String, _: netpoll::ws::Message<'_>) {
+    }
+}
+
+#[test]
+fn another_thread_kicks_a_user_through_its_state_and_timers_tick_per_connection() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _server = WsServer::builder()
+        .start(engine().listen("127.0.0.1:0"), |_| Named { tx: tx.clone() })
+        .unwrap();
+    let addr = _server.local_addrs()[0];
+    let mut alice = connect(addr, "/alice");
+    let alice_conn = rx.recv_timeout(WAIT).unwrap();
+    let mut mallory = connect(addr, "/mallory");
+    let mallory_conn = rx.recv_timeout(WAIT).unwrap();
+    // Per-connection timers: two ticks each.
+    for ws in [&mut alice, &mut mallory] {
+        for _ in 0..2 {
+            assert_eq!(ws.read().unwrap(), TMessage::text("tick"));
+        }
+    }
+    // An admin thread kicks by name, without a map of its own: ask each connection.
+    let admin = std::thread::spawn(move || {
+        for conn in [alice_conn, mallory_conn] {
+            conn.with_state(|conn, name: &mut String| {
+                if name == "mallory" {
+                    conn.close(CloseCode::Policy, "kicked");
+                }
+            })
+            .unwrap();
+        }
+    });
+    admin.join().unwrap();
+    assert_eq!(read_close_code(&mut mallory), Some(1008));
+    // Alice still gets her ticks.
+    assert_eq!(alice.read().unwrap(), TMessage::text("tick"));
+}

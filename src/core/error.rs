@@ -131,6 +131,9 @@ pub enum WriteError {
     /// A protocol layer refused the message as invalid for its protocol, or for the
     /// connection's state (the text says which); nothing was sent.
     Invalid(&'static str),
+    /// The connection's poller has as many tasks from other threads queued as it takes
+    /// ([`Conn::with_state`](crate::Conn::with_state)): it is far behind; try later.
+    Busy,
 }
 
 impl fmt::Display for WriteError {
@@ -147,6 +150,7 @@ impl fmt::Display for WriteError {
             ),
             WriteError::Io(kind) => write!(f, "socket error: {kind}"),
             WriteError::Invalid(why) => write!(f, "invalid message: {why}"),
+            WriteError::Busy => f.write_str("the connection's poller has too many tasks queued"),
         }
     }
 }

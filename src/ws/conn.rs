@@ -10,6 +10,7 @@ use super::frame::{
     CloseCode, Control, Data, MAX_CONTROL_PAYLOAD, MAX_HEADER, OpCode, apply_mask,
     encode_close_payload, encode_header,
 };
+use super::session::Session;
 use crate::core::conn::{Conn, ConnId, Gate};
 use crate::core::error::WriteError;
 use crate::core::timer::TimerHandle;
@@ -136,9 +137,64 @@ impl WsConn {
         self.client
     }
 
-    /// The underlying TCP connection (deadlines, timers, pending bytes).
-    pub fn conn(&self) -> &Conn {
+    /// The underlying TCP connection, for the layer only: its raw writes would corrupt the
+    /// frame stream, so users get the safe parts through `WsConn`'s own methods.
+    pub(crate) fn conn(&self) -> &Conn {
         &self.conn
+    }
+
+    /// Index of the poller thread that owns this connection.
+    pub fn poller_index(&self) -> usize {
+        self.conn.poller_index()
+    }
+
+    /// Sets (or with `None` clears) this connection's write timeout, overriding the engine's
+    /// `write_timeout` (see [`Conn::set_write_timeout`]).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        self.conn.set_write_timeout(timeout)
+    }
+
+    /// Sets an absolute write deadline (see [`Conn::set_write_deadline`]).
+    pub fn set_write_deadline(&self, at: Option<Instant>) {
+        self.conn.set_write_deadline(at)
+    }
+
+    /// Overrides the engine's overflow policy for this connection's sends (see
+    /// [`Conn::set_overflow_policy`]).
+    pub fn set_overflow_policy(&self, policy: crate::OverflowPolicy) {
+        self.conn.set_overflow_policy(policy)
+    }
+
+    /// Runs `f` on this connection's poller with its application state (your
+    /// [`WsHandler::State`](super::WsHandler::State)), from any thread: change what a user
+    /// subscribed to, kick a user, read a counter, without a map of your own behind a lock.
+    /// It runs after what is already queued for the poller, and not at all if the connection
+    /// closed first (see [`Conn::with_state`]).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &netpoll::ws::WsConn) {
+    /// use netpoll::ws::CloseCode;
+    /// // State = String (the user's name): kick "mallory" from an admin thread.
+    /// let _ = conn.with_state(|conn, name: &mut String| {
+    ///     if name == "mallory" {
+    ///         conn.close(CloseCode::Policy, "kicked");
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Conn::with_state`].
+    pub fn with_state<S: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WsConn, &mut S) + Send + 'static,
+    ) -> Result<(), WriteError> {
+        let client = self.client;
+        self.conn.with_state(move |conn, session: &mut Session<S>| {
+            if let Some(state) = session.app_mut() {
+                f(&WsConn::with_role(conn.clone(), client), state)
+            }
+        })
     }
 
     /// The engine-wide unique id.
@@ -302,6 +358,29 @@ impl WsConn {
         let client = self.client;
         self.conn
             .after(delay, move |c| f(&WsConn::with_role(c.clone(), client)))
+    }
+
+    /// Runs `f` on this connection's poller every `period` until the handle is cancelled or
+    /// the connection closes (see [`Conn::every`]).
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &netpoll::ws::WsConn) {
+    /// use std::time::Duration;
+    /// // A clock tick to this client every second.
+    /// let timer = conn.every(Duration::from_secs(1), |conn| {
+    ///     let _ = conn.send_text("tick");
+    /// });
+    /// # let _ = timer;
+    /// # }
+    /// ```
+    pub fn every(
+        &self,
+        period: Duration,
+        mut f: impl FnMut(&WsConn) + Send + 'static,
+    ) -> TimerHandle {
+        let client = self.client;
+        self.conn
+            .every(period, move |c| f(&WsConn::with_role(c.clone(), client)))
     }
 
     fn frame(&self, opcode: OpCode, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {

@@ -307,6 +307,53 @@ impl Conn {
         self.shared.lock().overflow_policy = Some(policy);
     }
 
+    /// Runs `f` on this connection's poller with its handler state (the `State` your
+    /// [`Handler`](crate::Handler) keeps per connection), from any thread: change a
+    /// subscription, kick a user, read a counter, without a map of your own behind a lock.
+    ///
+    /// It runs after the callbacks and commands already queued for the poller, like a write
+    /// from a callback; not at all if the connection closed first (then `f` is dropped on the
+    /// poller). `S` must be the handler's `State` type: with another type `f` does not run
+    /// and an error is logged. Writes from `f` are corked like writes from a callback.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &netpoll::Conn) {
+    /// // State = u32 (a user's permission level): demote from an admin thread.
+    /// let _ = conn.with_state(|conn, level: &mut u32| {
+    ///     *level = 0;
+    ///     let _ = conn.write_slice(b"you are now a guest\n");
+    /// });
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`WriteError::Closed`](crate::WriteError::Closed) if the connection is closed;
+    /// [`WriteError::Busy`](crate::WriteError::Busy) if its poller already holds 65,536 such
+    /// tasks (it is far behind).
+    pub fn with_state<S: 'static>(
+        &self,
+        f: impl FnOnce(&Conn, &mut S) + Send + 'static,
+    ) -> Result<(), crate::WriteError> {
+        if !self.is_open() {
+            return Err(crate::WriteError::Closed);
+        }
+        let task = Box::new(move |conn: &Conn, state: &mut dyn std::any::Any| {
+            match state.downcast_mut::<S>() {
+                Some(state) => f(conn, state),
+                None => tracing::error!(
+                    conn = %conn.id(),
+                    "with_state: the state is not a {}",
+                    std::any::type_name::<S>()
+                ),
+            }
+        });
+        if self.shared.poller.send_task(self.shared.clone(), task) {
+            Ok(())
+        } else {
+            Err(crate::WriteError::Busy)
+        }
+    }
+
     /// Closes gracefully: further writes fail at once, bytes already queued are flushed, then
     /// the write side is shut down (FIN) and the socket is freed once the peer closes too or
     /// `close_timeout` passes. [`Handler::on_close`](crate::Handler::on_close) runs with

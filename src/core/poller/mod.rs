@@ -24,9 +24,11 @@ mod shared;
 pub(crate) mod slots;
 mod timers;
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
@@ -298,6 +300,14 @@ impl<H: Handler> Poller<H> {
                 Command::Run(f) => {
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
                         tracing::error!(poller = self.shared.index, "poller task panicked");
+                    }
+                }
+                Command::WithState { conn, task } => {
+                    self.shared.tasks.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(token) = self.live(&conn) {
+                        self.with_state(token, "with_state", |_, conn, state| {
+                            task(conn, state as &mut dyn Any)
+                        });
                     }
                 }
                 Command::CancelTimer(state) => self.cancel_timer(&state),

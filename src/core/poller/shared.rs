@@ -1,6 +1,7 @@
 //! What other threads share with a poller: the engine-wide [`Common`] state, and each poller's
 //! [`PollerShared`] with its command queue (the only way another thread asks a poller to act).
 
+use std::any::Any;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use mio::{Poll, Token, Waker};
 
 use super::context;
 use crate::core::config::EngineConfig;
-use crate::core::conn::{CloseReason, ConnShared};
+use crate::core::conn::{CloseReason, Conn, ConnShared};
 use crate::core::stats::PollerStats;
 use crate::core::timer::{Clock, TimerState, UserTimer};
 
@@ -74,6 +75,14 @@ pub(crate) struct Adopt {
     pub(crate) connect_deadline: Option<Instant>,
 }
 
+/// A closure given a connection and its handler state, type-erased (it checks the type).
+pub(crate) type StateTask = Box<dyn FnOnce(&Conn, &mut dyn Any) + Send>;
+
+/// Most [`Command::WithState`] tasks a poller holds queued; more are refused with
+/// `WriteError::Busy`, so a thread posting faster than the poller runs them cannot grow its
+/// queue without bound.
+pub(crate) const MAX_QUEUED_TASKS: usize = 65_536;
+
 /// Requests from other threads, executed by the poller in order.
 pub(crate) enum Command {
     /// A deadline of `kind` was armed off the poller thread: put it on the wheel.
@@ -91,6 +100,12 @@ pub(crate) enum Command {
     AddTimer(Box<UserTimer>),
     /// Run a closure on the poller thread (a protocol layer's per-poller work).
     Run(Box<dyn FnOnce() + Send>),
+    /// Run a closure with a connection's handler state ([`Conn::with_state`]), counted in
+    /// [`PollerShared::tasks`].
+    WithState {
+        conn: Arc<ConnShared>,
+        task: StateTask,
+    },
     CancelTimer(Arc<TimerState>),
     ResumeAccept,
     Shutdown {
@@ -110,6 +125,8 @@ pub(crate) struct PollerShared {
     wake_pending: AtomicBool,
     /// Commands are queued: lets the loop decide its poll timeout without taking the lock.
     queued: AtomicBool,
+    /// [`Command::WithState`] tasks queued and not yet run (at most [`MAX_QUEUED_TASKS`]).
+    pub(crate) tasks: AtomicUsize,
 }
 
 impl PollerShared {
@@ -122,6 +139,7 @@ impl PollerShared {
             commands: Mutex::new(Vec::new()),
             wake_pending: AtomicBool::new(false),
             queued: AtomicBool::new(false),
+            tasks: AtomicUsize::new(0),
         })
     }
 
@@ -146,6 +164,20 @@ impl PollerShared {
             // left to run the command and every connection is already closed.
             let _ = self.waker.wake();
         }
+    }
+
+    /// Queues a state task unless [`MAX_QUEUED_TASKS`] are queued already.
+    pub(crate) fn send_task(&self, conn: Arc<ConnShared>, task: StateTask) -> bool {
+        let reserved = self
+            .tasks
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_QUEUED_TASKS).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return false;
+        }
+        self.send(Command::WithState { conn, task });
+        true
     }
 
     pub(super) fn take_commands(&self, into: &mut Vec<Command>) {
