@@ -660,3 +660,28 @@ fn another_thread_kicks_a_user_through_its_state_and_timers_tick_per_connection(
     // Alice still gets her ticks.
     assert_eq!(alice.read().unwrap(), TMessage::text("tick"));
 }
+
+#[test]
+fn a_paused_websocket_gets_its_messages_on_resume_and_no_heartbeat_close_meanwhile() {
+    let ws = WsServer::builder()
+        .idle_timeout(Some(Duration::from_millis(200)))
+        .pong_timeout(Duration::from_millis(200));
+    let (_e, addr, rx) = start_ws(ws, engine());
+    let mut c = connect(addr, "/record");
+    let conn = next_open(&rx);
+    conn.pause_reading();
+    for i in 0..3 {
+        c.send(TMessage::text(format!("m{i}"))).unwrap();
+    }
+    // Longer than idle + pong timeout: nothing delivered, nothing closed.
+    std::thread::sleep(Duration::from_millis(800));
+    while let Ok(ev) = rx.try_recv() {
+        panic!("event while paused: {ev:?}");
+    }
+    conn.resume_reading();
+    for i in 0..3 {
+        let (_, m, _) = next_message(&rx);
+        assert_eq!(m, format!("m{i}").into_bytes());
+    }
+    assert!(conn.is_open());
+}

@@ -165,6 +165,18 @@ impl WsConn {
         self.conn.set_overflow_policy(policy)
     }
 
+    /// Stops reading from this connection until [`resume_reading`](Self::resume_reading):
+    /// the peer's frames wait in the kernel and TCP holds the peer back. The heartbeat waits
+    /// while paused (a pong cannot be read). See [`Conn::pause_reading`].
+    pub fn pause_reading(&self) {
+        self.conn.pause_reading()
+    }
+
+    /// Reads again after [`pause_reading`](Self::pause_reading).
+    pub fn resume_reading(&self) {
+        self.conn.resume_reading()
+    }
+
     /// Runs `f` on this connection's poller with its application state (your
     /// [`WsHandler::State`](super::WsHandler::State)), from any thread: change what a user
     /// subscribed to, kick a user, read a counter, without a map of your own behind a lock.

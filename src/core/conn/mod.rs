@@ -128,6 +128,9 @@ pub(crate) struct ConnIo {
     pub(crate) corked: bool,
     /// Queued bytes crossed the low watermark; `on_drained` is owed when they fall back.
     pub(crate) above_low_water: bool,
+    /// The application paused reading: bytes stay in the kernel (TCP backpressure) and the
+    /// read timeout waits.
+    pub(crate) read_paused: bool,
     /// This connection's overflow policy, if overridden (else the engine's).
     pub(crate) overflow_policy: Option<OverflowPolicy>,
     /// When queued bytes that make no progress close the connection (`WriteTimeout`).
@@ -188,6 +191,7 @@ impl ConnShared {
                 phase,
                 corked: false,
                 above_low_water: false,
+                read_paused: false,
                 overflow_policy: None,
                 write_deadline: Deadline::new(timeout_ms(config.write_timeout), false),
                 read_deadline: Deadline::new(timeout_ms(config.read_timeout), manual),
@@ -305,6 +309,44 @@ impl Conn {
     /// `WriteError::Overflow` and back off (`Error`).
     pub fn set_overflow_policy(&self, policy: OverflowPolicy) {
         self.shared.lock().overflow_policy = Some(policy);
+    }
+
+    /// Stops reading from this connection until [`resume_reading`](Self::resume_reading):
+    /// what the peer sends stays in the kernel's buffers, and once they are full TCP flow
+    /// control holds the peer back. Backpressure on the receive side, e.g. for a proxy whose
+    /// other side is slow, or a consumer that cannot keep up. The read timeout (and a
+    /// WebSocket heartbeat) waits while paused; an absolute read deadline still applies. A
+    /// peer's close is noticed only when reading resumes. Takes effect before the next read;
+    /// from any thread.
+    ///
+    /// ```no_run
+    /// # fn demo(conn: &netpoll::Conn, backend: &netpoll::Conn) {
+    /// // A proxy: stop reading the client while the backend's queue is deep.
+    /// if backend.pending_bytes() > 1 << 20 {
+    ///     conn.pause_reading();
+    /// }
+    /// // ... and in the backend's on_drained: conn.resume_reading();
+    /// # }
+    /// ```
+    pub fn pause_reading(&self) {
+        self.shared.lock().read_paused = true;
+    }
+
+    /// Reads again after [`pause_reading`](Self::pause_reading): the poller reads what waited
+    /// in the kernel meanwhile (its readiness edge was spent while paused). Does nothing if
+    /// reading was not paused.
+    pub fn resume_reading(&self) {
+        let was_paused = std::mem::take(&mut self.shared.lock().read_paused);
+        if was_paused {
+            self.shared.poller.send(Command::ReadAgain {
+                conn: self.shared.clone(),
+            });
+        }
+    }
+
+    /// True while reading is paused.
+    pub fn is_reading_paused(&self) -> bool {
+        self.shared.lock().read_paused
     }
 
     /// Runs `f` on this connection's poller with its handler state (the `State` your

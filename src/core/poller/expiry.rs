@@ -79,7 +79,13 @@ impl<H: Handler> Poller<H> {
                     let armed = io.transport.pending() != 0;
                     io.write_deadline.entry_due(at, self.now, armed)
                 }
-                TimerKind::Read => io.read_deadline.entry_due(at, self.now, true),
+                TimerKind::Read => {
+                    if io.read_paused {
+                        // We are not reading: the peer cannot be judged idle meanwhile.
+                        io.read_deadline.touch(self.now);
+                    }
+                    io.read_deadline.entry_due(at, self.now, true)
+                }
                 TimerKind::Stage | TimerKind::User => return,
             }
         };

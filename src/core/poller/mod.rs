@@ -297,6 +297,12 @@ impl<H: Handler> Poller<H> {
                     }
                 }
                 Command::AddTimer(timer) => self.add_timer(*timer),
+                Command::ReadAgain { conn } => {
+                    if let Some(token) = self.live(&conn) {
+                        // Read until WouldBlock, with the fairness budget, next iteration.
+                        self.backlog.push_back(token);
+                    }
+                }
                 Command::Run(f) => {
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
                         tracing::error!(poller = self.shared.index, "poller task panicked");

@@ -50,6 +50,9 @@ impl<H: Handler> Poller<H> {
                 if io.phase == Phase::Closed {
                     return; // a close request is queued
                 }
+                if io.read_paused {
+                    return; // resume_reading sends the poller back here
+                }
                 let result = io.transport.read(&mut self.read_buf);
                 if let Ok(read) = &result {
                     if read.wire > 0 {

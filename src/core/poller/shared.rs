@@ -98,6 +98,10 @@ pub(crate) enum Command {
         graceful: bool,
     },
     AddTimer(Box<UserTimer>),
+    /// Reading was resumed: read what waited in the kernel.
+    ReadAgain {
+        conn: Arc<ConnShared>,
+    },
     /// Run a closure on the poller thread (a protocol layer's per-poller work).
     Run(Box<dyn FnOnce() + Send>),
     /// Run a closure with a connection's handler state ([`Conn::with_state`]), counted in
