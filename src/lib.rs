@@ -65,7 +65,7 @@ pub use crate::core::error::{ConfigError, Error, WriteError};
 pub use crate::core::handler::{Handler, IdleAction, ShutdownAction};
 pub use crate::core::stats::Stats;
 pub use crate::core::timer::TimerHandle;
-pub use engine::{DialOptions, Engine, EngineBuilder, EngineHandle};
+pub use engine::{Backoff, DialOptions, Engine, EngineBuilder, EngineHandle};
 
 /// Time: the hashed timing wheel every poller runs its deadlines and timers on (sans-IO,
 /// usable on its own), and the handle of a user timer.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use netpoll::Engine;
 use netpoll::ws::{
-    CloseCode, Connect, ConnectError, Message, Request, Upgrade, WsClose, WsConn, WsEngine,
-    WsHandler, WsServer,
+    CloseCode, Connect, ConnectError, Message, Request, Upgrade, WsClient, WsClose, WsConn,
+    WsEngine, WsHandle, WsHandler, WsServer,
 };
 use ws_common::{WAIT, start_ws};
 
@@ -33,10 +33,6 @@ struct ClientSide {
 
 impl WsHandler for ClientSide {
     type State = u32;
-
-    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<u32> {
-        Upgrade::not_found() // this engine only dials
-    }
 
     fn on_open(&mut self, conn: &WsConn, tag: &mut u32) {
         assert!(conn.is_client());
@@ -63,7 +59,7 @@ impl WsHandler for ClientSide {
 
 fn client_engine(hello: Option<&'static str>) -> (WsEngine<ClientSide>, Receiver<Ev>) {
     let (tx, rx) = mpsc::channel();
-    let ws = WsServer::builder()
+    let ws = WsClient::builder()
         .handshake_timeout(Duration::from_millis(500))
         .start(Engine::builder().pollers(2), |_| ClientSide {
             tx: tx.clone(),
@@ -275,4 +271,98 @@ fn two_thousand_client_connections_on_two_pollers() {
         }
     }
     assert_eq!(client.stats().open(), N as u64);
+}
+
+/// Server side of the reconnect test: closes the first `kick` connections as soon as they
+/// open (1013 Try Again Later), keeps the rest.
+struct Kicker {
+    opened: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    kick: u32,
+}
+
+impl WsHandler for Kicker {
+    type State = ();
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+        netpoll::ws::Accept::new(()).into()
+    }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        let n = self
+            .opened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.kick {
+            conn.close(CloseCode::Again, "come back later");
+        }
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+}
+
+/// A client that redials with a `Backoff` through the handle its factory got.
+struct Redialer {
+    engine: WsHandle<Redialer>,
+    backoff: netpoll::Backoff,
+    url: String,
+    tx: Sender<(std::time::Instant, &'static str)>,
+}
+
+impl Redialer {
+    fn redial(&mut self) {
+        let engine = self.engine.clone();
+        let url = self.url.clone();
+        self.engine.after(self.backoff.next_delay(), move || {
+            let _ = engine.connect(&url, Connect::new(()));
+        });
+    }
+}
+
+impl WsHandler for Redialer {
+    type State = ();
+    fn on_open(&mut self, _: &WsConn, _: &mut ()) {
+        self.backoff.reset();
+        let _ = self.tx.send((std::time::Instant::now(), "open"));
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+    fn on_close(&mut self, _: &WsConn, _: (), _: WsClose) {
+        let _ = self.tx.send((std::time::Instant::now(), "close"));
+        self.redial();
+    }
+}
+
+#[test]
+fn a_client_redials_with_backoff_through_its_handle_until_it_stays() {
+    let opened = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let server = WsServer::builder()
+        .start(Engine::builder().listen("127.0.0.1:0"), |_| Kicker {
+            opened: opened.clone(),
+            kick: 3,
+        })
+        .unwrap();
+    let url = format!("ws://{}/feed", server.local_addrs()[0]);
+    let (tx, rx) = mpsc::channel();
+    let client = WsClient::builder()
+        .start(Engine::builder().pollers(1), |engine| Redialer {
+            engine: engine.clone(),
+            // Each open resets it, so every redial waits 50..=100 ms.
+            backoff: netpoll::Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
+            url: url.clone(),
+            tx: tx.clone(),
+        })
+        .unwrap();
+    client.connect(&url, Connect::new(())).unwrap();
+    let mut events = Vec::new();
+    while events.len() < 7 {
+        events.push(rx.recv_timeout(WAIT).expect("client event"));
+    }
+    let kinds: Vec<_> = events.iter().map(|e| e.1).collect();
+    assert_eq!(
+        kinds,
+        ["open", "close", "open", "close", "open", "close", "open"]
+    );
+    // Each redial waited for the backoff.
+    for pair in events.windows(2).filter(|w| w[0].1 == "close") {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(gap >= Duration::from_millis(50), "redialed after {gap:?}");
+    }
+    // The fourth connection stays.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 4);
 }

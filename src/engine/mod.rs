@@ -1,6 +1,7 @@
 //! The [`Engine`] facade over the core: starts the pollers, binds the listeners, dials,
 //! schedules timers, reports stats and shuts down.
 
+mod backoff;
 mod builder;
 mod handle;
 
@@ -18,6 +19,7 @@ use crate::core::handler::Handler;
 use crate::core::poller::{self, Common, Poller, PollerShared};
 use crate::core::stats::Stats;
 use crate::os;
+pub use backoff::Backoff;
 pub use builder::EngineBuilder;
 pub use handle::EngineHandle;
 

@@ -281,6 +281,40 @@ impl WsServer {
     }
 }
 
+/// Entry point of a WebSocket client engine: [`WsClient::builder`]. The same builder as a
+/// server's ([`WsServer::builder`]); an engine with no listen address only dials.
+///
+/// ```no_run
+/// use netpoll::Engine;
+/// use netpoll::ws::{Connect, Message, WsClient, WsConn, WsHandler};
+///
+/// /// A client-only handler: no `on_request`.
+/// struct Printer;
+/// impl WsHandler for Printer {
+///     type State = ();
+///     fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+///         let _ = conn.send_text("hello");
+///     }
+///     fn on_message(&mut self, _: &WsConn, _: &mut (), msg: Message<'_>) {
+///         println!("{} bytes", msg.len());
+///     }
+/// }
+///
+/// let client = WsClient::builder().start(Engine::builder().pollers(1), |_| Printer)?;
+/// client.connect("ws://127.0.0.1:9001/echo", Connect::new(()))?;
+/// # Ok::<(), netpoll::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct WsClient;
+
+impl WsClient {
+    /// A builder with the default settings (`handshake_timeout` bounds the server's answer;
+    /// `idle_timeout` pings a silent server).
+    pub fn builder() -> WsBuilder {
+        WsBuilder::default()
+    }
+}
+
 /// Settings of a WebSocket server (and client). Every limit is enforced with the right close
 /// code or HTTP status, and documented in docs/TUNING.md.
 ///

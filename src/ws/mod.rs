@@ -46,7 +46,7 @@ mod session;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
-pub use engine::{WsBuilder, WsConfig, WsEngine, WsHandle, WsServer};
+pub use engine::{WsBuilder, WsClient, WsConfig, WsEngine, WsHandle, WsServer};
 pub use frame::{CloseCode, Limits, ProtocolError};
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
@@ -262,8 +262,12 @@ pub trait WsHandler: Send + 'static {
 
     /// An HTTP request arrived: accept it as a WebSocket (for upgrade requests), or answer
     /// it. Not called for malformed upgrade requests (they get 400/405/426 directly). If a
-    /// request that is not an upgrade is "accepted", it gets 426 Upgrade Required.
-    fn on_request(&mut self, req: &Request<'_>) -> Upgrade<Self::State>;
+    /// request that is not an upgrade is "accepted", it gets 426 Upgrade Required. The
+    /// default answers 404 to everything: a client-only handler need not write it.
+    fn on_request(&mut self, req: &Request<'_>) -> Upgrade<Self::State> {
+        let _ = req;
+        Upgrade::not_found()
+    }
 
     /// The `101` response is queued and the connection is a WebSocket.
     fn on_open(&mut self, conn: &WsConn, state: &mut Self::State) {
