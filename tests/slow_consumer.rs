@@ -148,3 +148,59 @@ fn a_per_connection_policy_overrides_the_engines() {
         "the engine's Error policy still applies to the other"
     );
 }
+
+/// A client with a small receive buffer, so that what it does not read stays queued in the
+/// engine instead of in the kernel.
+fn small_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+#[test]
+fn the_queued_bytes_gauge_follows_what_the_queues_hold() {
+    // Two stalled peers, one filled from this thread (direct path), one from a timer on the
+    // poller (corked path): the gauge is the sum of their pending_bytes, and falls to 0 when
+    // one drains and the other is aborted.
+    const CHUNKS: usize = 32;
+    let builder = Engine::builder()
+        .pollers(1)
+        .send_buffer_size(4096)
+        .max_outbound_bytes(1 << 20);
+    let (engine, addr, rx) = start(builder, Mode::Sink);
+    let mut reader = small_client(addr);
+    let a = next_open(&rx);
+    let _stalled = small_client(addr);
+    let b = next_open(&rx);
+    for _ in 0..CHUNKS {
+        a.write(Bytes::from(vec![b'a'; 8192])).unwrap();
+    }
+    let from_poller = b.clone();
+    engine.after(Duration::ZERO, move || {
+        for _ in 0..CHUNKS {
+            from_poller.write_slice(&[b'b'; 8192]).unwrap();
+        }
+    });
+    let sum = || a.pending_bytes() + b.pending_bytes();
+    assert!(
+        eventually(WAIT, || b.pending_bytes() > 0
+            && engine.stats().queued_bytes as usize == sum()),
+        "gauge {} vs queues {}",
+        engine.stats().queued_bytes,
+        sum()
+    );
+    assert!(engine.stats().queued_bytes > 256 * 1024);
+    assert!(engine.stats().to_string().contains("queued_bytes="));
+    // `a`'s peer reads everything; `b` is aborted.
+    let mut buf = vec![0u8; CHUNKS * 8192];
+    reader.read_exact(&mut buf).unwrap();
+    b.abort();
+    assert!(
+        eventually(WAIT, || engine.stats().queued_bytes == 0),
+        "gauge stuck at {}",
+        engine.stats().queued_bytes
+    );
+}

@@ -94,6 +94,40 @@ pub enum CloseReason {
 impl CloseReason {
     pub(crate) const COUNT: usize = 9;
 
+    /// Every reason once, in the order of [`index`](Self::index) (`Io` stands for every kind).
+    pub(crate) const ALL: [CloseReason; Self::COUNT] = [
+        CloseReason::PeerClosed,
+        CloseReason::Io(io::ErrorKind::Other),
+        CloseReason::Overflow,
+        CloseReason::InboundOverflow,
+        CloseReason::Local,
+        CloseReason::Shutdown,
+        CloseReason::HandlerPanic,
+        CloseReason::WriteTimeout,
+        CloseReason::ReadTimeout,
+    ];
+
+    /// A short snake_case name for logs and metrics labels (`"io"` for every `Io` kind).
+    ///
+    /// ```
+    /// use netpoll::CloseReason;
+    /// assert_eq!(CloseReason::WriteTimeout.label(), "write_timeout");
+    /// assert_eq!(CloseReason::Io(std::io::ErrorKind::BrokenPipe).label(), "io");
+    /// ```
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Io(_) => "io",
+            CloseReason::Overflow => "overflow",
+            CloseReason::InboundOverflow => "inbound_overflow",
+            CloseReason::Local => "local",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::HandlerPanic => "handler_panic",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::ReadTimeout => "read_timeout",
+        }
+    }
+
     pub(crate) fn index(self) -> usize {
         match self {
             CloseReason::PeerClosed => 0,

@@ -114,10 +114,12 @@ impl Conn {
             } else {
                 io.transport.queue(head, body, None);
             }
+            context::account_queued(poller, io.transport.charge() as i64 - pending as i64);
             self.note_watermark(&mut io);
             return Ok(());
         }
         let result = io.transport.send(head, body);
+        context::account_queued(poller, io.transport.charge() as i64 - pending as i64);
         count(&poller.stats.write_calls, 1);
         match result {
             Ok(n) => {

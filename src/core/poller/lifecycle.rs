@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
-use super::{Adopt, Command, Connection, Poller, Stage, TimerKind, guarded, shutdown_reason};
+use super::{
+    Adopt, Command, Connection, Poller, Stage, TimerKind, context, guarded, shutdown_reason,
+};
 use crate::core::conn::{CloseReason, Conn, Phase};
 use crate::core::handler::{Handler, ShutdownAction};
 use crate::core::stats::count;
@@ -178,11 +180,14 @@ impl<H: Handler> Poller<H> {
         {
             let mut io = c.conn.shared.lock();
             io.phase = Phase::Closed;
+            let before = io.transport.charge();
             if graceful {
                 io.transport.close_notify();
             } else {
                 io.transport.discard();
             }
+            let delta = io.transport.charge() as i64 - before as i64;
+            context::account_queued(&self.shared, delta);
         }
         count(&self.shared.stats.closed[reason.index()], 1);
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
@@ -229,7 +234,11 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.remove(token) else {
             return;
         };
-        c.conn.shared.lock().release();
+        {
+            let mut io = c.conn.shared.lock();
+            context::account_queued(&self.shared, -(io.transport.charge() as i64));
+            io.release();
+        }
         count(&self.shared.stats.freed, 1);
         if self
             .shared

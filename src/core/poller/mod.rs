@@ -176,6 +176,7 @@ impl<H: Handler> Poller<H> {
             self.run_commands();
             self.expire_timers();
             self.flush_corked();
+            context::publish_queued(&self.shared);
             if let Some(deadline) = self.shutdown_deadline {
                 if self.conns.is_empty() {
                     break;
@@ -187,6 +188,7 @@ impl<H: Handler> Poller<H> {
             }
         }
         self.free_all();
+        context::publish_queued(&self.shared);
         self.drop_timers();
         context::leave();
         debug!(poller = self.shared.index, "poller stopped");
