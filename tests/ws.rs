@@ -237,7 +237,7 @@ fn close_handshakes_from_either_side() {
 
 #[test]
 fn bad_handshakes_get_http_errors_and_plain_requests_get_the_hook_response() {
-    let (_e, addr, _rx) = start_ws(WsServer::builder().max_handshake_size(1024), engine());
+    let (e, addr, _rx) = start_ws(WsServer::builder().max_handshake_size(1024), engine());
     let ask = |raw: &[u8]| -> String {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(WAIT)).unwrap();
@@ -275,6 +275,15 @@ fn bad_handshakes_get_http_errors_and_plain_requests_get_the_hook_response() {
     s.write_all(proto.as_bytes()).unwrap();
     let head = read_http_head(&mut s);
     assert!(head.contains("Sec-WebSocket-Protocol: chat\r\n"), "{head}");
+    // Plain HTTP answers are counted apart from WebSocket upgrades: nine answers (one 200,
+    // eight errors), one upgrade.
+    let ws = e.ws_stats();
+    assert_eq!(
+        (ws.upgrades, ws.http_responses, ws.http_errors),
+        (1, 9, 8),
+        "{ws}"
+    );
+    assert_eq!(e.stats().opened, 10);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::conn::{HANDSHAKING, Message, WsConn};
 use super::frame::CloseCode;
 use super::handshake::Request;
 use super::session::{App, Ended, Io, Session};
+use super::stats::WsCounters;
 use super::{Fragment, Upgrade, WsConfig, WsHandler, group};
 use crate::core::conn::{CloseReason, Conn, Gate};
 use crate::core::handler::{Handler, IdleAction, ShutdownAction};
@@ -21,72 +22,81 @@ use crate::core::transport::Payload;
 pub(crate) struct Adapter<H: WsHandler> {
     user: H,
     config: Arc<WsConfig>,
+    counters: Arc<WsCounters>,
 }
 
 impl<H: WsHandler> Adapter<H> {
-    pub(crate) fn new(user: H, config: Arc<WsConfig>) -> Self {
-        Adapter { user, config }
+    pub(crate) fn new(user: H, config: Arc<WsConfig>, counters: Arc<WsCounters>) -> Self {
+        Adapter {
+            user,
+            config,
+            counters,
+        }
     }
 }
 
 /// The session's actions, on one connection.
-struct ConnIo<'a>(&'a WsConn);
+struct ConnIo<'a> {
+    ws: &'a WsConn,
+    counters: &'a WsCounters,
+}
 
 impl Io for ConnIo<'_> {
     fn peer_addr(&self) -> SocketAddr {
-        self.0.peer_addr()
+        self.ws.peer_addr()
     }
 
-    fn send_http(&mut self, head: &[u8], body: &Bytes) {
+    fn send_http(&mut self, status: u16, head: &[u8], body: &Bytes) {
+        self.counters.response(status);
         let _ = self
-            .0
+            .ws
             .conn()
             .write_gated(head, Payload::Shared(body.clone()), Gate::NONE, None);
     }
 
     fn pong(&mut self, payload: &[u8]) {
-        let _ = self.0.pong(payload);
+        let _ = self.ws.pong(payload);
     }
 
     fn ping(&mut self) -> bool {
-        self.0.ping(b"").is_ok()
+        self.ws.ping(b"").is_ok()
     }
 
     fn send_close(&mut self, code: Option<CloseCode>, reason: &str) -> bool {
-        self.0.send_close(code, reason).is_ok()
+        self.ws.send_close(code, reason).is_ok()
     }
 
     fn close_sent(&mut self) -> bool {
-        self.0.close_sent()
+        self.ws.close_sent()
     }
 
     fn with_hello<R>(&mut self, f: impl FnOnce(&ClientHello) -> R) -> Option<R> {
-        self.0
+        self.ws
             .conn()
             .with_layer(|_, attachment, _| attachment.get_mut::<ClientHello>().map(|h| f(h)))
     }
 
     fn upgraded(&mut self) {
-        self.0.conn().with_layer(|bits, attachment, _| {
+        self.ws.conn().with_layer(|bits, attachment, _| {
             *bits &= !HANDSHAKING;
             attachment.take::<ClientHello>();
         });
     }
 
     fn take_write_progress(&mut self) -> bool {
-        self.0.conn().take_write_progress()
+        self.ws.conn().take_write_progress()
     }
 
     fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
-        self.0.conn().set_read_timeout(timeout);
+        self.ws.conn().set_read_timeout(timeout);
     }
 
     fn close(&mut self) {
-        self.0.conn().close();
+        self.ws.conn().close();
     }
 
     fn abort(&mut self) {
-        self.0.abort();
+        self.ws.abort();
     }
 }
 
@@ -141,7 +151,11 @@ impl<H: WsHandler> Handler for Adapter<H> {
         let ws = WsConn::with_role(conn.clone(), session.is_client());
         let now = conn.now_ms();
         let mut app = UserApp(&mut self.user, &ws);
-        session.on_input(now, data, &self.config, &mut ConnIo(&ws), &mut app)
+        let mut io = ConnIo {
+            ws: &ws,
+            counters: &self.counters,
+        };
+        session.on_input(now, data, &self.config, &mut io, &mut app)
     }
 
     fn on_connect_error(&mut self, conn: &Conn, error: std::io::Error) {
@@ -173,11 +187,19 @@ impl<H: WsHandler> Handler for Adapter<H> {
 
     fn on_idle(&mut self, conn: &Conn, session: &mut Self::State) -> IdleAction {
         let ws = WsConn::with_role(conn.clone(), session.is_client());
-        session.on_timeout(conn.now_ms(), &self.config, &mut ConnIo(&ws))
+        let mut io = ConnIo {
+            ws: &ws,
+            counters: &self.counters,
+        };
+        session.on_timeout(conn.now_ms(), &self.config, &mut io)
     }
 
     fn on_shutdown(&mut self, conn: &Conn, session: &mut Self::State) -> ShutdownAction {
         let ws = WsConn::with_role(conn.clone(), session.is_client());
-        session.on_shutdown(&mut ConnIo(&ws))
+        let mut io = ConnIo {
+            ws: &ws,
+            counters: &self.counters,
+        };
+        session.on_shutdown(&mut io)
     }
 }

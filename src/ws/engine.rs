@@ -14,6 +14,7 @@ use super::adapter::Adapter;
 use super::client::{self, Connect, Pending};
 use super::conn::{HANDSHAKING, WsConn};
 use super::frame::Limits;
+use super::stats::{WsCounters, WsStats};
 use crate::core::config::ReadRefresh;
 use crate::core::error::{ConfigError, Error};
 use crate::core::stats::Stats;
@@ -60,6 +61,7 @@ use crate::engine::{DialOptions, Engine, EngineBuilder, EngineHandle};
 /// ```
 pub struct WsHandle<H: WsHandler> {
     engine: EngineHandle,
+    counters: Arc<WsCounters>,
     _handler: std::marker::PhantomData<fn() -> H>,
 }
 
@@ -67,6 +69,7 @@ impl<H: WsHandler> Clone for WsHandle<H> {
     fn clone(&self) -> Self {
         WsHandle {
             engine: self.engine.clone(),
+            counters: self.counters.clone(),
             _handler: std::marker::PhantomData,
         }
     }
@@ -143,6 +146,11 @@ impl<H: WsHandler> WsHandle<H> {
     /// Counters summed over all pollers (see [`EngineHandle::stats`]).
     pub fn stats(&self) -> Stats {
         self.engine.stats()
+    }
+
+    /// The WebSocket layer's own counters (upgrades apart from plain HTTP answers).
+    pub fn ws_stats(&self) -> WsStats {
+        self.counters.snapshot()
     }
 
     /// Number of poller threads.
@@ -491,18 +499,21 @@ impl WsBuilder {
         F: FnMut(&WsHandle<H>) -> H,
     {
         let config = Arc::new(self.build().map_err(Error::Config)?);
+        let counters = Arc::new(WsCounters::default());
         let engine = engine
             .read_timeout(Some(config.handshake_timeout))
             .read_refresh(ReadRefresh::Manual)
             .start(|engine| {
                 let handle = WsHandle {
                     engine: engine.clone(),
+                    counters: counters.clone(),
                     _handler: std::marker::PhantomData,
                 };
-                Adapter::new(new_handler(&handle), config.clone())
+                Adapter::new(new_handler(&handle), config.clone(), counters.clone())
             })?;
         let handle = WsHandle {
             engine: engine.handle(),
+            counters,
             _handler: std::marker::PhantomData,
         };
         Ok(WsEngine { engine, handle })

@@ -43,6 +43,7 @@ pub mod frame;
 mod group;
 pub(crate) mod handshake;
 mod session;
+mod stats;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
@@ -50,6 +51,7 @@ pub use engine::{WsBuilder, WsClient, WsConfig, WsEngine, WsHandle, WsServer};
 pub use frame::{CloseCode, Limits, ProtocolError};
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
+pub use stats::WsStats;
 
 use crate::core::conn::CloseReason;
 

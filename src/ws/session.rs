@@ -34,8 +34,9 @@ use crate::core::timer::timeout_ms;
 pub(crate) trait Io {
     /// The peer's address (for the upgrade hook).
     fn peer_addr(&self) -> SocketAddr;
-    /// Queues a plain HTTP response (the `101`, a page, a refusal), head and body as one unit.
-    fn send_http(&mut self, head: &[u8], body: &Bytes);
+    /// Queues a plain HTTP response (the `101`, a page, a refusal) with `status`, head and
+    /// body as one unit.
+    fn send_http(&mut self, status: u16, head: &[u8], body: &Bytes);
     /// Queues a pong with `payload`.
     fn pong(&mut self, payload: &[u8]);
     /// Queues a heartbeat ping; false if it was refused (closing, or over the outbound limit).
@@ -250,7 +251,7 @@ impl<S> Session<S> {
                     tracing::error!("invalid subprotocol or header in an accept; sending 500");
                     return Some(self.refuse(io, &HttpResponse::new(500), data));
                 };
-                io.send_http(resp.as_bytes(), &Bytes::new());
+                io.send_http(101, resp.as_bytes(), &Bytes::new());
                 self.app = Some(accept.state);
                 self.open(now, config, io, app);
                 Some(len)
@@ -268,7 +269,7 @@ impl<S> Session<S> {
     /// Answers a request that does not become a WebSocket with `resp` and closes; the rest of
     /// the input is ignored. Returns the bytes used (all of `data`).
     fn refuse(&mut self, io: &mut impl Io, resp: &HttpResponse, data: &[u8]) -> usize {
-        io.send_http(resp.head().as_bytes(), resp.body_bytes());
+        io.send_http(resp.status(), resp.head().as_bytes(), resp.body_bytes());
         io.close();
         self.set_phase(Phase::Done);
         data.len()
@@ -416,7 +417,7 @@ impl<S> Session<S> {
             // timeout has no one to tell).
             Phase::Handshake => {
                 let resp = HttpResponse::new(408);
-                io.send_http(resp.head().as_bytes(), resp.body_bytes());
+                io.send_http(resp.status(), resp.head().as_bytes(), resp.body_bytes());
                 return IdleAction::Close;
             }
             Phase::ClientHandshake | Phase::Done => return IdleAction::Close,

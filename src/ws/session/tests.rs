@@ -49,8 +49,9 @@ impl Io for Wire {
     fn peer_addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], 5000).into()
     }
-    fn send_http(&mut self, head: &[u8], body: &Bytes) {
+    fn send_http(&mut self, status: u16, head: &[u8], body: &Bytes) {
         let mut s = String::from_utf8(head.to_vec()).unwrap();
+        assert!(s.starts_with(&format!("HTTP/1.1 {status} ")), "{s}");
         s.push_str(std::str::from_utf8(body).unwrap());
         self.http.push(s);
     }
