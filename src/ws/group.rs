@@ -95,11 +95,20 @@ impl std::fmt::Debug for Group {
     }
 }
 
+/// One member as its poller's share of the group keeps it.
+struct Member {
+    conn: WsConn,
+    /// Messages it missed under [`SlowPolicy::Drop`] and was not told about yet.
+    missed: u64,
+}
+
 /// Members of one poller: a dense vector for fast iteration and an index by id.
 #[derive(Default)]
 struct Members {
-    conns: Vec<WsConn>,
+    list: Vec<Member>,
     index: HashMap<ConnId, usize>,
+    /// Some member may have missed messages (so a missed-message notice may be due).
+    lagging: bool,
 }
 
 impl Members {
@@ -107,8 +116,11 @@ impl Members {
         if self.index.contains_key(&conn.id()) {
             return false;
         }
-        self.index.insert(conn.id(), self.conns.len());
-        self.conns.push(conn.clone());
+        self.index.insert(conn.id(), self.list.len());
+        self.list.push(Member {
+            conn: conn.clone(),
+            missed: 0,
+        });
         true
     }
 
@@ -116,11 +128,16 @@ impl Members {
         let Some(i) = self.index.remove(&id) else {
             return false;
         };
-        self.conns.swap_remove(i);
-        if let Some(moved) = self.conns.get(i) {
-            self.index.insert(moved.id(), i);
+        self.list.swap_remove(i);
+        if let Some(moved) = self.list.get(i) {
+            self.index.insert(moved.conn.id(), i);
         }
         true
+    }
+
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Member> {
+        let i = *self.index.get(&id)?;
+        self.list.get_mut(i)
     }
 }
 
@@ -134,10 +151,18 @@ struct Slot {
     limit: usize,
 }
 
+/// One broadcast waiting for a poller: its frame (or a batch's frames back to back), how many
+/// messages that is, and the member it skips.
+struct Queued {
+    frame: Bytes,
+    messages: u64,
+    except: Option<ConnId>,
+}
+
 /// Broadcast frames waiting for a poller, with what they are charged against the bound.
 #[derive(Default)]
 struct Backlog {
-    frames: VecDeque<(Bytes, Option<ConnId>)>,
+    frames: VecDeque<Queued>,
     charge: usize,
     /// A run that drains the backlog is queued on the poller.
     scheduled: bool,
@@ -153,8 +178,13 @@ impl Slot {
     }
 }
 
+/// What a group calls when a member that missed messages has room again (see
+/// [`Group::on_missed`]).
+type MissedNotice = Arc<dyn Fn(&WsConn, u64) + Send + Sync>;
+
 pub(crate) struct GroupInner {
     policy: SlowPolicy,
+    on_missed: Option<MissedNotice>,
     /// Indexed by poller; filled in as members of each poller join.
     slots: RwLock<Vec<Option<Arc<Slot>>>>,
     len: AtomicUsize,
@@ -207,19 +237,29 @@ impl GroupInner {
         removed
     }
 
-    /// Puts `frame` in `slot`'s backlog and makes sure its poller will drain it; if the
-    /// backlog is full (the poller is behind), the members of that poller miss it, under the
-    /// group's policy.
-    fn enqueue(self: &Arc<Self>, slot: &Arc<Slot>, frame: &Bytes, except: Option<ConnId>) {
+    /// Puts `frame` (`messages` frames back to back) in `slot`'s backlog and makes sure its
+    /// poller will drain it; if the backlog is full (the poller is behind), the members of
+    /// that poller miss it, under the group's policy.
+    fn enqueue(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        frame: &Bytes,
+        messages: u64,
+        except: Option<ConnId>,
+    ) {
         let charge = frame.len() + CHUNK_CHARGE;
         let schedule = {
             let mut backlog = slot.backlog();
             if backlog.charge + charge > slot.limit {
                 drop(backlog);
-                self.poller_behind(slot, except);
+                self.poller_behind(slot, except, messages);
                 return;
             }
-            backlog.frames.push_back((frame.clone(), except));
+            backlog.frames.push_back(Queued {
+                frame: frame.clone(),
+                messages,
+                except,
+            });
             backlog.charge += charge;
             !std::mem::replace(&mut backlog.scheduled, true)
         };
@@ -233,24 +273,34 @@ impl GroupInner {
         slot.poller.run(Box::new(move || inner.drain(&run_slot)));
     }
 
-    /// A poller is too far behind to take `slot`'s next frame: its members miss it.
-    fn poller_behind(&self, slot: &Slot, except: Option<ConnId>) {
-        let members = slot.members();
-        self.missed(members.conns.iter().filter(|m| Some(m.id()) != except));
+    /// A poller is too far behind to take `slot`'s next frame (`messages` messages): its
+    /// members miss it.
+    fn poller_behind(&self, slot: &Slot, except: Option<ConnId>, messages: u64) {
+        let mut members = slot.members();
+        members.lagging = true;
+        let missing = members
+            .list
+            .iter_mut()
+            .filter(|m| Some(m.conn.id()) != except);
+        self.missed(missing, messages);
     }
 
-    /// Members that could not take a message, under the group's policy: counted (`Drop`), or
-    /// closed (`Close`, those still open).
-    fn missed<'a>(&self, members: impl Iterator<Item = &'a WsConn>) {
+    /// Members that could not take `messages` messages, under the group's policy: counted,
+    /// per member and in all (`Drop`), or closed (`Close`, those still open).
+    fn missed<'a>(&self, members: impl Iterator<Item = &'a mut Member>, messages: u64) {
         match self.policy {
             SlowPolicy::Drop => {
-                let n = members.count() as u64;
+                let mut n = 0;
+                for m in members {
+                    m.missed += messages;
+                    n += messages;
+                }
                 self.dropped_messages.fetch_add(n, Ordering::Relaxed);
             }
             SlowPolicy::Close { code } => {
-                for m in members.filter(|m| m.is_open()) {
+                for m in members.filter(|m| m.conn.is_open()) {
                     self.slow_closes.fetch_add(1, Ordering::Relaxed);
-                    m.close(code, "too slow");
+                    m.conn.close(code, "too slow");
                 }
             }
         }
@@ -266,7 +316,7 @@ impl GroupInner {
                 let mut backlog = slot.backlog();
                 match backlog.frames.pop_front() {
                     Some(item) => {
-                        backlog.charge -= item.0.len() + CHUNK_CHARGE;
+                        backlog.charge -= item.frame.len() + CHUNK_CHARGE;
                         item
                     }
                     None => {
@@ -279,30 +329,63 @@ impl GroupInner {
                     }
                 }
             };
-            writes += self.deliver(slot, &next.0, next.1).max(1);
+            writes += self.deliver(slot, &next).max(1);
         }
         self.schedule(slot);
     }
 
-    /// Queues `frame` on a slot's members (on that slot's poller); returns how many.
-    fn deliver(&self, slot: &Slot, frame: &Bytes, except: Option<ConnId>) -> usize {
-        let members = slot.members();
-        for m in &members.conns {
-            if Some(m.id()) == except {
+    /// Queues a backlogged frame on a slot's members (on that slot's poller); returns how
+    /// many. Members that missed messages and have room again are announced first
+    /// ([`Group::with_missed_notice`]), so each notice comes before the next message.
+    fn deliver(&self, slot: &Slot, item: &Queued) -> usize {
+        if let Some(notice) = &self.on_missed {
+            // Outside the members' lock: a notice may use the group.
+            for (conn, n) in Self::notices_due(slot, item) {
+                notice(&conn, n);
+            }
+        }
+        let mut members = slot.members();
+        let n = members.list.len();
+        let mut lagging = false;
+        for m in members.list.iter_mut() {
+            if Some(m.conn.id()) == item.except {
                 continue;
             }
-            let result = m.conn().write_gated(
+            let result = m.conn.conn().write_gated(
                 &[],
-                Payload::Fanout(frame.clone()),
+                Payload::Fanout(item.frame.clone()),
                 FRAME,
                 Some(OverflowPolicy::Error),
             );
             if let Err(WriteError::Overflow { .. }) = result {
-                self.missed(std::iter::once(m));
+                self.missed(std::iter::once(&mut *m), item.messages);
+                lagging = true;
             }
             // A closed member is removed by its own close; nothing to do here.
         }
-        members.conns.len()
+        members.lagging |= lagging;
+        n
+    }
+
+    /// Members that missed messages and now have room for `item` and a notice: their counts,
+    /// taken.
+    fn notices_due(slot: &Slot, item: &Queued) -> Vec<(WsConn, u64)> {
+        let mut members = slot.members();
+        if !members.lagging {
+            return Vec::new();
+        }
+        let mut due = Vec::new();
+        let mut still = false;
+        for m in members.list.iter_mut().filter(|m| m.missed > 0) {
+            let room = m.conn.pending_bytes() + item.frame.len() + 2 * CHUNK_CHARGE <= slot.limit;
+            if room && Some(m.conn.id()) != item.except {
+                due.push((m.conn.clone(), std::mem::take(&mut m.missed)));
+            } else {
+                still = true;
+            }
+        }
+        members.lagging = still;
+        due
     }
 }
 
@@ -312,12 +395,46 @@ impl Group {
         Group {
             inner: Arc::new(GroupInner {
                 policy,
+                on_missed: None,
                 slots: RwLock::new(Vec::new()),
                 len: AtomicUsize::new(0),
                 dropped_messages: AtomicU64::new(0),
                 slow_closes: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// An empty group with the [`SlowPolicy::Drop`] policy that tells a member how many
+    /// messages it missed: `notice(conn, n)` runs on the member's poller when it has room
+    /// again, just before its next message is queued, so a notice sent from it (a "gap"
+    /// message, say) arrives before that message. Like tokio's broadcast receivers learning
+    /// their lag. Without a notice the count stays readable through
+    /// [`missed_by`](Self::missed_by).
+    ///
+    /// ```no_run
+    /// use netpoll::ws::Group;
+    ///
+    /// let ticks = Group::with_missed_notice(|conn, n| {
+    ///     let _ = conn.send_text(&format!(r#"{{"type":"gap","missed":{n}}}"#));
+    /// });
+    /// # let _ = ticks;
+    /// ```
+    pub fn with_missed_notice(notice: impl Fn(&WsConn, u64) + Send + Sync + 'static) -> Group {
+        let group = Group::new(SlowPolicy::Drop);
+        let mut inner = Arc::into_inner(group.inner).expect("not shared yet");
+        inner.on_missed = Some(Arc::new(notice));
+        Group {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Messages `conn` missed under [`SlowPolicy::Drop`] and was not told about (by the
+    /// notice of [`with_missed_notice`](Self::with_missed_notice)); `None` if it is not a
+    /// member.
+    pub fn missed_by(&self, conn: &WsConn) -> Option<u64> {
+        let slot = self.inner.slot(conn.poller_index())?;
+        let mut members = slot.members();
+        members.get_mut(conn.id()).map(|m| m.missed)
     }
 
     /// Adds `conn`. Returns false if it is already a member or closed, if it belongs to
@@ -416,30 +533,82 @@ impl Group {
         self.send(msg, Some(except.id()))
     }
 
+    /// Sends a payload already in a `Bytes` (built once by a producer, say) to every member;
+    /// with `text` it must be UTF-8. The frame is still one buffer for all members.
+    ///
+    /// # Errors
+    /// [`WriteError::Invalid`] for text that is not UTF-8 (nothing is sent).
+    pub fn broadcast_shared(&self, payload: &Bytes, text: bool) -> Result<(), WriteError> {
+        let msg = if text {
+            let text = std::str::from_utf8(payload)
+                .map_err(|_| WriteError::Invalid("text message is not UTF-8"))?;
+            Message::Text(text)
+        } else {
+            Message::Binary(payload)
+        };
+        self.send(msg, None);
+        Ok(())
+    }
+
+    /// Sends several messages to every member as one unit: their frames are encoded back to
+    /// back into one buffer and queued on each member with one write, so a burst of small
+    /// messages (a batch of ticks) costs one queue entry per member instead of one per
+    /// message. Members get them in order; a member that cannot take the batch misses all of
+    /// it (counted as that many messages).
+    ///
+    /// ```no_run
+    /// # fn demo(feed: &netpoll::ws::Group) {
+    /// use netpoll::ws::Message;
+    /// let ticks = ["AAPL 101.5", "MSFT 402.1", "NVDA 133.7"];
+    /// feed.broadcast_batch(ticks.iter().map(|t| Message::Text(t)));
+    /// # }
+    /// ```
+    pub fn broadcast_batch<'a>(&self, msgs: impl IntoIterator<Item = Message<'a>>) {
+        if self.is_empty() {
+            return;
+        }
+        let mut frames = Vec::new();
+        let mut n = 0;
+        for msg in msgs {
+            append_frame(&mut frames, msg);
+            n += 1;
+        }
+        if n > 0 {
+            self.enqueue_all(&Bytes::from(frames), n, None);
+        }
+    }
+
     fn send(&self, msg: Message<'_>, except: Option<ConnId>) {
-        let frame = encode_frame(msg);
+        if self.is_empty() {
+            return; // nothing to encode for nobody
+        }
+        let mut frame = Vec::with_capacity(MAX_HEADER + msg.len());
+        append_frame(&mut frame, msg);
+        self.enqueue_all(&Bytes::from(frame), 1, except);
+    }
+
+    fn enqueue_all(&self, frame: &Bytes, messages: u64, except: Option<ConnId>) {
         let slots: Vec<Arc<Slot>> = {
             let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
             slots.iter().flatten().cloned().collect()
         };
         for slot in slots {
-            if slot.members().conns.is_empty() {
+            if slot.members().list.is_empty() {
                 continue;
             }
-            self.inner.enqueue(&slot, &frame, except);
+            self.inner.enqueue(&slot, frame, messages, except);
         }
     }
 }
 
-/// One unmasked frame (header + payload) in one `Bytes`, shared by every member's queue.
-fn encode_frame(msg: Message<'_>) -> Bytes {
+/// Appends one unmasked frame (header + payload): frames in one `Bytes` are shared by every
+/// member's queue.
+fn append_frame(out: &mut Vec<u8>, msg: Message<'_>) {
     let payload = msg.as_bytes();
     let mut head = [0u8; MAX_HEADER];
     let n = encode_header(&mut head, msg.opcode(), true, payload.len(), None);
-    let mut frame = Vec::with_capacity(n + payload.len());
-    frame.extend_from_slice(&head[..n]);
-    frame.extend_from_slice(payload);
-    Bytes::from(frame)
+    out.extend_from_slice(&head[..n]);
+    out.extend_from_slice(payload);
 }
 
 /// A closing connection leaves every group it joined (called by its poller).

@@ -44,6 +44,7 @@ mod group;
 pub(crate) mod handshake;
 mod session;
 mod stats;
+mod topics;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};
@@ -52,6 +53,7 @@ pub use frame::{CloseCode, Limits, ProtocolError};
 pub use group::{Group, SlowPolicy};
 pub use handshake::{HttpResponse, Request};
 pub use stats::WsStats;
+pub use topics::Topics;
 
 use crate::core::conn::CloseReason;
 
