@@ -356,9 +356,12 @@ fn main() {
         "open http://{}/ in two browser tabs",
         server.local_addrs()[0]
     );
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    // Ctrl-C or SIGTERM: everyone gets 1001 Going Away, queued messages flush (up to 5 s).
+    server
+        .shutdown_on_signals(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("cannot watch for signals: {e}"));
+    let stats = server.wait();
+    println!("stopped: {stats}");
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ struct Inner {
     local_addrs: Vec<SocketAddr>,
     next_dial: AtomicUsize,
     next_timer: AtomicUsize,
+    /// Closed when the engine stopped, which ends the thread of `shutdown_on_signals`.
+    signals: std::sync::Mutex<Vec<signal_hook::iterator::Handle>>,
 }
 
 impl std::fmt::Debug for EngineHandle {
@@ -88,6 +90,7 @@ impl EngineHandle {
                 local_addrs,
                 next_dial: AtomicUsize::new(0),
                 next_timer: AtomicUsize::new(0),
+                signals: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -241,6 +244,20 @@ impl EngineHandle {
     /// True once the shutdown started.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.common.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub(super) fn keep_signal_handle(&self, handle: signal_hook::iterator::Handle) {
+        let mut kept = self.inner.signals.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push(handle);
+    }
+
+    /// The engine stopped: the threads of `shutdown_on_signals` end. (signal-hook does not give
+    /// the signals their default action back: a later SIGINT is then ignored.)
+    pub(super) fn stopped(&self) {
+        let mut kept = self.inner.signals.lock().unwrap_or_else(|p| p.into_inner());
+        for h in kept.drain(..) {
+            h.close();
+        }
     }
 
     /// True on one of this engine's poller threads (which cannot wait for themselves).

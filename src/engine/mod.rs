@@ -4,6 +4,7 @@
 mod backoff;
 mod builder;
 mod handle;
+mod signals;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -226,6 +227,7 @@ impl Engine {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.handle.stopped();
     }
 }
 

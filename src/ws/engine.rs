@@ -179,6 +179,15 @@ impl<H: WsHandler> WsHandle<H> {
     pub fn is_shutting_down(&self) -> bool {
         self.engine.is_shutting_down()
     }
+
+    /// Starts the shutdown on SIGINT or SIGTERM (see
+    /// [`EngineHandle::shutdown_on_signals`]): every WebSocket gets 1001 Going Away.
+    ///
+    /// # Errors
+    /// If the signal handlers cannot be installed or the thread cannot be started.
+    pub fn shutdown_on_signals(&self, timeout: Duration) -> io::Result<()> {
+        self.engine.shutdown_on_signals(timeout)
+    }
 }
 
 /// A running engine serving (and dialing) WebSocket connections for a [`WsHandler`]. It owns
