@@ -60,6 +60,24 @@ impl<'a> Request<'a> {
         self.query
     }
 
+    /// The first value of the query parameter `name`, percent-decoded (`+` as a space;
+    /// invalid UTF-8 replaced); `None` if it is absent.
+    ///
+    /// ```
+    /// # use netpoll::ws::Request;
+    /// # fn demo(req: &Request<'_>) {
+    /// // GET /ws?nick=J%C3%BCrgen+K&room=1
+    /// let nick = req.query_param("nick"); // Some("Jürgen K")
+    /// # let _ = nick;
+    /// # }
+    /// ```
+    pub fn query_param(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        self.query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == name).then(|| percent_decode(v))
+        })
+    }
+
     /// The remote address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer
@@ -169,7 +187,8 @@ impl HttpResponse {
         self
     }
 
-    /// Sets the body.
+    /// Sets the body. Without a `Content-Type` header of its own, a response with a body is
+    /// sent as `text/plain; charset=utf-8`.
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
         self
@@ -196,6 +215,13 @@ impl HttpResponse {
         for (k, v) in &self.headers {
             let _ = write!(s, "{k}: {v}\r\n");
         }
+        let typed = self
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !self.body.is_empty() && !typed {
+            s.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+        }
         let _ = write!(
             s,
             "Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -212,6 +238,30 @@ impl HttpResponse {
             &EMPTY
         }
     }
+}
+
+/// Decodes `%XX` escapes and `+` (a space, in query strings); borrows when there is nothing to
+/// decode. A malformed escape is kept as it is.
+fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() && hex(b[i + 1]).is_some() && hex(b[i + 2]).is_some() => {
+                out.push(hex(b[i + 1]).unwrap_or(0) << 4 | hex(b[i + 2]).unwrap_or(0));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// True if every (name, value) is a valid HTTP header (as `http` parses them).
@@ -415,6 +465,46 @@ mod tests {
     }
 
     #[test]
+    fn query_parameters_are_found_and_percent_decoded() {
+        let raw = "GET /ws?nick=J%C3%BCrgen+K&empty=&flag&bad=%zz%4&room=1&room=2 HTTP/1.1\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Request { request, .. } =
+            parse_request(raw.as_bytes(), &mut headers, PEER.parse().unwrap())
+        else {
+            panic!()
+        };
+        assert_eq!(request.query_param("nick").as_deref(), Some("Jürgen K"));
+        assert_eq!(request.query_param("empty").as_deref(), Some(""));
+        assert_eq!(request.query_param("flag").as_deref(), Some(""));
+        assert_eq!(request.query_param("bad").as_deref(), Some("%zz%4"));
+        assert_eq!(
+            request.query_param("room").as_deref(),
+            Some("1"),
+            "the first"
+        );
+        assert_eq!(request.query_param("missing"), None);
+        assert!(matches!(
+            request.query_param("room"),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn a_body_without_a_content_type_is_plain_text() {
+        let plain = HttpResponse::new(200).body("hi").head();
+        assert!(
+            plain.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+            "{plain}"
+        );
+        let typed = HttpResponse::new(200)
+            .header("content-type", "text/html")
+            .body("<p>")
+            .head();
+        assert!(!typed.contains("text/plain"), "{typed}");
+        assert!(!HttpResponse::new(204).head().contains("Content-Type"));
+    }
+
+    #[test]
     fn partial_and_broken_requests() {
         assert_eq!(parse(&GOOD.as_bytes()[..40]), Err(0));
         assert_eq!(parse(b"GARBAGE\x01\r\n\r\n"), Err(400));
@@ -493,7 +583,8 @@ mod tests {
         let r = HttpResponse::new(404).header("X", "y").body("nope");
         assert_eq!(
             r.head(),
-            "HTTP/1.1 404 Not Found\r\nX: y\r\nContent-Length: 4\r\nConnection: close\r\n\r\n"
+            "HTTP/1.1 404 Not Found\r\nX: y\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 4\r\nConnection: close\r\n\r\n"
         );
     }
 }

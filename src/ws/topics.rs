@@ -36,8 +36,12 @@ pub struct Topics {
     inner: Arc<Inner>,
 }
 
+/// What a registry made with [`Topics::with_missed_notice`] calls: (member, topic, missed).
+type TopicNotice = Arc<dyn Fn(&WsConn, &str, u64) + Send + Sync>;
+
 struct Inner {
     policy: SlowPolicy,
+    notice: Option<TopicNotice>,
     map: RwLock<Registry>,
 }
 
@@ -62,9 +66,30 @@ impl std::fmt::Debug for Topics {
 impl Topics {
     /// An empty registry whose groups use `policy` for slow members.
     pub fn new(policy: SlowPolicy) -> Topics {
+        Topics::make(policy, None)
+    }
+
+    /// A registry whose groups drop for slow members and tell them how many messages of which
+    /// topic they missed (see [`Group::with_missed_notice`]): `notice(conn, topic, n)`.
+    ///
+    /// ```no_run
+    /// use netpoll::ws::Topics;
+    /// let topics = Topics::with_missed_notice(|conn, topic, n| {
+    ///     let _ = conn.send_text(&format!(r#"{{"gap":"{topic}","missed":{n}}}"#));
+    /// });
+    /// # let _ = topics;
+    /// ```
+    pub fn with_missed_notice(
+        notice: impl Fn(&WsConn, &str, u64) + Send + Sync + 'static,
+    ) -> Topics {
+        Topics::make(SlowPolicy::Drop, Some(Arc::new(notice)))
+    }
+
+    fn make(policy: SlowPolicy, notice: Option<TopicNotice>) -> Topics {
         Topics {
             inner: Arc::new(Inner {
                 policy,
+                notice,
                 map: RwLock::new(Registry {
                     groups: HashMap::new(),
                     sweep_at: SWEEP_MIN,
@@ -97,12 +122,21 @@ impl Topics {
             map.groups.retain(|_, g| !g.is_empty());
             map.sweep_at = (map.groups.len() * 2).max(SWEEP_MIN);
         }
-        let policy = self.inner.policy;
         let group = map
             .groups
             .entry(topic.into())
-            .or_insert_with(|| Group::new(policy));
+            .or_insert_with(|| self.new_group(topic));
         group.join(conn)
+    }
+
+    fn new_group(&self, topic: &str) -> Group {
+        match &self.inner.notice {
+            Some(notice) => {
+                let (notice, topic) = (notice.clone(), topic.to_string());
+                Group::with_missed_notice(move |conn, n| notice(conn, &topic, n))
+            }
+            None => Group::new(self.inner.policy),
+        }
     }
 
     /// Unsubscribes `conn` from `topic`; false if it was not a subscriber. Once this returns,
