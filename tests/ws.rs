@@ -694,3 +694,37 @@ fn a_paused_websocket_gets_its_messages_on_resume_and_no_heartbeat_close_meanwhi
     }
     assert!(conn.is_open());
 }
+
+#[test]
+fn every_close_during_shutdown_counts_as_shutdown_even_when_a_heartbeat_deadline_falls_inside() {
+    // A heartbeat far shorter than the shutdown's wait: the silent peer's read deadline
+    // passes during the goodbye handshake. It is still a shutdown close, not a read timeout.
+    let ws = WsServer::builder()
+        .idle_timeout(Some(Duration::from_millis(100)))
+        .pong_timeout(Duration::from_millis(100));
+    let (engine, addr, rx) = start_ws(ws, engine());
+    let _silent = raw_upgraded(addr, "/record");
+    let silent = next_open(&rx);
+    let mut polite = connect(addr, "/record");
+    let polite_conn = next_open(&rx);
+    let answer = std::thread::spawn(move || {
+        let code = read_close_code(&mut polite);
+        let _ = polite.flush();
+        code
+    });
+    let stats = engine.shutdown(Duration::from_secs(1));
+    assert_eq!(answer.join().unwrap(), Some(1001));
+    assert_eq!(stats.closed(CloseReason::ReadTimeout), 0, "{stats}");
+    assert_eq!(stats.closed(CloseReason::Shutdown), 2, "{stats}");
+    let mut closed = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let WsEvent::Close(id, close) = ev {
+            assert_eq!(close.cause, CloseReason::Shutdown, "{id}");
+            closed.push(id);
+        }
+    }
+    closed.sort();
+    let mut want = vec![silent.id(), polite_conn.id()];
+    want.sort();
+    assert_eq!(closed, want);
+}
