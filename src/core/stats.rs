@@ -37,7 +37,9 @@ pub(crate) fn count(field: &AtomicU64, n: u64) {
 
 impl PollerStats {
     pub(crate) fn add_queued(&self, delta: i64) {
-        self.queued_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        if delta != 0 {
+            self.queued_bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn snapshot_into(&self, s: &mut Stats) {

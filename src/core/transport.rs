@@ -103,6 +103,9 @@ pub(crate) struct Transport {
     /// `None` once the connection was freed: the descriptor closes at that moment, not when
     /// the last handle is dropped.
     socket: Option<TcpStream>,
+    /// What the poller's queued-bytes gauge counts for this connection: the queue's charge
+    /// when last accounted (saturating; it fills the padding after the descriptor).
+    accounted: u32,
     out: OutboundBuffer,
 }
 
@@ -111,6 +114,7 @@ impl Transport {
     pub(crate) fn plain(socket: TcpStream) -> Self {
         Transport {
             socket: Some(socket),
+            accounted: 0,
             out: OutboundBuffer::new(),
         }
     }
@@ -125,6 +129,22 @@ impl Transport {
     #[inline]
     pub(crate) fn charge(&self) -> usize {
         self.out.charge()
+    }
+
+    /// Brings this connection's share of the queued-bytes gauge up to date: returns the change
+    /// to add to it. Called where the queue may have changed and the gauge should know: after
+    /// the poller's flush, after a write that left bytes queued without corking, and when the
+    /// queue is dropped. (A corked write is accounted by the flush at the end of the same loop
+    /// iteration, so the echo path pays one comparison.)
+    #[inline]
+    pub(crate) fn account(&mut self) -> i64 {
+        if self.accounted == 0 && self.out.is_empty() {
+            return 0; // nothing queued before or now: the common case
+        }
+        let now = self.out.charge().min(u32::MAX as usize) as u32;
+        let delta = i64::from(now) - i64::from(self.accounted);
+        self.accounted = now;
+        delta
     }
 
     /// The socket, for registration and connect completion (`None` once freed).

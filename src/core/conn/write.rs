@@ -106,20 +106,25 @@ impl Conn {
         // its copy into the queue (and, past the pooled-buffer size, an allocation).
         let cork = on_owner && (len < DIRECT_WRITE_MIN || matches!(body, Payload::Fanout(_)));
         if io.transport.pending() != 0 || io.phase == Phase::Connecting || cork {
+            let corked = on_owner && io.phase == Phase::Open;
             if on_owner {
                 context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool)));
-                if io.phase == Phase::Open {
+                if corked {
                     io.cork(shared.token());
                 }
             } else {
                 io.transport.queue(head, body, None);
             }
-            context::account_queued(poller, io.transport.charge() as i64 - pending as i64);
+            if !corked {
+                poller.stats.add_queued(io.account());
+            }
             self.note_watermark(&mut io);
             return Ok(());
         }
         let result = io.transport.send(head, body);
-        context::account_queued(poller, io.transport.charge() as i64 - pending as i64);
+        if io.transport.pending() != 0 {
+            poller.stats.add_queued(io.account());
+        }
         count(&poller.stats.write_calls, 1);
         match result {
             Ok(n) => {

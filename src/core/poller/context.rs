@@ -3,7 +3,6 @@
 //!
 //! - which poller runs on this thread (so a write knows it may cork);
 //! - the loop time, read once per iteration, so callbacks read no clock;
-//! - this iteration's change of the queued-bytes gauge;
 //! - the cork list: connections written to during this iteration, flushed at its end;
 //! - the tail pool: small coalescing buffers handed back by drained connections, so corked
 //!   small writes allocate nothing in steady state.
@@ -18,9 +17,6 @@ use super::PollerShared;
 struct Current {
     poller: Cell<*const PollerShared>,
     now_ms: Cell<u64>,
-    /// Change of the poller's queued outbound bytes this iteration, published once at its end
-    /// (an atomic per loop iteration instead of per write).
-    queued_delta: Cell<i64>,
 }
 
 /// The buffers, which need dropping with the thread.
@@ -34,7 +30,6 @@ thread_local! {
         Current {
             poller: Cell::new(std::ptr::null()),
             now_ms: Cell::new(0),
-            queued_delta: Cell::new(0),
         }
     };
     static BUFFERS: Buffers = const {
@@ -80,29 +75,6 @@ pub(crate) fn now_ms(poller: &PollerShared) -> u64 {
         CURRENT.with(|c| c.now_ms.get())
     } else {
         poller.common.clock.ms(Instant::now())
-    }
-}
-
-/// Accounts a change of `poller`'s queued outbound bytes (the `queued_bytes` gauge): kept in
-/// the thread's context on the poller's own thread, added to the poller's counter elsewhere.
-#[inline]
-pub(crate) fn account_queued(poller: &PollerShared, delta: i64) {
-    if delta == 0 {
-        return;
-    }
-    if is_current(poller) {
-        CURRENT.with(|c| c.queued_delta.set(c.queued_delta.get() + delta));
-    } else {
-        poller.stats.add_queued(delta);
-    }
-}
-
-/// Publishes this iteration's change of the queued-bytes gauge.
-#[inline]
-pub(super) fn publish_queued(poller: &PollerShared) {
-    let delta = CURRENT.with(|c| c.queued_delta.replace(0));
-    if delta != 0 {
-        poller.stats.add_queued(delta);
     }
 }
 

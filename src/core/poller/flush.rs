@@ -25,7 +25,6 @@ impl<H: Handler> Poller<H> {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;
             io.corked = false;
-            let before = io.transport.charge();
             let (flushed, error) = match io.transport.flush() {
                 Ok(f) => (f, None),
                 Err((f, kind)) => (f, Some(kind)),
@@ -46,7 +45,7 @@ impl<H: Handler> Poller<H> {
             let empty = context::with_tail_pool(|pool| {
                 io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
             });
-            context::account_queued(&self.shared, io.transport.charge() as i64 - before as i64);
+            self.queued_delta += io.account();
             let notice = io.above_low_water && io.transport.charge() <= low_watermark;
             if notice {
                 io.above_low_water = false;

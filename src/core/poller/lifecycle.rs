@@ -7,9 +7,7 @@ use std::sync::atomic::Ordering;
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
-use super::{
-    Adopt, Command, Connection, Poller, Stage, TimerKind, context, guarded, shutdown_reason,
-};
+use super::{Adopt, Command, Connection, Poller, Stage, TimerKind, guarded, shutdown_reason};
 use crate::core::conn::{CloseReason, Conn, Phase};
 use crate::core::handler::{Handler, ShutdownAction};
 use crate::core::stats::count;
@@ -180,14 +178,12 @@ impl<H: Handler> Poller<H> {
         {
             let mut io = c.conn.shared.lock();
             io.phase = Phase::Closed;
-            let before = io.transport.charge();
             if graceful {
                 io.transport.close_notify();
             } else {
                 io.transport.discard();
             }
-            let delta = io.transport.charge() as i64 - before as i64;
-            context::account_queued(&self.shared, delta);
+            self.queued_delta += io.account();
         }
         count(&self.shared.stats.closed[reason.index()], 1);
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
@@ -236,8 +232,8 @@ impl<H: Handler> Poller<H> {
         };
         {
             let mut io = c.conn.shared.lock();
-            context::account_queued(&self.shared, -(io.transport.charge() as i64));
             io.release();
+            self.queued_delta += io.account();
         }
         count(&self.shared.stats.freed, 1);
         if self
