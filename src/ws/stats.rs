@@ -40,7 +40,8 @@ impl WsCounters {
 /// is a connection to the engine but not a WebSocket.
 ///
 /// ```
-/// let ws = netpoll::ws::WsStats { upgrades: 3, http_responses: 2, http_errors: 1 };
+/// let mut ws = netpoll::ws::WsStats::default();
+/// (ws.upgrades, ws.http_responses, ws.http_errors) = (3, 2, 1);
 /// assert_eq!(ws.to_string(), "upgrades=3 http_responses=2 http_errors=1");
 /// let mut page = String::new();
 /// ws.write_prometheus(&mut page, "netpoll_ws");
