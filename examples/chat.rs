@@ -350,13 +350,18 @@ fn main() {
             other => panic!("unknown flag {other}"),
         }
     }
+    serve_until_signal(opts);
+}
+
+/// Serves until Ctrl-C or SIGTERM: then everyone gets 1001 Going Away and queued messages
+/// flush (up to 5 s).
+fn serve_until_signal(opts: Options) {
     let server = start(opts);
     println!("listening on {}", server.local_addrs()[0]);
     println!(
         "open http://{}/ in two browser tabs",
         server.local_addrs()[0]
     );
-    // Ctrl-C or SIGTERM: everyone gets 1001 Going Away, queued messages flush (up to 5 s).
     server
         .shutdown_on_signals(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("cannot watch for signals: {e}"));
@@ -628,5 +633,89 @@ mod tests {
             Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
             other => panic!("expected 403, got {other:?}"),
         }
+    }
+
+    /// Run as a child process by the test below (the signal handlers it installs must not
+    /// touch the test process itself): serves until a signal.
+    #[test]
+    #[ignore = "the child process of ctrl_c_says_going_away_to_every_member_and_exits_cleanly"]
+    fn serve_until_signal_child() {
+        if std::env::var_os("NETPOLL_CHAT_CHILD").is_some() {
+            serve_until_signal(Options {
+                addr: "127.0.0.1:0".into(),
+                ..Options::default()
+            });
+        }
+    }
+
+    #[test]
+    fn ctrl_c_says_going_away_to_every_member_and_exits_cleanly() {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::serve_until_signal_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("NETPOLL_CHAT_CHILD", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let wait_line = |prefix: &str| loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("the server never printed {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_string();
+            }
+        };
+        let addr: SocketAddr = wait_line("listening on ").parse().unwrap();
+        let mut members: Vec<Client> = ["ann", "bob"]
+            .iter()
+            .map(|nick| join(addr, nick, None).expect("join"))
+            .collect();
+        for m in &mut members {
+            m.read().expect("a first message");
+        }
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        for m in &mut members {
+            let code = loop {
+                match m.read() {
+                    Ok(tungstenite::Message::Close(Some(frame))) => break u16::from(frame.code),
+                    Ok(_) => continue,
+                    Err(e) => panic!("no close frame: {e}"),
+                }
+            };
+            assert_eq!(code, 1001, "Going Away");
+            let _ = m.flush(); // tungstenite's answer
+        }
+        let stopped = wait_line("stopped: ");
+        assert!(stopped.contains("shutdown=2"), "{stopped}");
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the server did not exit"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
     }
 }
