@@ -21,9 +21,16 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.get(token) else {
             return;
         };
+        let open = c.stage == Stage::Open;
         let (drained_notice, empty, watch, error) = {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;
+            if open && io.transport.pending() == 0 && !io.corked && !io.above_low_water {
+                // Nothing to write, nothing owed: the writable readiness that epoll reports
+                // with every readable edge of an idle socket. The flush that drained the queue
+                // already cleared the deadline, gave the buffers back and sent `on_drained`.
+                return;
+            }
             io.corked = false;
             let (flushed, error) = match io.transport.flush() {
                 Ok(f) => (f, None),
