@@ -76,6 +76,9 @@ fn refused_dial_reports_connect_error_not_close() {
     }; // closed again: nothing listens there now
     let (engine, rx) = client_engine(Mode::Sink);
     let conn = engine.dial(port).unwrap();
+    // Queued until the connect completes; a failed connect gives its share of the queued-bytes
+    // gauge back.
+    conn.write_slice(b"hello world").unwrap();
     match next_event(&rx, "connect error") {
         Event::ConnectError(id, kind) => {
             assert_eq!(id, conn.id());
@@ -87,6 +90,11 @@ fn refused_dial_reports_connect_error_not_close() {
     assert!(conn.write_slice(b"x").is_err());
     let st = engine.stats();
     assert_eq!((st.connect_failed, st.opened, st.closed_total()), (1, 0, 0));
+    assert!(
+        eventually(WAIT, || engine.stats().queued_bytes == 0),
+        "queued_bytes stuck at {}",
+        engine.stats().queued_bytes
+    );
 }
 
 #[test]

@@ -269,8 +269,11 @@ impl Transport {
     }
 
     /// Closes the descriptor (which also removes it from the poller) and drops anything queued.
-    pub(crate) fn release(&mut self) {
+    /// Returns the change to the queued-bytes gauge (its share, given back).
+    #[must_use = "the gauge must be told: add the returned delta"]
+    pub(crate) fn release(&mut self) -> i64 {
         self.out.clear();
         self.socket = None;
+        self.account()
     }
 }

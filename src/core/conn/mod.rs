@@ -195,10 +195,12 @@ impl ConnIo {
     }
 
     /// Marks the connection closed, drops anything queued and closes the descriptor (which
-    /// also removes it from the poller). Handles see `Closed` from now on.
-    pub(crate) fn release(&mut self) {
+    /// also removes it from the poller). Handles see `Closed` from now on. Returns the change
+    /// to the queued-bytes gauge.
+    #[must_use = "the gauge must be told: add the returned delta"]
+    pub(crate) fn release(&mut self) -> i64 {
         self.phase = Phase::Closed;
-        self.transport.release();
+        self.transport.release()
     }
 }
 

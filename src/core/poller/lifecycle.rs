@@ -67,7 +67,7 @@ impl<H: Handler> Poller<H> {
 
     /// A connection that never gets registered: undo its count and tell the dialer.
     fn reject(&mut self, conn: Conn, dialed: bool, why: &str) {
-        conn.shared.lock().release();
+        self.queued_delta += conn.shared.lock().release();
         self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
         if dialed {
             count(&self.shared.stats.connect_failed, 1);
@@ -134,7 +134,7 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.remove(token) else {
             return;
         };
-        c.conn.shared.lock().release();
+        self.queued_delta += c.conn.shared.lock().release();
         let stats = &self.shared.stats;
         count(&stats.connect_failed, 1);
         count(&stats.freed, 1);
@@ -230,11 +230,7 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.remove(token) else {
             return;
         };
-        {
-            let mut io = c.conn.shared.lock();
-            io.release();
-            self.queued_delta += io.account();
-        }
+        self.queued_delta += c.conn.shared.lock().release();
         count(&self.shared.stats.freed, 1);
         if self
             .shared
