@@ -33,8 +33,12 @@ pub(crate) struct Deadline {
     fixed: bool,
     /// Only [`touch`](Self::touch) refreshes it, not arriving bytes (read deadlines).
     manual: bool,
-    /// A write made progress since [`take_progress`](Self::take_progress) last asked (write
-    /// deadlines): the peer is taking our bytes, which a protocol's liveness check counts.
+    /// Bytes were left waiting for the socket by the last write attempt (write deadlines).
+    waiting: bool,
+    /// Since [`take_progress`](Self::take_progress) last asked, a write moved bytes that had
+    /// been waiting for the socket (write deadlines): the peer made room by reading, which a
+    /// protocol's liveness check counts. Bytes that went into a socket with room prove only
+    /// that our kernel took them, and do not count.
     progressed: bool,
 }
 
@@ -81,7 +85,8 @@ impl Deadline {
     /// were `written` (progress); armed when bytes start waiting. A fixed deadline only stays.
     #[inline]
     pub(crate) fn after_write(&mut self, now: u64, written: bool, pending: bool) {
-        self.progressed |= written;
+        self.progressed |= written && self.waiting;
+        self.waiting = pending;
         if self.fixed {
             return;
         }
@@ -92,8 +97,8 @@ impl Deadline {
         }
     }
 
-    /// True if a write made progress since the last call (which clears it). Kept in the
-    /// padding of the deadline: it costs no memory.
+    /// True if, since the last call (which clears it), a write moved bytes that had been
+    /// waiting for a full socket. Kept in the padding of the deadline: it costs no memory.
     #[inline]
     pub(crate) fn take_progress(&mut self) -> bool {
         std::mem::take(&mut self.progressed)
@@ -316,18 +321,24 @@ mod tests {
     }
 
     #[test]
-    fn progress_is_remembered_until_asked_and_costs_no_memory() {
+    fn progress_counts_only_bytes_that_waited_for_the_socket_and_costs_no_memory() {
         let mut d = Deadline::new(100, false);
         assert!(!d.take_progress());
-        d.after_write(1_000, false, true);
-        assert!(!d.take_progress(), "queued without progress");
+        // Written into a socket with room: our kernel took it, the peer proved nothing.
+        d.after_write(1_000, true, false);
+        assert!(!d.take_progress(), "no bytes had to wait");
+        // Partly written, the rest waits: still nothing from the peer.
         d.after_write(1_010, true, true);
+        assert!(!d.take_progress());
+        // The socket had room again for waiting bytes: the peer read.
         d.after_write(1_020, false, true);
+        d.after_write(1_030, true, false);
         assert!(d.take_progress());
         assert!(!d.take_progress(), "asking clears it");
         // A fixed deadline does not move, but progress still counts.
+        d.after_write(1_040, false, true);
         d.set_absolute(5_000);
-        d.after_write(1_030, true, false);
+        d.after_write(1_050, true, false);
         assert!(d.take_progress());
         assert_eq!(std::mem::size_of::<Deadline>(), 24);
     }

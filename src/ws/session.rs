@@ -448,7 +448,7 @@ impl<S> Session<S> {
         if !io.ping() {
             return IdleAction::Close;
         }
-        // Progress counts from here: a ping written at once is not the peer's doing.
+        // Progress counts from here on (only bytes that waited for a full socket count).
         io.take_write_progress();
         self.set_flag(PING_OUT, true);
         IdleAction::Wait(config.pong_timeout)
