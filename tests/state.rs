@@ -122,3 +122,28 @@ fn tasks_queued_for_a_stalled_poller_are_bounded_and_all_run_later() {
     // Room again once they ran.
     assert_eq!(conn.with_state(|_, _: &mut Vec<u8>| {}), Ok(()));
 }
+
+#[test]
+fn a_dialed_connection_has_no_state_to_reach_before_it_opens() {
+    let (engine, addr, rx) = start_prefixer();
+    let dialed = engine.dial(addr).unwrap();
+    // Still connecting: no `on_open` yet, so no state; refused, not silently dropped.
+    assert!(matches!(
+        dialed.with_state(|_, _: &mut Vec<u8>| {}),
+        Err(WriteError::Invalid(_))
+    ));
+    // Once open (the engine's own accepted side and the dialed side both), it works.
+    let first = rx.recv_timeout(WAIT).unwrap();
+    let second = rx.recv_timeout(WAIT).unwrap();
+    let (done_tx, done) = mpsc::channel();
+    for conn in [first, second] {
+        let tx = done_tx.clone();
+        conn.with_state(move |_, prefix: &mut Vec<u8>| {
+            let _ = tx.send(prefix.clone());
+        })
+        .unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(done.recv_timeout(WAIT).unwrap(), b"a:");
+    }
+}

@@ -87,8 +87,21 @@ fn client_echoes_through_netpoll_server_and_closes_cleanly() {
         ),
         "no frames before the 101"
     );
+    assert!(
+        matches!(
+            conn.with_state(|_, _: &mut u32| {}),
+            Err(netpoll::WriteError::Invalid(_))
+        ),
+        "no state to reach before the 101"
+    );
     let Ev::Open(7, c) = next(&rx) else { panic!() };
     assert_eq!(c.id(), conn.id());
+    let (tag_tx, tag) = mpsc::channel();
+    conn.with_state(move |_, t: &mut u32| {
+        let _ = tag_tx.send(*t);
+    })
+    .unwrap();
+    assert_eq!(tag.recv_timeout(WAIT).unwrap(), 7);
     let Ev::Msg(7, m, true) = next(&rx) else {
         panic!()
     };

@@ -80,7 +80,7 @@ impl Backoff {
     /// base then doubles (up to `max`).
     pub fn next_delay(&mut self) -> Duration {
         let base = self.base;
-        self.base = (base * 2).min(self.max);
+        self.base = base.saturating_mul(2).min(self.max);
         self.attempts = self.attempts.saturating_add(1);
         let half = base / 2;
         let jitter_ns = (base - half).as_nanos() as u64;
@@ -122,5 +122,10 @@ mod tests {
         // Degenerate settings are clamped, never a panic or a zero delay.
         let mut z = Backoff::new(Duration::ZERO, Duration::ZERO);
         assert!(z.next_delay() <= ms(1));
+        // No cap: the base stops doubling at Duration::MAX instead of overflowing.
+        let mut uncapped = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        for _ in 0..200 {
+            uncapped.next_delay();
+        }
     }
 }

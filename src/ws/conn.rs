@@ -196,11 +196,16 @@ impl WsConn {
     /// ```
     ///
     /// # Errors
-    /// As for [`Conn::with_state`].
+    /// As for [`Conn::with_state`], and [`WriteError::Invalid`] on a client connection before
+    /// its handshake completed (its state is with the engine only from `on_open` on).
     pub fn with_state<S: Send + 'static>(
         &self,
         f: impl FnOnce(&WsConn, &mut S) + Send + 'static,
     ) -> Result<(), WriteError> {
+        // A client's state moves into its session only with the server's 101.
+        if self.conn.with_layer(|bits, _, _| *bits & HANDSHAKING != 0) {
+            return Err(WriteError::Invalid(NOT_OPEN));
+        }
         let client = self.client;
         self.conn.with_state(move |conn, session: &mut Session<S>| {
             if let Some(state) = session.app_mut() {

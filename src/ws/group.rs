@@ -339,9 +339,12 @@ impl GroupInner {
     /// ([`Group::with_missed_notice`]), so each notice comes before the next message.
     fn deliver(&self, slot: &Slot, item: &Queued) -> usize {
         if let Some(notice) = &self.on_missed {
-            // Outside the members' lock: a notice may use the group.
+            // Outside the members' lock: a notice may use the group. A member that left
+            // meanwhile is not told (its unsubscribe acknowledgement may be out already).
             for (conn, n) in Self::notices_due(slot, item) {
-                notice(&conn, n);
+                if slot.members().index.contains_key(&conn.id()) {
+                    notice(&conn, n);
+                }
             }
         }
         let mut members = slot.members();

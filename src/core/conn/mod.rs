@@ -55,6 +55,9 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Why `with_state` refuses a dialed connection that is still connecting.
+const NOT_CONNECTED: &str = "the connection is not established yet";
+
 /// Why a connection closed. Reported exactly once per opened connection, to
 /// [`Handler::on_close`](crate::Handler::on_close).
 ///
@@ -413,14 +416,19 @@ impl Conn {
     ///
     /// # Errors
     /// [`WriteError::Closed`](crate::WriteError::Closed) if the connection is closed;
+    /// [`WriteError::Invalid`](crate::WriteError::Invalid) while a dialed connection is still
+    /// connecting (it has no state before `on_open`);
     /// [`WriteError::Busy`](crate::WriteError::Busy) if its poller already holds 65,536 such
     /// tasks (it is far behind).
     pub fn with_state<S: 'static>(
         &self,
         f: impl FnOnce(&Conn, &mut S) + Send + 'static,
     ) -> Result<(), crate::WriteError> {
-        if !self.is_open() {
-            return Err(crate::WriteError::Closed);
+        match self.shared.lock().phase {
+            Phase::Closed => return Err(crate::WriteError::Closed),
+            // No state before `on_open`: the task would find nothing to run with.
+            Phase::Connecting => return Err(crate::WriteError::Invalid(NOT_CONNECTED)),
+            Phase::Open => {}
         }
         let task = Box::new(move |conn: &Conn, state: &mut dyn std::any::Any| {
             match state.downcast_mut::<S>() {
