@@ -174,3 +174,41 @@ fn a_flooding_connection_does_not_starve_another_on_the_same_poller() {
     drop(engine);
     flooder.join().unwrap();
 }
+
+#[test]
+fn dials_racing_from_many_threads_never_pass_max_connections() {
+    // A dialing-only engine with room for 40; 8 threads try 20 dials each at once. Exactly 40
+    // are taken, the rest are refused at once (the check and the count are one atomic step).
+    const MAX: usize = 40;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let engine = Engine::builder()
+        .pollers(2)
+        .max_connections(MAX)
+        .start(|_| Recorder {
+            tx: tx.clone(),
+            mode: Mode::Sink,
+        })
+        .unwrap();
+    let handle = engine.handle();
+    let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (handle, start) = (handle.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                (0..20)
+                    .filter_map(|_| handle.dial(addr).ok())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let conns: Vec<Conn> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(conns.len(), MAX, "dials taken");
+    assert_eq!(engine.stats().dialed, MAX as u64);
+    drop(listener);
+}

@@ -379,3 +379,24 @@ fn a_client_redials_with_backoff_through_its_handle_until_it_stays() {
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 4);
 }
+
+#[test]
+fn closing_a_client_before_its_101_gives_the_state_back_at_once() {
+    let (client, rx) = client_engine(None);
+    let addr = fake_server(|_| String::new()); // reads the request, never answers
+    let t0 = std::time::Instant::now();
+    let conn = client
+        .connect(&format!("ws://{addr}/"), Connect::new(42))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50)); // connected, request sent, no answer
+    conn.close(CloseCode::Normal, "changed my mind");
+    match next(&rx) {
+        Ev::Failed(42, _) => {}
+        other => panic!("expected the state back, got {other:?}"),
+    }
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "not at the 500 ms handshake timeout: {:?}",
+        t0.elapsed()
+    );
+}

@@ -145,10 +145,16 @@ impl EngineHandle {
             return Err(Error::Shutdown);
         }
         let config = &common.config;
-        if common.open.load(Ordering::Relaxed) >= config.max_connections {
+        if !common.reserve_connection() {
             return Err(Error::Io(io::Error::other("max_connections reached")));
         }
-        let stream = os::connect(addr, opts.local_addr)?;
+        let stream = match os::connect(addr, opts.local_addr) {
+            Ok(stream) => stream,
+            Err(e) => {
+                common.release_connection();
+                return Err(e.into());
+            }
+        };
         os::configure(&stream, &config.stream);
         let pollers = &self.inner.pollers;
         let target = self.inner.next_dial.fetch_add(1, Ordering::Relaxed) % pollers.len();
@@ -163,7 +169,6 @@ impl EngineHandle {
         ));
         let conn = Conn::from_shared(shared.clone());
         prepare(&conn);
-        common.open.fetch_add(1, Ordering::Relaxed);
         count(&poller.stats.dialed, 1);
         let deadline = Instant::now() + opts.timeout.unwrap_or(config.connect_timeout);
         poller.send(Command::Adopt(Adopt {

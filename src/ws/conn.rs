@@ -322,11 +322,17 @@ impl WsConn {
     /// Starts the close handshake: queues a close frame with `code` and `reason` (cut to fit
     /// 123 bytes) after everything already queued, refuses further sends, and waits up to the
     /// engine's `close_timeout` for the peer's close frame before closing the TCP connection.
-    /// Does nothing if the handshake already started.
+    /// Does nothing if the handshake already started. On a client connection whose upgrade
+    /// has not completed there is no WebSocket to close yet: the connection is aborted and
+    /// [`on_connect_error`](super::WsHandler::on_connect_error) gets its state back.
     pub fn close(&self, code: CloseCode, reason: &str) {
-        if self.send_close(Some(code), reason).is_ok() {
-            let timeout = self.conn.config().close_timeout();
-            self.conn.set_read_deadline(Some(Instant::now() + timeout));
+        match self.send_close(Some(code), reason) {
+            Ok(()) => {
+                let timeout = self.conn.config().close_timeout();
+                self.conn.set_read_deadline(Some(Instant::now() + timeout));
+            }
+            Err(WriteError::Invalid(_)) => self.abort(),
+            Err(_) => {}
         }
     }
 

@@ -24,12 +24,16 @@ impl<H: Handler> Poller<H> {
         let config = &common.config;
         let mut handoff: Vec<Vec<Command>> = Vec::new();
         loop {
-            if common.open.load(Ordering::Relaxed) >= config.max_connections {
+            if !common.reserve_connection() {
                 self.pause_accept("connection limit reached", None);
                 break;
             }
             count(&self.shared.stats.accept_calls, 1);
-            let (stream, peer) = match self.listeners[listener].accept() {
+            let accepted = self.listeners[listener].accept();
+            if accepted.is_err() {
+                common.release_connection();
+            }
+            let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e)
@@ -51,7 +55,6 @@ impl<H: Handler> Poller<H> {
                 }
             };
             count(&self.shared.stats.accepted, 1);
-            common.open.fetch_add(1, Ordering::Relaxed);
             os::configure(&stream, &config.stream);
             let target = match config.accept_mode {
                 AcceptMode::ReusePort => self.shared.index,

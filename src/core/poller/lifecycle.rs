@@ -68,7 +68,7 @@ impl<H: Handler> Poller<H> {
     /// A connection that never gets registered: undo its count and tell the dialer.
     fn reject(&mut self, conn: Conn, dialed: bool, why: &str) {
         self.queued_delta += conn.shared.lock().release();
-        self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.common.release_connection();
         if dialed {
             count(&self.shared.stats.connect_failed, 1);
             let err = io::Error::new(io::ErrorKind::ConnectionAborted, why.to_string());
@@ -138,7 +138,7 @@ impl<H: Handler> Poller<H> {
         let stats = &self.shared.stats;
         count(&stats.connect_failed, 1);
         count(&stats.freed, 1);
-        self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.common.release_connection();
         debug!(conn = %c.conn.id(), error = %err, "dial failed");
         let handler = &mut self.handler;
         guarded("on_connect_error", &c.conn, || {
@@ -186,7 +186,7 @@ impl<H: Handler> Poller<H> {
             self.queued_delta += io.account();
         }
         count(&self.shared.stats.closed[reason.index()], 1);
-        self.shared.common.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.common.release_connection();
         debug!(conn = %c.conn.id(), ?reason, "closed");
         if let Some(state) = c.user.take() {
             let handler = &mut self.handler;

@@ -53,6 +53,23 @@ impl Common {
             shutting_down: AtomicBool::new(false),
         }
     }
+
+    /// Takes one of the `max_connections` places, atomically (accepts on several pollers and
+    /// dials from any thread race for the last ones); false at the limit.
+    pub(crate) fn reserve_connection(&self) -> bool {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a place back (a closed connection, or a reservation that found nothing to accept
+    /// or could not connect).
+    pub(crate) fn release_connection(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What a wheel entry is watching for its connection.
