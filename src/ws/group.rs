@@ -591,15 +591,15 @@ impl Group {
     }
 
     fn enqueue_all(&self, frame: &Bytes, messages: u64, except: Option<ConnId>) {
-        let slots: Vec<Arc<Slot>> = {
-            let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
-            slots.iter().flatten().cloned().collect()
-        };
-        for slot in slots {
+        // Under the slots' read lock, without copying the list (no allocation per message):
+        // nothing reached from here takes that lock again or waits for its writer (a join
+        // making a new poller's slot).
+        let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
+        for slot in slots.iter().flatten() {
             if slot.members().list.is_empty() {
                 continue;
             }
-            self.inner.enqueue(&slot, frame, messages, except);
+            self.inner.enqueue(slot, frame, messages, except);
         }
     }
 }
