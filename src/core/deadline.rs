@@ -202,21 +202,17 @@ impl Deadline {
         if self.watch != entry {
             return Due::Stale;
         }
-        match self.at {
-            d if d != 0 && armed && now >= d => {
-                self.watch = 0;
-                Due::Expired
-            }
-            d if d != 0 && armed => {
-                self.watch = d;
-                Due::Reinsert(d)
-            }
+        if self.passed(now, armed) {
+            self.watch = 0;
+            Due::Expired
+        } else if self.at != 0 && armed {
+            self.watch = self.at;
+            Due::Reinsert(self.at)
+        } else {
             // Cleared, or (write) nothing queued: the flush that drained the queue cleared a
             // timeout deadline already; a fixed one stays for the next queued bytes.
-            _ => {
-                self.watch = 0;
-                Due::Idle
-            }
+            self.watch = 0;
+            Due::Idle
         }
     }
 }

@@ -190,13 +190,6 @@ impl ConnIo {
         }
     }
 
-    /// Brings this connection's share of the queued-bytes gauge up to date (see
-    /// [`Transport::account`]): the change to add to it.
-    #[inline]
-    pub(crate) fn account(&mut self) -> i64 {
-        self.transport.account()
-    }
-
     /// Marks the connection closed, drops anything queued and closes the descriptor (which
     /// also removes it from the poller). Handles see `Closed` from now on. Returns the change
     /// to the queued-bytes gauge.

@@ -116,14 +116,14 @@ impl Conn {
                 io.transport.queue(head, body, None);
             }
             if !corked {
-                poller.stats.add_queued(io.account());
+                poller.stats.add_queued(io.transport.account());
             }
             self.note_watermark(&mut io);
             return Ok(());
         }
         let result = io.transport.send(head, body);
         if io.transport.pending() != 0 {
-            poller.stats.add_queued(io.account());
+            poller.stats.add_queued(io.transport.account());
         }
         count(&poller.stats.write_calls, 1);
         match result {

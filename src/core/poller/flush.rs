@@ -52,7 +52,7 @@ impl<H: Handler> Poller<H> {
             let empty = context::with_tail_pool(|pool| {
                 io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
             });
-            self.queued_delta += io.account();
+            self.queued_delta += io.transport.account();
             let notice = io.above_low_water && io.transport.charge() <= low_watermark;
             if notice {
                 io.above_low_water = false;

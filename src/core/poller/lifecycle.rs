@@ -183,7 +183,7 @@ impl<H: Handler> Poller<H> {
             } else {
                 io.transport.discard();
             }
-            self.queued_delta += io.account();
+            self.queued_delta += io.transport.account();
         }
         count(&self.shared.stats.closed[reason.index()], 1);
         self.shared.common.release_connection();
