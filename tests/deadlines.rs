@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -13,16 +13,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use netpoll::{CloseReason, Conn, Engine, EngineBuilder, Handler};
-
-/// A client socket with a small receive buffer, so the server's queue backs up quickly.
-fn small_client(addr: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
 
 fn base(write_timeout: Option<Duration>) -> EngineBuilder {
     Engine::builder()

@@ -87,13 +87,6 @@ impl Handler for Client {
     }
 }
 
-fn small_receiver(addr: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    s.into()
-}
-
 #[test]
 fn five_thousand_refreshed_connections_expire_only_the_stuck_and_idle_ones() {
     raise_nofile_limit(11_000);
@@ -137,11 +130,11 @@ fn five_thousand_refreshed_connections_expire_only_the_stuck_and_idle_ones() {
     }
     let mut stuck = Vec::new();
     for _ in 0..STUCK {
-        let mut s = small_receiver(addr);
+        let mut s = small_client(addr);
         s.write_all(b"S").unwrap();
         stuck.push(s);
     }
-    let idle: Vec<TcpStream> = (0..IDLE).map(|_| small_receiver(addr)).collect();
+    let idle: Vec<TcpStream> = (0..IDLE).map(|_| small_client(addr)).collect();
     let all_connected = eventually(Duration::from_secs(30), || {
         server.stats().open() == (HEALTHY + STUCK + IDLE) as u64
     });

@@ -149,17 +149,6 @@ fn a_per_connection_policy_overrides_the_engines() {
     );
 }
 
-/// A client with a small receive buffer, so that what it does not read stays queued in the
-/// engine instead of in the kernel.
-fn small_client(addr: std::net::SocketAddr) -> std::net::TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s
-}
-
 #[test]
 fn the_queued_bytes_gauge_follows_what_the_queues_hold() {
     // Two stalled peers, one filled from this thread (direct path), one from a timer on the

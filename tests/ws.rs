@@ -372,13 +372,7 @@ fn heartbeat_keeps_a_slow_reader_whose_pong_waits_behind_our_data() {
         .idle_timeout(Some(Duration::from_millis(300)))
         .pong_timeout(Duration::from_millis(300));
     let (_e, addr, rx) = start_ws(ws, engine().send_buffer_size(4096));
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut client, _) =
-        tungstenite::client::client(format!("ws://{addr}/record"), stream).expect("handshake");
+    let mut client = connect_small(addr, "/record");
     let conn = next_open(&rx);
     let t0 = Instant::now();
     for i in 0..MESSAGES {

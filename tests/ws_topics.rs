@@ -3,7 +3,7 @@
 
 mod ws_common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -218,13 +218,7 @@ fn a_member_that_missed_messages_is_told_how_many_before_the_next() {
         .unwrap();
     let addr = ws.local_addrs()[0];
     // A member with a small receive buffer that stops reading for a while.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&addr.into()).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (mut member, _) =
-        tungstenite::client::client(format!("ws://{addr}/"), stream).expect("handshake");
+    let mut member = ws_common::connect_small(addr, "/");
     let conn = rx.recv_timeout(WAIT).unwrap();
     // Paced so that the poller keeps up: the member's own queue fills and it misses the rest.
     let payload = vec![b'm'; 1024];

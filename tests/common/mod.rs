@@ -124,6 +124,17 @@ pub fn client(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A blocking client with a 4 KiB receive buffer and a read timeout: what it does not read
+/// backs up in the engine's queue quickly instead of in the kernel's buffers.
+pub fn small_client(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
 /// Reads until EOF (or the timeout) and returns everything.
 pub fn read_to_eof(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut v = Vec::new();

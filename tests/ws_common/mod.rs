@@ -218,13 +218,28 @@ pub fn raw_close_code(s: &mut TcpStream) -> u16 {
     }
 }
 
-/// A member that upgrades on `path` and never reads (not even the 101), with a small receive
-/// buffer, so that what is sent to it piles up in the server's queue.
-pub fn stuck_member(addr: SocketAddr, path: &str) -> TcpStream {
+/// A socket with a 4 KiB receive buffer and a read timeout, so that what its reader does not
+/// take piles up in the server's queue instead of the kernel's.
+pub fn small_socket(addr: SocketAddr) -> TcpStream {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.set_recv_buffer_size(4096).unwrap();
     s.connect(&addr.into()).unwrap();
-    let mut s: TcpStream = s.into();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+/// tungstenite's blocking client on `path` over a [`small_socket`]: a slow reader.
+pub fn connect_small(addr: SocketAddr, path: &str) -> Client {
+    let (ws, _) = tungstenite::client::client(format!("ws://{addr}{path}"), small_socket(addr))
+        .expect("handshake");
+    ws
+}
+
+/// A member that upgrades on `path` and never reads (not even the 101), with a small receive
+/// buffer, so that what is sent to it piles up in the server's queue.
+pub fn stuck_member(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = small_socket(addr);
     s.write_all(upgrade_request(path).as_bytes()).unwrap();
     s
 }
