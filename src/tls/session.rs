@@ -1,0 +1,270 @@
+//! One connection's TLS, sans-IO, on rustls' unbuffered API: ciphertext in, plaintext out;
+//! plaintext in, ciphertext out. No socket and no clock; the transport feeds it what the
+//! socket gave and queues what it produces.
+//!
+//! Memory: rustls' unbuffered connection keeps no record buffers. This session keeps two
+//! vectors that are empty (no allocation) while the connection is idle: the ciphertext of a
+//! record cut by the end of a read, and plaintext written before the handshake allows
+//! application data.
+
+use std::sync::Arc;
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::pki_types::ServerName;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::{ClientConfig, ServerConfig};
+
+/// Largest TLS record on the wire: 16 KiB of plaintext plus the header, the content type byte,
+/// padding allowance and the AEAD tag.
+const MAX_RECORD: usize = 16 * 1024 + 256;
+
+/// What [`TlsSession::receive`] found besides plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Received {
+    /// The session produced bytes to send (handshake records, an alert).
+    pub(crate) wrote: bool,
+    /// The peer sent close_notify: no more plaintext will come.
+    pub(crate) peer_closed: bool,
+}
+
+enum Side {
+    Server(Box<UnbufferedServerConnection>),
+    Client(Box<UnbufferedClientConnection>),
+}
+
+/// Runs `process_tls_records` on whichever side, binding the status to `$status`.
+macro_rules! with_status {
+    ($side:expr, $input:expr, |$status:ident| $body:expr) => {
+        match $side {
+            Side::Server(c) => {
+                let $status = c.process_tls_records($input);
+                $body
+            }
+            Side::Client(c) => {
+                let $status = c.process_tls_records($input);
+                $body
+            }
+        }
+    };
+}
+
+/// One connection's TLS state machine.
+pub(crate) struct TlsSession {
+    side: Side,
+    /// Ciphertext not yet processed (a record cut by the end of a read); empty when idle.
+    incoming: Vec<u8>,
+    /// Plaintext written before the handshake allowed application data; empty afterwards.
+    early: Vec<u8>,
+    /// The handshake finished: application data can be sealed at once.
+    established: bool,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("server", &matches!(self.side, Side::Server(_)))
+            .field("established", &self.established)
+            .finish()
+    }
+}
+
+/// Why the session failed; the connection must close.
+pub(crate) type TlsError = rustls::Error;
+
+impl TlsSession {
+    /// The server side of a new connection.
+    pub(crate) fn server(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        Ok(Self::new(Side::Server(Box::new(
+            UnbufferedServerConnection::new(config)?,
+        ))))
+    }
+
+    /// The client side of a new connection to `name`.
+    pub(crate) fn client(
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self::new(Side::Client(Box::new(
+            UnbufferedClientConnection::new(config, name)?,
+        ))))
+    }
+
+    fn new(side: Side) -> Self {
+        TlsSession {
+            side,
+            incoming: Vec::new(),
+            early: Vec::new(),
+            established: false,
+        }
+    }
+
+    /// True once the handshake completed.
+    pub(crate) fn is_established(&self) -> bool {
+        self.established
+    }
+
+    /// Plaintext bytes waiting for the handshake (they count against the outbound limit).
+    pub(crate) fn early_len(&self) -> usize {
+        self.early.len()
+    }
+
+    /// Ciphertext `input` arrived: appends the plaintext it carried to `plain` and the bytes
+    /// the session wants sent to `send`. A record cut at the end of `input` is kept until the
+    /// rest arrives.
+    pub(crate) fn receive(
+        &mut self,
+        input: &[u8],
+        plain: &mut Vec<u8>,
+        send: &mut Vec<u8>,
+    ) -> Result<Received, TlsError> {
+        let mut buf = std::mem::take(&mut self.incoming);
+        buf.extend_from_slice(input);
+        let result = self.process(&mut buf, plain, send);
+        // Keep only an unfinished record; give the memory back when there is none.
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+        self.incoming = buf;
+        result
+    }
+
+    /// Seals `data` into records appended to `send`; before the handshake allows application
+    /// data it waits in the session (and goes out when the handshake completes).
+    pub(crate) fn seal(&mut self, data: &[u8], send: &mut Vec<u8>) -> Result<(), TlsError> {
+        if !self.established {
+            self.early.extend_from_slice(data);
+            return Ok(());
+        }
+        self.encrypt(data, send)
+    }
+
+    /// Queues close_notify (after anything sealed before); nothing if the handshake never
+    /// completed.
+    pub(crate) fn close_notify(&mut self, send: &mut Vec<u8>) {
+        if !self.established {
+            return;
+        }
+        let mut empty: [u8; 0] = [];
+        with_status!(&mut self.side, &mut empty, |status| {
+            if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
+                let at = send.len();
+                send.resize(at + 64, 0);
+                let n = w.queue_close_notify(&mut send[at..]).unwrap_or(0);
+                send.truncate(at + n);
+            }
+        })
+    }
+
+    fn encrypt(&mut self, data: &[u8], send: &mut Vec<u8>) -> Result<(), TlsError> {
+        // One record per 16 KiB of plaintext, each with at most this much overhead.
+        let records = data.len().div_ceil(16 * 1024).max(1);
+        let room = data.len() + records * 64;
+        let mut empty: [u8; 0] = [];
+        with_status!(&mut self.side, &mut empty, |status| {
+            match status.state? {
+                ConnectionState::WriteTraffic(mut w) => {
+                    let at = send.len();
+                    send.resize(at + room, 0);
+                    match w.encrypt(data, &mut send[at..]) {
+                        Ok(n) => {
+                            send.truncate(at + n);
+                            Ok(())
+                        }
+                        Err(EncryptError::InsufficientSize(e)) => {
+                            send.resize(at + e.required_size, 0);
+                            let n = w
+                                .encrypt(data, &mut send[at..])
+                                .map_err(|_| rustls::Error::EncryptError)?;
+                            send.truncate(at + n);
+                            Ok(())
+                        }
+                        Err(_) => {
+                            send.truncate(at);
+                            Err(rustls::Error::EncryptError)
+                        }
+                    }
+                }
+                _ => Err(rustls::Error::HandshakeNotComplete),
+            }
+        })
+    }
+
+    /// Drives the state machine over `buf` until it needs more input; `buf` keeps what it
+    /// did not consume.
+    fn process(
+        &mut self,
+        buf: &mut Vec<u8>,
+        plain: &mut Vec<u8>,
+        send: &mut Vec<u8>,
+    ) -> Result<Received, TlsError> {
+        let mut received = Received::default();
+        loop {
+            let mut became_established = false;
+            let (discard, done) = with_status!(&mut self.side, &mut buf[..], |status| {
+                let UnbufferedStatus { discard, state } = status;
+                let done = match state? {
+                    ConnectionState::ReadTraffic(mut r) => {
+                        while let Some(record) = r.next_record() {
+                            plain.extend_from_slice(record?.payload);
+                        }
+                        false
+                    }
+                    ConnectionState::EncodeTlsData(mut e) => {
+                        let at = send.len();
+                        send.resize(at + MAX_RECORD, 0);
+                        let n = match e.encode(&mut send[at..]) {
+                            Ok(n) => n,
+                            Err(EncodeError::InsufficientSize(s)) => {
+                                send.resize(at + s.required_size, 0);
+                                e.encode(&mut send[at..])
+                                    .map_err(|_| rustls::Error::EncryptError)?
+                            }
+                            Err(_) => return Err(rustls::Error::EncryptError),
+                        };
+                        send.truncate(at + n);
+                        received.wrote = true;
+                        false
+                    }
+                    ConnectionState::TransmitTlsData(t) => {
+                        // The caller queues `send` for the socket right after this call.
+                        t.done();
+                        false
+                    }
+                    ConnectionState::BlockedHandshake => true,
+                    ConnectionState::WriteTraffic(_) => {
+                        became_established = !self.established;
+                        true
+                    }
+                    ConnectionState::PeerClosed => {
+                        received.peer_closed = true;
+                        true
+                    }
+                    ConnectionState::Closed => {
+                        received.peer_closed = true;
+                        true
+                    }
+                    // Early data is not enabled in the configs netpoll builds; anything else
+                    // (new states in later rustls) waits for more input.
+                    _ => true,
+                };
+                Ok::<_, TlsError>((discard, done))
+            })?;
+            buf.drain(..discard);
+            if became_established {
+                self.established = true;
+                if !self.early.is_empty() {
+                    let early = std::mem::take(&mut self.early);
+                    self.encrypt(&early, send)?;
+                    received.wrote = true;
+                }
+            }
+            if done {
+                return Ok(received);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
