@@ -49,7 +49,7 @@ mod engine;
 #[doc(hidden)]
 pub mod fuzz;
 mod os;
-mod tls;
+pub mod tls;
 pub mod ws;
 
 /// Internals for netpoll's own benchmarks and fuzz targets (feature `internals`); no stability

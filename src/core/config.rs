@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::transport::CodecFactory;
+
 use crate::core::error::ConfigError;
 use crate::os::StreamOptions;
 
@@ -157,6 +159,8 @@ pub struct EngineConfig {
     pub(crate) timer_tick: Duration,
     pub(crate) events_capacity: usize,
     pub(crate) thread_name: String,
+    /// The codec every accepted connection gets (a protocol layer's: TLS), if any.
+    pub(crate) accept_codec: Option<CodecFactory>,
 }
 
 impl EngineConfig {
@@ -190,6 +194,7 @@ impl EngineConfig {
             timer_tick: Duration::from_millis(50),
             events_capacity: 1024,
             thread_name: "netpoll".to_string(),
+            accept_codec: None,
         }
     }
 }

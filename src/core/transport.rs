@@ -20,8 +20,10 @@
 //!   words, queued behind the data); [`shutdown_write`](Transport::shutdown_write) sends the
 //!   FIN once everything is out.
 
+use std::fmt;
 use std::io;
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
@@ -76,6 +78,44 @@ impl Payload<'_> {
     }
 }
 
+/// A byte-stream codec between the socket and the engine (an encrypting transport: TLS),
+/// sans-IO. The core names no protocol: a protocol layer implements this and hands the engine
+/// a [`CodecFactory`].
+pub(crate) trait Codec: Send + fmt::Debug {
+    /// Wire bytes `input` arrived: appends the plaintext they carried to `plain` and the
+    /// codec's own bytes (a handshake's) to `send`. Keeps an unfinished record itself.
+    fn receive(&mut self, input: &[u8], plain: &mut Vec<u8>, send: &mut Vec<u8>) -> io::Result<()>;
+    /// Appends the wire form of `data` to `send` (or keeps it until it can: before a
+    /// handshake completed).
+    fn seal(&mut self, data: &[u8], send: &mut Vec<u8>) -> io::Result<()>;
+    /// Appends the codec's last words (a close_notify alert) to `send`.
+    fn close_notify(&mut self, send: &mut Vec<u8>);
+    /// Plaintext the codec holds back (counted against the outbound limit).
+    fn held_back(&self) -> usize;
+}
+
+/// Makes the codec of each new connection of an engine.
+#[derive(Clone)]
+pub(crate) struct CodecFactory(
+    pub(crate) Arc<dyn Fn() -> io::Result<Box<dyn Codec>> + Send + Sync>,
+);
+
+impl fmt::Debug for CodecFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CodecFactory")
+    }
+}
+
+thread_local! {
+    /// Where a codec's output (and a read's plaintext) is assembled before it is queued or
+    /// copied: reused per thread, so sealing and opening allocate nothing in steady state.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A scratch buffer kept per thread up to this size; a larger one is freed after use.
+const SCRATCH_KEEP: usize = 256 * 1024;
+
 /// What one [`Transport::read`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Read {
@@ -86,6 +126,9 @@ pub(crate) struct Read {
     pub(crate) plain: Range<usize>,
     /// The transport queued bytes of its own (a handshake's) that should go out now.
     pub(crate) flush: bool,
+    /// The socket gave less than was asked: it is drained for now (the next bytes raise a new
+    /// edge).
+    pub(crate) short: bool,
 }
 
 /// What one [`Transport::flush`] call did.
@@ -107,6 +150,8 @@ pub(crate) struct Transport {
     /// when last accounted (saturating; it fills the padding after the descriptor).
     accounted: u32,
     out: OutboundBuffer,
+    /// The codec between socket and engine, if any (one pointer; `None` for plain TCP).
+    codec: Option<Box<Box<dyn Codec>>>,
 }
 
 impl Transport {
@@ -116,6 +161,15 @@ impl Transport {
             socket: Some(socket),
             accounted: 0,
             out: OutboundBuffer::new(),
+            codec: None,
+        }
+    }
+
+    /// `socket` through `codec` (TLS).
+    pub(crate) fn with_codec(socket: TcpStream, codec: Box<dyn Codec>) -> Self {
+        Transport {
+            codec: Some(Box::new(codec)),
+            ..Transport::plain(socket)
         }
     }
 
@@ -125,10 +179,14 @@ impl Transport {
         self.out.len()
     }
 
-    /// What the queue counts against the outbound limit: its bytes and its bookkeeping.
+    /// What the queue counts against the outbound limit: its bytes and its bookkeeping (and
+    /// plaintext a codec holds back).
     #[inline]
     pub(crate) fn charge(&self) -> usize {
-        self.out.charge()
+        match &self.codec {
+            None => self.out.charge(),
+            Some(c) => self.out.charge() + c.held_back(),
+        }
     }
 
     /// Brings this connection's share of the queued-bytes gauge up to date: returns the change
@@ -162,11 +220,46 @@ impl Transport {
     #[inline]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<Read> {
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
-        let n = os::read(socket, buf)?;
-        Ok(Read {
-            wire: n,
-            plain: 0..n,
-            flush: false,
+        let Some(codec) = self.codec.as_mut() else {
+            let n = os::read(socket, buf)?;
+            return Ok(Read {
+                wire: n,
+                plain: 0..n,
+                flush: false,
+                short: n < buf.len(),
+            });
+        };
+        // Leave room for a record the codec kept from the last read: the plaintext of what it
+        // kept and what comes now must fit in `buf` again.
+        let room = buf.len().saturating_sub(MAX_RECORD).max(buf.len() / 2);
+        let n = os::read(socket, &mut buf[..room])?;
+        if n == 0 {
+            return Ok(Read {
+                wire: 0,
+                plain: 0..0,
+                flush: false,
+                short: true,
+            });
+        }
+        SCRATCH.with(|scratch| {
+            let (plain, send) = &mut *scratch.borrow_mut();
+            plain.clear();
+            send.clear();
+            let result = codec.receive(&buf[..n], plain, send);
+            let len = plain.len().min(buf.len());
+            buf[..len].copy_from_slice(&plain[..len]);
+            let flush = !send.is_empty();
+            if flush {
+                self.out.push_slice(send);
+            }
+            trim(plain);
+            trim(send);
+            result.map(|()| Read {
+                wire: n,
+                plain: 0..len,
+                flush,
+                short: n < room,
+            })
         })
     }
 
@@ -179,6 +272,9 @@ impl Transport {
             self.out.is_empty(),
             "a direct send must not overtake queued bytes"
         );
+        if self.codec.is_some() {
+            return self.seal_and(head, body, true);
+        }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
         let written = match os::write(socket, head, body.as_slice()) {
             Ok(n) => n,
@@ -203,6 +299,11 @@ impl Transport {
         body: Payload<'_>,
         pool: Option<&mut Vec<Vec<u8>>>,
     ) {
+        if self.codec.is_some() {
+            // A codec that cannot seal (a broken session) fails the next read or flush.
+            let _ = self.seal_and(head, body, false);
+            return;
+        }
         match pool {
             Some(pool) => {
                 self.out.push_slice_pooled(head, pool);
@@ -257,9 +358,55 @@ impl Transport {
         self.out.clear();
     }
 
+    /// Seals `head` and `body` through the codec into wire bytes, then writes them (`write`)
+    /// or queues them. Returns the wire bytes written.
+    fn seal_and(&mut self, head: &[u8], body: Payload<'_>, write: bool) -> io::Result<usize> {
+        let codec = self.codec.as_mut().expect("a codec");
+        SCRATCH.with(|scratch| {
+            let (plain, wire) = &mut *scratch.borrow_mut();
+            wire.clear();
+            let sealed = if head.is_empty() {
+                codec.seal(body.as_slice(), wire)
+            } else {
+                // One record for header and payload, not a tiny one for the header.
+                plain.clear();
+                plain.extend_from_slice(head);
+                plain.extend_from_slice(body.as_slice());
+                codec.seal(plain, wire)
+            };
+            let result = sealed.and_then(|()| {
+                let written = match (write, self.socket.as_ref()) {
+                    (true, Some(socket)) if !wire.is_empty() => {
+                        match os::write(socket, wire, &[]) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    _ => 0,
+                };
+                if written < wire.len() {
+                    self.out.push_slice(&wire[written..]);
+                }
+                Ok(written)
+            });
+            trim(plain);
+            trim(wire);
+            result
+        })
+    }
+
     /// A graceful close starts: queue whatever the transport must say last (nothing for plain
     /// TCP; an encrypting transport's closing alert).
-    pub(crate) fn close_notify(&mut self) {}
+    pub(crate) fn close_notify(&mut self) {
+        if let Some(codec) = self.codec.as_mut() {
+            let mut alert = Vec::new();
+            codec.close_notify(&mut alert);
+            if !alert.is_empty() {
+                self.out.push_slice(&alert);
+            }
+        }
+    }
 
     /// Everything is out: send the FIN.
     pub(crate) fn shutdown_write(&mut self) {
@@ -275,5 +422,16 @@ impl Transport {
         self.out.clear();
         self.socket = None;
         self.account()
+    }
+}
+
+/// Largest wire record a codec may keep between reads (TLS: 16 KiB of plaintext plus
+/// overhead); the read buffer keeps this much room for its plaintext.
+const MAX_RECORD: usize = 16 * 1024 + 256;
+
+/// Frees a scratch buffer that grew past [`SCRATCH_KEEP`].
+fn trim(v: &mut Vec<u8>) {
+    if v.capacity() > SCRATCH_KEEP {
+        *v = Vec::new();
     }
 }

@@ -229,6 +229,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Gives every accepted connection a codec from `factory` (a protocol layer's: TLS).
+    pub(crate) fn accept_codec(mut self, factory: crate::core::transport::CodecFactory) -> Self {
+        self.config.accept_codec = Some(factory);
+        self
+    }
+
     /// Checks every value and resolves the listen addresses.
     ///
     /// # Errors

@@ -164,6 +164,7 @@ impl EngineHandle {
             id,
             addr,
             stream,
+            None,
             poller.clone(),
             Phase::Connecting,
         ));

@@ -24,7 +24,7 @@ use crate::core::config::{EngineConfig, OverflowPolicy, ReadRefresh};
 use crate::core::deadline::Deadline;
 use crate::core::poller::{Command, PollerShared, context};
 use crate::core::timer::timeout_ms;
-use crate::core::transport::Transport;
+use crate::core::transport::{Codec, Transport};
 pub(crate) use layer::{Attachment, Gate};
 
 /// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
@@ -216,17 +216,22 @@ impl ConnShared {
         id: ConnId,
         peer: SocketAddr,
         socket: TcpStream,
+        codec: Option<Box<dyn Codec>>,
         poller: Arc<PollerShared>,
         phase: Phase,
     ) -> Self {
         let config = &poller.common.config;
         let manual = config.read_refresh == ReadRefresh::Manual;
+        let transport = match codec {
+            Some(codec) => Transport::with_codec(socket, codec),
+            None => Transport::plain(socket),
+        };
         ConnShared {
             id,
             peer,
             token: AtomicUsize::new(usize::MAX),
             io: Mutex::new(ConnIo {
-                transport: Transport::plain(socket),
+                transport,
                 phase,
                 corked: false,
                 above_low_water: false,

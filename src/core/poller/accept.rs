@@ -64,11 +64,24 @@ impl<H: Handler> Poller<H> {
                     t
                 }
             };
+            let codec = match &config.accept_codec {
+                None => None,
+                Some(make) => match (make.0)() {
+                    Ok(codec) => Some(codec),
+                    Err(e) => {
+                        // Dropping the stream closes it; the place is given back.
+                        warn!(error = %e, "cannot set up the connection's codec; dropped");
+                        common.release_connection();
+                        continue;
+                    }
+                },
+            };
             let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
             let shared = Arc::new(ConnShared::new(
                 id,
                 peer,
                 stream,
+                codec,
                 self.all[target].clone(),
                 Phase::Open,
             ));

@@ -79,7 +79,7 @@ impl<H: Handler> Poller<H> {
                     if self.stage(token) != Some(Stage::Open) {
                         return; // the handler's input closed it (inbound overflow)
                     }
-                    if read.wire < self.read_buf.len() && !until_would_block {
+                    if read.short && !until_would_block {
                         // Short read: the socket is drained and the next data or FIN raises a
                         // new edge.
                         return;
