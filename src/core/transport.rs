@@ -28,6 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mio::net::TcpStream;
 
+use crate::core::conn::{Attachment, Extras};
 use crate::core::outbound::OutboundBuffer;
 use crate::os;
 
@@ -150,8 +151,9 @@ pub(crate) struct Transport {
     /// when last accounted (saturating; it fills the padding after the descriptor).
     accounted: u32,
     out: OutboundBuffer,
-    /// The codec between socket and engine, if any (one pointer; `None` for plain TCP).
-    codec: Option<Box<Box<dyn Codec>>>,
+    /// The codec (TLS) and the protocol layer's attachment, boxed together and allocated only
+    /// when one of them is used: plain connections pay one null pointer for both.
+    extras: Option<Box<Extras>>,
 }
 
 impl Transport {
@@ -161,16 +163,29 @@ impl Transport {
             socket: Some(socket),
             accounted: 0,
             out: OutboundBuffer::new(),
-            codec: None,
+            extras: None,
         }
     }
 
     /// `socket` through `codec` (TLS).
     pub(crate) fn with_codec(socket: TcpStream, codec: Box<dyn Codec>) -> Self {
+        let mut extras = Box::new(Extras::default());
+        extras.codec = Some(codec);
         Transport {
-            codec: Some(Box::new(codec)),
+            extras: Some(extras),
             ..Transport::plain(socket)
         }
+    }
+
+    /// The protocol layer's attachment slot (kept with the codec).
+    pub(crate) fn attachment(&mut self) -> Attachment<'_> {
+        Attachment(&mut self.extras)
+    }
+
+    /// The codec, if any.
+    #[inline]
+    fn codec(&mut self) -> Option<&mut dyn Codec> {
+        Some(self.extras.as_mut()?.codec.as_mut()?.as_mut())
     }
 
     /// Wire bytes queued and not yet taken by the kernel.
@@ -181,11 +196,11 @@ impl Transport {
 
     /// What the queue counts against the outbound limit: its bytes and its bookkeeping (and
     /// plaintext a codec holds back).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn charge(&self) -> usize {
-        match &self.codec {
+        match &self.extras {
             None => self.out.charge(),
-            Some(c) => self.out.charge() + c.held_back(),
+            Some(extras) => self.out.charge() + held_back(extras),
         }
     }
 
@@ -217,18 +232,29 @@ impl Transport {
     }
 
     /// Reads into `buf`: how many wire bytes came in and where the plaintext is.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<Read> {
+        if self.extras.as_ref().is_some_and(|e| e.codec.is_some()) {
+            return self.read_coded(buf);
+        }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
-        let Some(codec) = self.codec.as_mut() else {
-            let n = os::read(socket, buf)?;
-            return Ok(Read {
-                wire: n,
-                plain: 0..n,
-                flush: false,
-                short: n < buf.len(),
-            });
+        let n = os::read(socket, buf)?;
+        Ok(Read {
+            wire: n,
+            plain: 0..n,
+            flush: false,
+            short: n < buf.len(),
+        })
+    }
+
+    /// [`read`](Self::read) through the codec: ciphertext in, plaintext copied back to the
+    /// front of `buf`. Kept out of line: the plain path above is the hot one.
+    #[inline(never)]
+    fn read_coded(&mut self, buf: &mut [u8]) -> io::Result<Read> {
+        let Some(codec) = self.extras.as_mut().and_then(|e| e.codec.as_mut()) else {
+            return Err(io::ErrorKind::NotConnected.into());
         };
+        let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
         // Leave room for a record the codec kept from the last read: the plaintext of what it
         // kept and what comes now must fit in `buf` again.
         let room = buf.len().saturating_sub(MAX_RECORD).max(buf.len() / 2);
@@ -272,7 +298,7 @@ impl Transport {
             self.out.is_empty(),
             "a direct send must not overtake queued bytes"
         );
-        if self.codec.is_some() {
+        if self.extras.is_some() && self.codec().is_some() {
             return self.seal_and(head, body, true);
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
@@ -299,8 +325,9 @@ impl Transport {
         body: Payload<'_>,
         pool: Option<&mut Vec<Vec<u8>>>,
     ) {
-        if self.codec.is_some() {
-            // A codec that cannot seal (a broken session) fails the next read or flush.
+        if self.extras.is_some() && self.codec().is_some() {
+            // A codec that cannot seal has failed (a TLS session in error): its next read
+            // fails and closes the connection, and what was written meanwhile goes with it.
             let _ = self.seal_and(head, body, false);
             return;
         }
@@ -360,8 +387,11 @@ impl Transport {
 
     /// Seals `head` and `body` through the codec into wire bytes, then writes them (`write`)
     /// or queues them. Returns the wire bytes written.
+    #[inline(never)]
     fn seal_and(&mut self, head: &[u8], body: Payload<'_>, write: bool) -> io::Result<usize> {
-        let codec = self.codec.as_mut().expect("a codec");
+        let Some(codec) = self.extras.as_mut().and_then(|e| e.codec.as_mut()) else {
+            return Ok(0);
+        };
         SCRATCH.with(|scratch| {
             let (plain, wire) = &mut *scratch.borrow_mut();
             wire.clear();
@@ -399,7 +429,7 @@ impl Transport {
     /// A graceful close starts: queue whatever the transport must say last (nothing for plain
     /// TCP; an encrypting transport's closing alert).
     pub(crate) fn close_notify(&mut self) {
-        if let Some(codec) = self.codec.as_mut() {
+        if let Some(codec) = self.codec() {
             let mut alert = Vec::new();
             codec.close_notify(&mut alert);
             if !alert.is_empty() {
@@ -428,6 +458,12 @@ impl Transport {
 /// Largest wire record a codec may keep between reads (TLS: 16 KiB of plaintext plus
 /// overhead); the read buffer keeps this much room for its plaintext.
 const MAX_RECORD: usize = 16 * 1024 + 256;
+
+/// Plaintext a connection's codec holds back (out of line: plain connections never ask).
+#[inline(never)]
+fn held_back(extras: &Extras) -> usize {
+    extras.codec.as_ref().map_or(0, |c| c.held_back())
+}
 
 /// Frees a scratch buffer that grew past [`SCRATCH_KEEP`].
 fn trim(v: &mut Vec<u8>) {

@@ -9,41 +9,67 @@
 use std::any::Any;
 use std::fmt;
 
-/// One value of a protocol layer's choosing on a connection, behind the connection's lock: a
-/// thin pointer, null when unused.
-#[derive(Default)]
-pub(crate) struct Attachment(Option<Box<Box<dyn Any + Send>>>);
+use crate::core::transport::Codec;
 
-impl fmt::Debug for Attachment {
+/// What a connection keeps beyond the plain case, in one box allocated only while used: the
+/// protocol layer's attachment and the transport's codec (TLS). A plain connection that is in
+/// no group holds none (a null pointer in its transport).
+#[derive(Default)]
+pub(crate) struct Extras {
+    /// The protocol layer's one value.
+    value: Option<Box<dyn Any + Send>>,
+    /// The transport's codec.
+    pub(crate) codec: Option<Box<dyn Codec>>,
+}
+
+impl fmt::Debug for Extras {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Attachment")
-            .field(&self.0.is_some())
+        f.debug_struct("Extras")
+            .field("attachment", &self.value.is_some())
+            .field("codec", &self.codec)
             .finish()
     }
 }
 
-impl Attachment {
+/// One value of a protocol layer's choosing on a connection, behind the connection's lock,
+/// kept in the connection's [`Extras`] (made when first needed, dropped when empty).
+pub(crate) struct Attachment<'a>(pub(crate) &'a mut Option<Box<Extras>>);
+
+impl fmt::Debug for Attachment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set = self.0.as_ref().is_some_and(|e| e.value.is_some());
+        f.debug_tuple("Attachment").field(&set).finish()
+    }
+}
+
+impl Attachment<'_> {
     /// The attachment, if there is one of type `T`.
     pub(crate) fn get_mut<T: Any + Send>(&mut self) -> Option<&mut T> {
-        self.0.as_mut()?.downcast_mut()
+        self.0.as_mut()?.value.as_mut()?.downcast_mut()
     }
 
     /// The attachment of type `T`, made with `make` if there is none (replacing one of
     /// another type).
     pub(crate) fn get_or_insert_with<T: Any + Send>(&mut self, make: impl FnOnce() -> T) -> &mut T {
-        if !self.0.as_ref().is_some_and(|a| a.is::<T>()) {
-            self.0 = Some(Box::new(Box::new(make())));
+        let extras = self.0.get_or_insert_with(Default::default);
+        if !extras.value.as_ref().is_some_and(|a| a.is::<T>()) {
+            extras.value = Some(Box::new(make()));
         }
         self.get_mut().expect("just made")
     }
 
-    /// Takes the attachment out if it is a `T`.
+    /// Takes the attachment out if it is a `T` (and the extras box with it, if nothing else
+    /// is in it).
     pub(crate) fn take<T: Any + Send>(&mut self) -> Option<T> {
-        if !self.0.as_ref()?.is::<T>() {
+        let extras = self.0.as_mut()?;
+        if !extras.value.as_ref()?.is::<T>() {
             return None;
         }
-        let any = *self.0.take()?;
-        any.downcast().ok().map(|b| *b)
+        let value = extras.value.take()?;
+        if extras.codec.is_none() {
+            *self.0 = None;
+        }
+        value.downcast().ok().map(|b| *b)
     }
 }
 
@@ -79,7 +105,8 @@ mod tests {
 
     #[test]
     fn attachments_are_typed_and_made_on_demand() {
-        let mut layer = Attachment::default();
+        let mut extras = None;
+        let mut layer = Attachment(&mut extras);
         assert!(layer.get_mut::<u32>().is_none());
         *layer.get_or_insert_with(|| 1u32) += 1;
         assert_eq!(layer.get_mut::<u32>(), Some(&mut 2));
@@ -90,8 +117,14 @@ mod tests {
         assert!(layer.take::<String>().is_none());
         assert_eq!(layer.take::<u32>(), Some(2));
         assert!(layer.get_mut::<u32>().is_none());
+        assert!(extras.is_none(), "an empty extras box is given back");
+        let mut layer = Attachment(&mut extras);
         layer.get_or_insert_with(|| String::from("x"));
         assert_eq!(layer.get_mut::<String>().map(|s| s.as_str()), Some("x"));
-        assert_eq!(std::mem::size_of::<Attachment>(), 8, "a thin pointer");
+        assert_eq!(
+            std::mem::size_of::<Option<Box<Extras>>>(),
+            8,
+            "a thin pointer"
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::core::deadline::Deadline;
 use crate::core::poller::{Command, PollerShared, context};
 use crate::core::timer::timeout_ms;
 use crate::core::transport::{Codec, Transport};
-pub(crate) use layer::{Attachment, Gate};
+pub(crate) use layer::{Attachment, Extras, Gate};
 
 /// An engine-wide unique connection id. Ids are never reused, so an id (or a handle) of a
 /// closed connection can never name a newer connection, even one that reuses its slot.
@@ -176,8 +176,6 @@ pub(crate) struct ConnIo {
     pub(crate) read_deadline: Deadline,
     /// The protocol layer's bits, checked and set by [`Gate`]s with its writes.
     pub(crate) layer_bits: u8,
-    /// The protocol layer's attachment.
-    pub(crate) attachment: Attachment,
 }
 
 impl ConnIo {
@@ -240,7 +238,6 @@ impl ConnShared {
                 write_deadline: Deadline::new(timeout_ms(config.write_timeout), false),
                 read_deadline: Deadline::new(timeout_ms(config.read_timeout), manual),
                 layer_bits: 0,
-                attachment: Attachment::default(),
             }),
             poller,
         }
@@ -483,11 +480,15 @@ impl Conn {
 
     /// Runs `f` on the protocol layer's bits and attachment under the connection's lock;
     /// `open` tells whether the connection still accepts writes.
-    pub(crate) fn with_layer<R>(&self, f: impl FnOnce(&mut u8, &mut Attachment, bool) -> R) -> R {
+    pub(crate) fn with_layer<R>(
+        &self,
+        f: impl FnOnce(&mut u8, &mut Attachment<'_>, bool) -> R,
+    ) -> R {
         let mut io = self.shared.lock();
         let io = &mut *io;
         let open = io.phase != Phase::Closed;
-        f(&mut io.layer_bits, &mut io.attachment, open)
+        let mut attachment = io.transport.attachment();
+        f(&mut io.layer_bits, &mut attachment, open)
     }
 
     /// A handle to the poller that owns this connection.

@@ -149,6 +149,7 @@ impl Conn {
         }
     }
 
+    #[inline]
     fn note_watermark(&self, io: &mut ConnIo) {
         if io.transport.charge() > self.config().low_watermark() {
             io.above_low_water = true;

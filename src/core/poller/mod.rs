@@ -384,9 +384,7 @@ mod tests {
         // The slab stores (token, connection) plus its own discriminant word.
         let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
-        // 200 B before the transport's codec pointer (issue 15, work in progress): the 8 B it
-        // adds must be won back elsewhere before TLS lands (issue 18).
-        assert!(shared <= 208 + mio_debug, "ConnShared grew to {shared} B");
+        assert!(shared <= 200 + mio_debug, "ConnShared grew to {shared} B");
         assert!(entry <= 72, "slab entry grew to {entry} B");
     }
 }
