@@ -149,7 +149,7 @@ impl Conn {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn note_watermark(&self, io: &mut ConnIo) {
         if io.transport.charge() > self.config().low_watermark() {
             io.above_low_water = true;
