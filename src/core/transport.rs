@@ -197,11 +197,17 @@ impl Transport {
     /// What the queue counts against the outbound limit: its bytes and its bookkeeping (and
     /// plaintext a codec holds back).
     #[inline(always)]
-    pub(crate) fn charge(&self) -> usize {
-        match &self.extras {
-            None => self.out.charge(),
-            Some(extras) => self.out.charge() + held_back(extras),
+    pub(crate) fn charge(&self, coded: bool) -> usize {
+        if coded {
+            self.charge_coded()
+        } else {
+            self.out.charge()
         }
+    }
+
+    #[inline(never)]
+    fn charge_coded(&self) -> usize {
+        self.out.charge() + self.extras.as_ref().map_or(0, |e| held_back(e))
     }
 
     /// Brings this connection's share of the queued-bytes gauge up to date: returns the change
@@ -233,8 +239,8 @@ impl Transport {
 
     /// Reads into `buf`: how many wire bytes came in and where the plaintext is.
     #[inline(always)]
-    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<Read> {
-        if self.extras.as_ref().is_some_and(|e| e.codec.is_some()) {
+    pub(crate) fn read(&mut self, buf: &mut [u8], coded: bool) -> io::Result<Read> {
+        if coded {
             return self.read_coded(buf);
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
@@ -293,12 +299,17 @@ impl Transport {
     /// not take is queued. Returns the wire bytes written; `WouldBlock` is not an error here
     /// (everything was queued, 0 written).
     #[inline]
-    pub(crate) fn send(&mut self, head: &[u8], body: Payload<'_>) -> io::Result<usize> {
+    pub(crate) fn send(
+        &mut self,
+        head: &[u8],
+        body: Payload<'_>,
+        coded: bool,
+    ) -> io::Result<usize> {
         debug_assert!(
             self.out.is_empty(),
             "a direct send must not overtake queued bytes"
         );
-        if self.extras.is_some() && self.codec().is_some() {
+        if coded {
             return self.seal_and(head, body, true);
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
@@ -324,8 +335,9 @@ impl Transport {
         head: &[u8],
         body: Payload<'_>,
         pool: Option<&mut Vec<Vec<u8>>>,
+        coded: bool,
     ) {
-        if self.extras.is_some() && self.codec().is_some() {
+        if coded {
             // A codec that cannot seal has failed (a TLS session in error): its next read
             // fails and closes the connection, and what was written meanwhile goes with it.
             let _ = self.seal_and(head, body, false);

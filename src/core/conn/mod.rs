@@ -168,6 +168,8 @@ pub(crate) struct ConnIo {
     /// The application paused reading: bytes stay in the kernel (TCP backpressure) and the
     /// read timeout waits.
     pub(crate) read_paused: bool,
+    /// The transport has a codec (TLS): the plain read and write paths test only this.
+    pub(crate) coded: bool,
     /// This connection's overflow policy, if overridden (else the engine's).
     pub(crate) overflow_policy: Option<OverflowPolicy>,
     /// When queued bytes that make no progress close the connection (`WriteTimeout`).
@@ -220,6 +222,7 @@ impl ConnShared {
     ) -> Self {
         let config = &poller.common.config;
         let manual = config.read_refresh == ReadRefresh::Manual;
+        let coded = codec.is_some();
         let transport = match codec {
             Some(codec) => Transport::with_codec(socket, codec),
             None => Transport::plain(socket),
@@ -234,6 +237,7 @@ impl ConnShared {
                 corked: false,
                 above_low_water: false,
                 read_paused: false,
+                coded,
                 overflow_policy: None,
                 write_deadline: Deadline::new(timeout_ms(config.write_timeout), false),
                 read_deadline: Deadline::new(timeout_ms(config.read_timeout), manual),
@@ -342,7 +346,8 @@ impl Conn {
     /// limit counts it: the bytes, plus 64 bytes of bookkeeping per queued chunk (a message
     /// queued as its own buffer; small copied writes share one). 0 when nothing waits.
     pub fn pending_bytes(&self) -> usize {
-        self.shared.lock().transport.charge()
+        let io = self.shared.lock();
+        io.transport.charge(io.coded)
     }
 
     /// Overrides the engine's [`overflow_policy`](crate::EngineBuilder::overflow_policy) for

@@ -79,7 +79,8 @@ impl Conn {
         if len == 0 {
             return Ok(());
         }
-        let pending = io.transport.charge();
+        let coded = io.coded;
+        let pending = io.transport.charge(coded);
         let limit = poller.config().max_outbound_bytes;
         // Reserve what the message may cost besides its bytes (one queued chunk).
         if pending + len + CHUNK_CHARGE > limit && !gate.past_limit {
@@ -108,12 +109,12 @@ impl Conn {
         if io.transport.pending() != 0 || io.phase == Phase::Connecting || cork {
             let corked = on_owner && io.phase == Phase::Open;
             if on_owner {
-                context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool)));
+                context::with_tail_pool(|pool| io.transport.queue(head, body, Some(pool), coded));
                 if corked {
                     io.cork(shared.token());
                 }
             } else {
-                io.transport.queue(head, body, None);
+                io.transport.queue(head, body, None, coded);
             }
             if !corked {
                 poller.stats.add_queued(io.transport.account());
@@ -121,7 +122,7 @@ impl Conn {
             self.note_watermark(&mut io);
             return Ok(());
         }
-        let result = io.transport.send(head, body);
+        let result = io.transport.send(head, body, coded);
         if io.transport.pending() != 0 {
             poller.stats.add_queued(io.transport.account());
         }
@@ -151,7 +152,7 @@ impl Conn {
 
     #[inline(always)]
     fn note_watermark(&self, io: &mut ConnIo) {
-        if io.transport.charge() > self.config().low_watermark() {
+        if io.transport.charge(io.coded) > self.config().low_watermark() {
             io.above_low_water = true;
         }
     }

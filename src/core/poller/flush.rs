@@ -53,7 +53,7 @@ impl<H: Handler> Poller<H> {
                 io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
             });
             self.queued_delta += io.transport.account();
-            let notice = io.above_low_water && io.transport.charge() <= low_watermark;
+            let notice = io.above_low_water && io.transport.charge(io.coded) <= low_watermark;
             if notice {
                 io.above_low_water = false;
             }

@@ -53,7 +53,8 @@ impl<H: Handler> Poller<H> {
                 if io.read_paused {
                     return; // resume_reading sends the poller back here
                 }
-                let result = io.transport.read(&mut self.read_buf);
+                let coded = io.coded;
+                let result = io.transport.read(&mut self.read_buf, coded);
                 if let Ok(read) = &result {
                     if read.wire > 0 {
                         // A plain store; the wheel entry checks it lazily.
@@ -181,7 +182,11 @@ impl<H: Handler> Poller<H> {
             let Some(c) = self.conns.get(token) else {
                 return;
             };
-            let result = c.conn.shared.lock().transport.read(&mut self.read_buf);
+            let result = {
+                let mut io = c.conn.shared.lock();
+                let coded = io.coded;
+                io.transport.read(&mut self.read_buf, coded)
+            };
             count(&self.shared.stats.read_calls, 1);
             match result {
                 Ok(read) if read.wire == 0 => {
