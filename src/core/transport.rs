@@ -83,9 +83,16 @@ impl Payload<'_> {
 /// sans-IO. The core names no protocol: a protocol layer implements this and hands the engine
 /// a [`CodecFactory`].
 pub(crate) trait Codec: Send + fmt::Debug {
-    /// Wire bytes `input` arrived: appends the plaintext they carried to `plain` and the
-    /// codec's own bytes (a handshake's) to `send`. Keeps an unfinished record itself.
-    fn receive(&mut self, input: &[u8], plain: &mut Vec<u8>, send: &mut Vec<u8>) -> io::Result<()>;
+    /// Wire bytes `input` arrived (the codec may decode them in place): appends the plaintext
+    /// they carried to `plain` and the codec's own bytes (a handshake's) to `send`, keeps an
+    /// unfinished record itself, and tells whether the peer said its last words (TLS
+    /// close_notify). On an error `send` may hold the codec's last words (a fatal alert).
+    fn receive(
+        &mut self,
+        input: &mut [u8],
+        plain: &mut Vec<u8>,
+        send: &mut Vec<u8>,
+    ) -> io::Result<bool>;
     /// Appends the wire form of `data` to `send` (or keeps it until it can: before a
     /// handshake completed).
     fn seal(&mut self, data: &[u8], send: &mut Vec<u8>) -> io::Result<()>;
@@ -128,8 +135,11 @@ pub(crate) struct Read {
     /// The transport queued bytes of its own (a handshake's) that should go out now.
     pub(crate) flush: bool,
     /// The socket gave less than was asked: it is drained for now (the next bytes raise a new
-    /// edge).
+    /// edge). Set whenever `peer_closed` is.
     pub(crate) short: bool,
+    /// The peer said its last words in the transport's own protocol (TLS close_notify): no
+    /// more data will come, though the socket is still open.
+    pub(crate) peer_closed: bool,
 }
 
 /// What one [`Transport::flush`] call did.
@@ -250,6 +260,7 @@ impl Transport {
             plain: 0..n,
             flush: false,
             short: n < buf.len(),
+            peer_closed: false,
         })
     }
 
@@ -271,26 +282,32 @@ impl Transport {
                 plain: 0..0,
                 flush: false,
                 short: true,
+                peer_closed: false,
             });
         }
         SCRATCH.with(|scratch| {
             let (plain, send) = &mut *scratch.borrow_mut();
             plain.clear();
             send.clear();
-            let result = codec.receive(&buf[..n], plain, send);
+            let result = codec.receive(&mut buf[..n], plain, send);
             let len = plain.len().min(buf.len());
             buf[..len].copy_from_slice(&plain[..len]);
             let flush = !send.is_empty();
-            if flush {
+            if flush && result.is_err() {
+                // The codec's last word on a failure (a TLS alert): one best-effort write, as
+                // the connection is closed without flushing.
+                let _ = os::write(socket, send, &[]);
+            } else if flush {
                 self.out.push_slice(send);
             }
             trim(plain);
             trim(send);
-            result.map(|()| Read {
+            result.map(|peer_closed| Read {
                 wire: n,
                 plain: 0..len,
                 flush,
-                short: n < room,
+                short: n < room || peer_closed,
+                peer_closed,
             })
         })
     }

@@ -77,15 +77,27 @@ impl EngineBuilder {
 }
 
 impl Codec for TlsSession {
-    fn receive(&mut self, input: &[u8], plain: &mut Vec<u8>, send: &mut Vec<u8>) -> io::Result<()> {
-        TlsSession::receive(self, input, plain, send)
-            .map(|_| ())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    fn receive(
+        &mut self,
+        input: &mut [u8],
+        plain: &mut Vec<u8>,
+        send: &mut Vec<u8>,
+    ) -> io::Result<bool> {
+        // The poller must survive a bug in the TLS stack: a panic fails this connection only.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            TlsSession::receive(self, input, plain, send)
+        }))
+        .unwrap_or_else(|_| Err(rustls::Error::General("panic in the TLS stack".into())))
+        .map(|r| r.peer_closed)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     fn seal(&mut self, data: &[u8], send: &mut Vec<u8>) -> io::Result<()> {
-        TlsSession::seal(self, data, send)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            TlsSession::seal(self, data, send)
+        }))
+        .unwrap_or_else(|_| Err(rustls::Error::General("panic in the TLS stack".into())))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     fn close_notify(&mut self, send: &mut Vec<u8>) {

@@ -109,23 +109,34 @@ impl TlsSession {
         self.early.len()
     }
 
-    /// Ciphertext `input` arrived: appends the plaintext it carried to `plain` and the bytes
-    /// the session wants sent to `send`. A record cut at the end of `input` is kept until the
-    /// rest arrives.
+    /// Ciphertext `input` arrived (decrypted in place, so it is clobbered): appends the
+    /// plaintext it carried to `plain` and the bytes the session wants sent to `send`. A record
+    /// cut at the end of `input` is kept (copied) until the rest arrives; otherwise nothing is
+    /// allocated. On an error, `send` gets the fatal alert that tells the peer why.
     pub(crate) fn receive(
         &mut self,
-        input: &[u8],
+        input: &mut [u8],
         plain: &mut Vec<u8>,
         send: &mut Vec<u8>,
     ) -> Result<Received, TlsError> {
+        if self.incoming.is_empty() {
+            let (consumed, result) = self.process(input, plain, send);
+            if result.is_ok() && consumed < input.len() {
+                self.incoming.extend_from_slice(&input[consumed..]);
+            }
+            return result;
+        }
         let mut buf = std::mem::take(&mut self.incoming);
         buf.extend_from_slice(input);
-        let result = self.process(&mut buf, plain, send);
-        // Keep only an unfinished record; give the memory back when there is none.
-        if buf.is_empty() {
-            buf = Vec::new();
+        let (consumed, result) = self.process(&mut buf, plain, send);
+        if result.is_ok() {
+            buf.drain(..consumed);
+            // Keep only an unfinished record; give the memory back when there is none.
+            if buf.is_empty() {
+                buf = Vec::new();
+            }
+            self.incoming = buf;
         }
-        self.incoming = buf;
         result
     }
 
@@ -190,18 +201,48 @@ impl TlsSession {
         })
     }
 
-    /// Drives the state machine over `buf` until it needs more input; `buf` keeps what it
-    /// did not consume.
+    /// Drives the state machine over `buf` until it needs more input; returns how much of
+    /// `buf` it consumed.
     fn process(
         &mut self,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        send: &mut Vec<u8>,
+    ) -> (usize, Result<Received, TlsError>) {
+        let mut consumed = 0;
+        let result = self.process_from(buf, &mut consumed, plain, send);
+        if result.is_err() {
+            // rustls queued a fatal alert for the peer: it comes out of the next call, which
+            // must see the same unconsumed bytes (rustls keeps offsets into them).
+            self.take_alert(&mut buf[consumed..], send);
+        }
+        (consumed, result)
+    }
+
+    /// After an error: encodes the fatal alert rustls queued, if any (one step only: going on
+    /// would process the bad bytes again).
+    fn take_alert(&mut self, buf: &mut [u8], send: &mut Vec<u8>) {
+        with_status!(&mut self.side, buf, |status| {
+            if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
+                let at = send.len();
+                send.resize(at + 64, 0);
+                let n = e.encode(&mut send[at..]).unwrap_or(0);
+                send.truncate(at + n);
+            }
+        })
+    }
+
+    fn process_from(
+        &mut self,
+        buf: &mut [u8],
+        consumed: &mut usize,
         plain: &mut Vec<u8>,
         send: &mut Vec<u8>,
     ) -> Result<Received, TlsError> {
         let mut received = Received::default();
         loop {
             let mut became_established = false;
-            let (discard, done) = with_status!(&mut self.side, &mut buf[..], |status| {
+            let (discard, done) = with_status!(&mut self.side, &mut buf[*consumed..], |status| {
                 let UnbufferedStatus { discard, state } = status;
                 let done = match state? {
                     ConnectionState::ReadTraffic(mut r) => {
@@ -250,7 +291,7 @@ impl TlsSession {
                 };
                 Ok::<_, TlsError>((discard, done))
             })?;
-            buf.drain(..discard);
+            *consumed += discard;
             if became_established {
                 self.established = true;
                 if !self.early.is_empty() {

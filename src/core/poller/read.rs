@@ -80,10 +80,16 @@ impl<H: Handler> Poller<H> {
                     if self.stage(token) != Some(Stage::Open) {
                         return; // the handler's input closed it (inbound overflow)
                     }
-                    if read.short && !until_would_block {
-                        // Short read: the socket is drained and the next data or FIN raises a
-                        // new edge.
-                        return;
+                    if read.short {
+                        if read.peer_closed {
+                            self.begin_close(token, CloseReason::PeerClosed, true);
+                            return;
+                        }
+                        if !until_would_block {
+                            // Short read: the socket is drained and the next data or FIN
+                            // raises a new edge.
+                            return;
+                        }
                     }
                     if self.spend_read_budget(token, &mut budget, read.wire) {
                         return;
