@@ -1,5 +1,6 @@
-//! TLS on the transport seam: raw TCP echo and WebSocket echo through rustls' own client, and
-//! peers that do not speak TLS.
+//! TLS on the transport seam: raw TCP and WebSocket echo through rustls' own client and
+//! netpoll's, netpoll's client against a third-party wss server, certificate errors, many
+//! connections, many writers, and peers that misbehave at every stage.
 
 mod common;
 mod ws_common;
@@ -9,9 +10,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::sync::mpsc::{self, Receiver, Sender};
+
 use common::*;
-use netpoll::Engine;
-use netpoll::ws::WsServer;
+use netpoll::ws::{
+    CloseCode, Connect, ConnectError, Message, Request, Upgrade, WsClient, WsClose, WsConn,
+    WsEngine, WsHandler, WsServer,
+};
+use netpoll::{DialOptions, Engine};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -120,4 +126,357 @@ fn plaintext_and_garbage_on_a_tls_port_get_an_alert_and_a_close() {
         "{}",
         engine.stats()
     );
+}
+
+/// A certificate for `names` (self-signed, so it is its own CA) valid `valid` or expired,
+/// as PEM (certificate, key).
+fn certificate(names: &[&str], expired: bool) -> (String, String) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(names).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+#[derive(Debug)]
+enum Ev {
+    Open(u32),
+    Msg(u32, Vec<u8>, bool),
+    Close(u32, WsClose),
+    Failed(u32, ConnectError),
+}
+
+/// netpoll's client side: the state is a tag naming the connection in events.
+struct ClientSide {
+    tx: Sender<Ev>,
+    hello: Option<&'static str>,
+}
+
+impl WsHandler for ClientSide {
+    type State = u32;
+    fn on_open(&mut self, conn: &WsConn, tag: &mut u32) {
+        if let Some(h) = self.hello {
+            conn.send_text(h).unwrap();
+        }
+        let _ = self.tx.send(Ev::Open(*tag));
+    }
+    fn on_message(&mut self, _: &WsConn, tag: &mut u32, msg: Message<'_>) {
+        let _ = self
+            .tx
+            .send(Ev::Msg(*tag, msg.as_bytes().to_vec(), msg.is_text()));
+    }
+    fn on_close(&mut self, _: &WsConn, tag: u32, close: WsClose) {
+        let _ = self.tx.send(Ev::Close(tag, close));
+    }
+    fn on_connect_error(&mut self, tag: u32, error: ConnectError) {
+        let _ = self.tx.send(Ev::Failed(tag, error));
+    }
+}
+
+fn client_engine(
+    hello: Option<&'static str>,
+    pollers: usize,
+) -> (WsEngine<ClientSide>, Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let ws = WsClient::builder()
+        .max_message_size(17 << 20)
+        .handshake_timeout(Duration::from_secs(5))
+        .start(
+            Engine::builder()
+                .pollers(pollers)
+                .max_outbound_bytes(40 << 20),
+            |_| ClientSide {
+                tx: tx.clone(),
+                hello,
+            },
+        )
+        .unwrap();
+    (ws, rx)
+}
+
+fn next(rx: &Receiver<Ev>) -> Ev {
+    rx.recv_timeout(WAIT).expect("client event")
+}
+
+/// A wss echo server (netpoll's, `/echo`) for `localhost`, and a client config trusting it.
+fn wss_server(
+    pollers: usize,
+) -> (
+    WsEngine<ws_common::Recorder>,
+    SocketAddr,
+    Receiver<ws_common::WsEvent>,
+    Arc<ClientConfig>,
+) {
+    let (cert, key) = certificate(&["localhost"], false);
+    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (ws, addr, rx) = ws_common::start_ws(
+        WsServer::builder().max_message_size(17 << 20),
+        Engine::builder()
+            .pollers(pollers)
+            .max_outbound_bytes(40 << 20)
+            .tls(server_config),
+    );
+    let client = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    (ws, addr, rx, client)
+}
+
+#[test]
+fn netpoll_client_and_server_over_wss_from_one_byte_to_sixteen_mebibytes() {
+    let (_server, addr, _srx, client_config) = wss_server(2);
+    let (client, rx) = client_engine(None, 1);
+    let conn = client
+        .connect(
+            &format!("wss://localhost:{}/echo", addr.port()),
+            Connect::new(1).tls(client_config),
+        )
+        .unwrap();
+    let Ev::Open(1) = next(&rx) else { panic!() };
+    for len in [0usize, 1, 125, 126, 16 * 1024, 65_536, 1 << 20, 16 << 20] {
+        let data = pattern(len, len as u8);
+        conn.send_binary(&data).unwrap();
+        let Ev::Msg(1, back, false) = next(&rx) else {
+            panic!()
+        };
+        assert!(back == data, "{len} bytes echoed intact");
+        let text = "é".repeat(len / 2);
+        conn.send_text(&text).unwrap();
+        let Ev::Msg(1, back, true) = next(&rx) else {
+            panic!()
+        };
+        assert!(back == text.as_bytes(), "{len} bytes of text echoed intact");
+    }
+    conn.close(CloseCode::Normal, "done");
+    let Ev::Close(1, close) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(u16::from(close.code), 1000);
+}
+
+#[test]
+fn raw_tcp_dial_over_tls() {
+    let (cert, key) = certificate(&["localhost"], false);
+    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (_server, addr, _srx) = start(Engine::builder().pollers(1).tls(server_config), Mode::Echo);
+    let (client, _, crx) = start(Engine::builder().pollers(1), Mode::Record);
+    let config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    let conn = client
+        .dial_tls(addr, "localhost", config, DialOptions::default())
+        .unwrap();
+    // Written before the TCP connect and the handshake: held back, then sent first.
+    conn.write_slice(b"early bytes ").unwrap();
+    let _ = next_open(&crx);
+    conn.write_slice(b"and later ones").unwrap();
+    let mut got = Vec::new();
+    while got.len() < 26 {
+        match next_event(&crx, "echo") {
+            Event::Data(_, d) => got.extend_from_slice(&d),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, b"early bytes and later ones");
+}
+
+#[test]
+fn certificate_problems_are_clear_connect_errors() {
+    let (client, rx) = client_engine(None, 1);
+    let serve = |names: &[&str], expired: bool| {
+        let (cert, key) = certificate(names, expired);
+        let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (ws, addr, _rx) = ws_common::start_ws(
+            WsServer::builder(),
+            Engine::builder().pollers(1).tls(server_config),
+        );
+        let trusting = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+        (ws, addr, trusting)
+    };
+    // Unknown CA: the default configuration (the public web's roots) does not know it.
+    let (_a, addr, _) = serve(&["localhost"], false);
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    client.connect(&url, Connect::new(1)).unwrap();
+    // Another host's name, from a CA the client trusts.
+    let (_b, addr, trusting) = serve(&["other.example"], false);
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    client.connect(&url, Connect::new(2).tls(trusting)).unwrap();
+    // Expired, from a CA the client trusts.
+    let (_c, addr, trusting) = serve(&["localhost"], true);
+    let url = format!("wss://localhost:{}/echo", addr.port());
+    client.connect(&url, Connect::new(3).tls(trusting)).unwrap();
+    // A server that does not speak TLS at all.
+    let (_d, plain, _) = ws_common::start_ws(WsServer::builder(), Engine::builder().pollers(1));
+    let url = format!("wss://localhost:{}/echo", plain.port());
+    client.connect(&url, Connect::new(4)).unwrap();
+    let mut seen = [false; 5];
+    for _ in 0..4 {
+        let Ev::Failed(tag, error) = next(&rx) else {
+            panic!("a connect error")
+        };
+        let text = format!("{error:?}");
+        let expected = [
+            "",
+            "UnknownIssuer",
+            "NotValidForName",
+            "Expired",
+            "InvalidMessage",
+        ];
+        assert!(
+            matches!(error, ConnectError::Tls(_)) && text.contains(expected[tag as usize]),
+            "connect {tag}: {text} ({error})"
+        );
+        seen[tag as usize] = true;
+    }
+    assert_eq!(seen, [false, true, true, true, true]);
+}
+
+/// A third-party wss server: tungstenite's blocking server over rustls' own stream, echoing
+/// text messages until the client closes.
+fn third_party_wss_server() -> (SocketAddr, Arc<ClientConfig>) {
+    let (cert, key) = certificate(&["localhost"], false);
+    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(server_config).unwrap();
+        let stream = StreamOwned::new(conn, tcp);
+        let mut ws = tungstenite::accept(stream).expect("wss upgrade");
+        while let Ok(msg) = ws.read() {
+            if msg.is_text() || msg.is_binary() {
+                ws.send(msg).unwrap();
+            }
+        }
+    });
+    (
+        addr,
+        netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap(),
+    )
+}
+
+#[test]
+fn netpoll_client_against_a_third_party_wss_server() {
+    let (addr, config) = third_party_wss_server();
+    let (client, rx) = client_engine(Some("hello over tls"), 1);
+    let conn = client
+        .connect(
+            &format!("wss://localhost:{}/", addr.port()),
+            Connect::new(5).tls(config),
+        )
+        .unwrap();
+    let Ev::Open(5) = next(&rx) else { panic!() };
+    let Ev::Msg(5, m, true) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(m, b"hello over tls");
+    let big = pattern(300_000, 9);
+    conn.send_binary(&big).unwrap();
+    let Ev::Msg(5, m, false) = next(&rx) else {
+        panic!()
+    };
+    assert!(m == big);
+    conn.close(CloseCode::Normal, "bye");
+    let Ev::Close(5, close) = next(&rx) else {
+        panic!()
+    };
+    assert_eq!(u16::from(close.code), 1000, "tungstenite echoes our close");
+}
+
+#[test]
+fn two_thousand_wss_connections() {
+    raise_nofile_limit(4_200);
+    let (server, addr, _srx, config) = wss_server(1);
+    let (client, rx) = client_engine(Some("ping"), 2);
+    const N: u32 = 2000;
+    for i in 0..N {
+        let src = SocketAddr::from(([127, 0, 0, 1 + (i % 4) as u8], 0));
+        client
+            .connect(
+                &format!("wss://localhost:{}/echo", addr.port()),
+                Connect::new(i).local_addr(src).tls(config.clone()),
+            )
+            .unwrap();
+    }
+    let mut echoed = vec![false; N as usize];
+    let mut n = 0;
+    while n < N {
+        match next(&rx) {
+            Ev::Msg(tag, m, true) => {
+                assert_eq!(m, b"ping");
+                assert!(!echoed[tag as usize]);
+                echoed[tag as usize] = true;
+                n += 1;
+            }
+            Ev::Open(..) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(client.stats().open(), N as u64);
+    assert_eq!(server.stats().open(), N as u64);
+}
+
+/// Server side of the many-writers test: on open, 16 threads each send 400 numbered
+/// messages of varied sizes (some over a TLS record) to the one connection.
+struct Writers;
+
+impl WsHandler for Writers {
+    type State = ();
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+        netpoll::ws::Accept::new(()).into()
+    }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        for t in 0..16u32 {
+            let conn = conn.clone();
+            std::thread::spawn(move || {
+                for i in 0..400u32 {
+                    let len = 8 + ((t * 7919 + i * 104_729) % 24_000) as usize;
+                    let mut msg = vec![(t as u8) ^ (i as u8); len];
+                    msg[..4].copy_from_slice(&t.to_be_bytes());
+                    msg[4..8].copy_from_slice(&i.to_be_bytes());
+                    conn.send_binary(&msg)
+                        .expect("under the raised outbound limit");
+                }
+            });
+        }
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+}
+
+#[test]
+fn sixteen_threads_write_to_one_wss_connection() {
+    let (cert, key) = certificate(&["localhost"], false);
+    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let server = WsServer::builder()
+        .start(
+            Engine::builder()
+                .pollers(2)
+                .max_outbound_bytes(256 << 20)
+                .listen("127.0.0.1:0")
+                .tls(server_config),
+            |_| Writers,
+        )
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let client_config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    let (mut ws, _) = tungstenite::client::client(
+        format!("ws://localhost:{}/", addr.port()),
+        tls_client(addr, &client_config),
+    )
+    .unwrap();
+    let mut next_of = [0u32; 16];
+    for _ in 0..16 * 400 {
+        let data = ws.read().unwrap().into_data();
+        let t = u32::from_be_bytes(data[..4].try_into().unwrap());
+        let i = u32::from_be_bytes(data[4..8].try_into().unwrap());
+        assert_eq!(i, next_of[t as usize], "thread {t}'s messages in order");
+        next_of[t as usize] += 1;
+        let len = 8 + ((t * 7919 + i * 104_729) % 24_000) as usize;
+        assert_eq!(data.len(), len, "whole");
+        assert!(
+            data[8..].iter().all(|&b| b == (t as u8) ^ (i as u8)),
+            "intact"
+        );
+    }
+    assert_eq!(next_of, [400; 16]);
 }

@@ -100,6 +100,9 @@ pub(crate) trait Codec: Send + fmt::Debug {
     fn close_notify(&mut self, send: &mut Vec<u8>);
     /// Plaintext the codec holds back (counted against the outbound limit).
     fn held_back(&self) -> usize;
+    /// Why the codec failed, once it has (a protocol layer reports it: a TLS certificate
+    /// error as the reason a connect failed).
+    fn failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)>;
 }
 
 /// Makes the codec of each new connection of an engine.
@@ -177,14 +180,27 @@ impl Transport {
         }
     }
 
-    /// `socket` through `codec` (TLS).
-    pub(crate) fn with_codec(socket: TcpStream, codec: Box<dyn Codec>) -> Self {
+    /// `socket` through `codec` (TLS). The codec speaks first if its side does (a TLS
+    /// client's hello): that is queued ahead of anything written.
+    pub(crate) fn with_codec(socket: TcpStream, mut codec: Box<dyn Codec>) -> Self {
+        let mut first = Vec::new();
+        // A failure here shows again on the first read, which closes the connection.
+        let _ = codec.receive(&mut [], &mut Vec::new(), &mut first);
         let mut extras = Box::new(Extras::default());
         extras.codec = Some(codec);
-        Transport {
+        let mut transport = Transport {
             extras: Some(extras),
             ..Transport::plain(socket)
+        };
+        if !first.is_empty() {
+            transport.out.push_slice(&first);
         }
+        transport
+    }
+
+    /// Why the codec failed, if there is one and it has.
+    pub(crate) fn codec_failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.extras.as_ref()?.codec.as_ref()?.failure()
     }
 
     /// The protocol layer's attachment slot (kept with the codec).

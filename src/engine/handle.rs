@@ -13,6 +13,7 @@ use crate::core::error::Error;
 use crate::core::poller::{self, Adopt, Command, Common, PollerShared, context};
 use crate::core::stats::{Stats, count};
 use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
+use crate::core::transport::Codec;
 use crate::os;
 
 /// A cheap, `Clone + Send + Sync` handle on a running [`Engine`](super::Engine): dial, timers,
@@ -129,15 +130,16 @@ impl EngineHandle {
     /// connect found later (refused, timed out) goes to
     /// [`Handler::on_connect_error`](crate::Handler::on_connect_error) instead.
     pub fn dial_with(&self, addr: SocketAddr, opts: DialOptions) -> Result<Conn, Error> {
-        self.dial_prepared(addr, opts, |_| {})
+        self.dial_prepared(addr, opts, None, |_| {})
     }
 
-    /// Dials, letting a protocol layer `prepare` the connection's shared state (its bits and
-    /// attachment) before any poller can see it.
+    /// Dials through `codec` (if any; TLS), letting a protocol layer `prepare` the
+    /// connection's shared state (its bits and attachment) before any poller can see it.
     pub(crate) fn dial_prepared(
         &self,
         addr: SocketAddr,
         opts: DialOptions,
+        codec: Option<Box<dyn Codec>>,
         prepare: impl FnOnce(&Conn),
     ) -> Result<Conn, Error> {
         let common = &self.inner.common;
@@ -164,7 +166,7 @@ impl EngineHandle {
             id,
             addr,
             stream,
-            None,
+            codec,
             poller.clone(),
             Phase::Connecting,
         ));

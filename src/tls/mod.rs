@@ -20,20 +20,32 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-// The client side (wss:// in `WsHandle::connect`) is next; its session half is tested here.
-#[allow(dead_code)]
 mod session;
 
 use std::io;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
+/// The rustls this crate is built with (for its error types and configs).
+pub use rustls;
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use rustls::{ClientConfig, ServerConfig};
 
+use crate::core::conn::Conn;
+use crate::core::error::Error;
 use crate::core::transport::{Codec, CodecFactory};
-use crate::engine::EngineBuilder;
-use session::TlsSession;
+use crate::engine::{DialOptions, EngineBuilder, EngineHandle};
+pub(crate) use session::TlsSession;
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// A server configuration from a PEM certificate chain and a PEM private key (PKCS#8, PKCS#1
 /// or SEC1), with rustls' safe defaults (TLS 1.2 and 1.3) and the ring provider. For SNI
@@ -43,7 +55,6 @@ use session::TlsSession;
 /// An [`io::ErrorKind::InvalidInput`] error for PEM that holds no certificate or no key, or a
 /// key that does not match the certificate.
 pub fn server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<ServerConfig>> {
-    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_chain_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| invalid(format!("certificate PEM: {e}")))?;
@@ -52,14 +63,99 @@ pub fn server_config(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<Arc<Se
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| invalid(format!("private key PEM: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(config))
+}
+
+/// A client configuration that trusts `roots`, with rustls' safe defaults and the ring
+/// provider.
+pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The client configuration used when none is given: Mozilla's trust anchors (compiled in
+/// through `webpki-roots`, so it works the same without a system CA bundle). Built once.
+pub fn default_client_config() -> Arc<ClientConfig> {
+    static DEFAULT: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let roots = RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            client_config(roots)
+        })
+        .clone()
+}
+
+/// A client configuration that trusts only the CA certificates in `ca_pem` (a private CA, or
+/// a test's self-signed certificate).
+///
+/// # Errors
+/// [`io::ErrorKind::InvalidInput`] for PEM that holds no usable certificate.
+pub fn client_config_with_ca(ca_pem: &[u8]) -> io::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| invalid(format!("CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| invalid(format!("CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("no CA certificate in the PEM".into()));
+    }
+    Ok(client_config(roots))
+}
+
+/// The codec of a client connection to `server_name` (a DNS name or an IP address).
+pub(crate) fn client_codec(
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> io::Result<Box<dyn Codec>> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| invalid(format!("TLS server name {server_name:?}: {e}")))?;
+    let session = TlsSession::client(config, name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Ok(Box::new(session))
+}
+
+/// Why a connection's TLS failed, if it did (a certificate the peer would not accept, an
+/// alert from the peer, a protocol error).
+pub(crate) fn failure(conn: &Conn) -> Option<rustls::Error> {
+    conn.with_codec_failure(|e| e?.downcast_ref::<rustls::Error>().cloned())
+}
+
+impl EngineHandle {
+    /// [`dial_with`](EngineHandle::dial_with) through TLS to `server_name` (checked against
+    /// the server's certificate) with `config` (for instance [`default_client_config`] or
+    /// [`client_config_with_ca`]). Writes made before the handshake completes wait for it;
+    /// [`Handler::on_open`](crate::Handler::on_open) runs when the TCP connection is up, and
+    /// a failed handshake closes the connection with [`CloseReason::Io`](crate::CloseReason)
+    /// (`InvalidData`).
+    ///
+    /// # Errors
+    /// As for [`dial_with`](EngineHandle::dial_with), and [`Error::Io`] with
+    /// [`io::ErrorKind::InvalidInput`] for a server name that is neither a DNS name nor an IP
+    /// address.
+    pub fn dial_tls(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<ClientConfig>,
+        opts: DialOptions,
+    ) -> Result<Conn, Error> {
+        let codec = client_codec(config, server_name)?;
+        self.dial_prepared(addr, opts, Some(codec), |_| {})
+    }
 }
 
 impl EngineBuilder {
@@ -106,5 +202,9 @@ impl Codec for TlsSession {
 
     fn held_back(&self) -> usize {
         self.early_len()
+    }
+
+    fn failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        TlsSession::failure(self).map(|e| e as _)
     }
 }

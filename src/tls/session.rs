@@ -58,6 +58,8 @@ pub(crate) struct TlsSession {
     early: Vec<u8>,
     /// The handshake finished: application data can be sealed at once.
     established: bool,
+    /// Why the session failed (kept for the connection's owner to report).
+    failure: Option<TlsError>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -96,12 +98,19 @@ impl TlsSession {
             incoming: Vec::new(),
             early: Vec::new(),
             established: false,
+            failure: None,
         }
     }
 
     /// True once the handshake completed.
+    #[cfg(test)]
     pub(crate) fn is_established(&self) -> bool {
         self.established
+    }
+
+    /// Why the session failed, once it has.
+    pub(crate) fn failure(&self) -> Option<&TlsError> {
+        self.failure.as_ref()
     }
 
     /// Plaintext bytes waiting for the handshake (they count against the outbound limit).
@@ -147,7 +156,11 @@ impl TlsSession {
             self.early.extend_from_slice(data);
             return Ok(());
         }
-        self.encrypt(data, send)
+        let result = self.encrypt(data, send);
+        if let Err(e) = &result {
+            self.failure.get_or_insert_with(|| e.clone());
+        }
+        result
     }
 
     /// Queues close_notify (after anything sealed before); nothing if the handshake never
@@ -211,7 +224,8 @@ impl TlsSession {
     ) -> (usize, Result<Received, TlsError>) {
         let mut consumed = 0;
         let result = self.process_from(buf, &mut consumed, plain, send);
-        if result.is_err() {
+        if let Err(e) = &result {
+            self.failure.get_or_insert_with(|| e.clone());
             // rustls queued a fatal alert for the peer: it comes out of the next call, which
             // must see the same unconsumed bytes (rustls keeps offsets into them).
             self.take_alert(&mut buf[consumed..], send);

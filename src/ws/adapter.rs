@@ -172,6 +172,11 @@ impl<H: WsHandler> Handler for Adapter<H> {
         match session.on_closed(reason) {
             Ended::Closed(state, close) => self.user.on_close(&ws, state, close),
             Ended::ConnectFailed(state, error) => {
+                // A wss:// connect that failed in TLS says why (a certificate, an alert).
+                let error = match crate::tls::failure(conn) {
+                    Some(tls) => ConnectError::Tls(tls),
+                    None => error,
+                };
                 UserApp(&mut self.user, &ws).connect_failed(state, error)
             }
             Ended::Nothing => {}

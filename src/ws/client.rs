@@ -4,7 +4,10 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::tls::{ClientConfig, rustls};
 
 /// Options of one [`WsEngine::connect`](super::WsEngine::connect): the connection's state (handed
 /// to the handler once the upgrade succeeds, or back with the error), subprotocols to offer,
@@ -31,6 +34,7 @@ pub struct Connect<S> {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) local_addr: Option<SocketAddr>,
+    pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
 impl<S> Connect<S> {
@@ -42,6 +46,7 @@ impl<S> Connect<S> {
             headers: Vec::new(),
             timeout: None,
             local_addr: None,
+            tls: None,
         }
     }
 
@@ -69,6 +74,15 @@ impl<S> Connect<S> {
     /// addresses).
     pub fn local_addr(mut self, addr: SocketAddr) -> Self {
         self.local_addr = Some(addr);
+        self
+    }
+
+    /// The TLS client configuration for a `wss://` URL (default:
+    /// [`tls::default_client_config`](crate::tls::default_client_config), the public web's
+    /// trust anchors; [`tls::client_config_with_ca`](crate::tls::client_config_with_ca) for a
+    /// private CA). Ignored for `ws://`.
+    pub fn tls(mut self, config: Arc<ClientConfig>) -> Self {
+        self.tls = Some(config);
         self
     }
 }
@@ -110,6 +124,10 @@ pub enum ConnectError {
     Timeout,
     /// The connection closed during the handshake.
     Closed,
+    /// The TLS handshake of a `wss://` connect failed: the server's certificate was not
+    /// accepted (`InvalidCertificate`: an unknown issuer, another host's name, expired), the
+    /// server sent an alert, or it does not speak TLS.
+    Tls(rustls::Error),
 }
 
 impl fmt::Display for ConnectError {
@@ -120,6 +138,7 @@ impl fmt::Display for ConnectError {
             ConnectError::Handshake(why) => write!(f, "invalid upgrade response: {why}"),
             ConnectError::Timeout => f.write_str("handshake timed out"),
             ConnectError::Closed => f.write_str("connection closed during the handshake"),
+            ConnectError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
         }
     }
 }
@@ -147,6 +166,8 @@ pub(crate) struct Pending<S> {
 pub(crate) struct Prepared {
     pub(crate) host: String,
     pub(crate) port: u16,
+    /// A `wss://` URL.
+    pub(crate) tls: bool,
     /// The upgrade request, ready to send.
     pub(crate) request: Vec<u8>,
     pub(crate) hello: ClientHello,
@@ -167,11 +188,11 @@ pub(crate) fn prepare(
         .into_client_request()
         .map_err(|e| format!("bad URL {url:?}: {e}"))?;
     let uri = request.uri().clone();
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => return Err("wss:// needs TLS, which netpoll does not have yet".into()),
-        _ => return Err(format!("not a ws:// URL: {url}")),
-    }
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(format!("not a ws:// or wss:// URL: {url}")),
+    };
     let authority = uri.authority().ok_or(format!("no host in {url}"))?;
     if authority.as_str().contains('@') {
         return Err(format!(
@@ -180,6 +201,7 @@ pub(crate) fn prepare(
     }
     // `http` leaves a port that is not a number unparsed rather than refusing it.
     let port = match &authority.as_str()[authority.host().len()..] {
+        "" if tls => 443,
         "" => 80,
         rest => rest
             .strip_prefix(':')
@@ -226,6 +248,7 @@ pub(crate) fn prepare(
     Ok(Prepared {
         host,
         port,
+        tls,
         request,
         hello: ClientHello {
             accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
@@ -319,7 +342,10 @@ mod tests {
         let u = prepare("ws://[::1]:8080?x", &[], &[]).unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
         assert_eq!(target(&u), "GET /?x HTTP/1.1");
-        assert!(prepare("wss://x", &[], &[]).unwrap_err().contains("TLS"));
+        let wss = prepare("wss://x/p", &[], &[]).unwrap();
+        assert!(wss.tls && wss.port == 443, "{wss:?}");
+        assert!(!prepare("ws://x/p", &[], &[]).unwrap().tls);
+        assert!(prepare("https://x/p", &[], &[]).is_err());
         assert!(prepare("http://x", &[], &[]).is_err());
         assert!(prepare("ws://x:notaport/", &[], &[]).is_err());
         assert!(prepare("ws:///path", &[], &[]).is_err());

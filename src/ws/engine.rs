@@ -20,6 +20,7 @@ use crate::core::error::{ConfigError, Error};
 use crate::core::stats::Stats;
 use crate::core::timer::{TimerHandle, timeout_ms};
 use crate::engine::{DialOptions, Engine, EngineBuilder, EngineHandle};
+use crate::tls;
 
 /// A cheap, `Clone + Send + Sync` handle on a running [`WsEngine`]: client connections,
 /// counters, timers and starting the shutdown, from any thread or from inside a handler. The
@@ -84,8 +85,10 @@ impl<H: WsHandler> std::fmt::Debug for WsHandle<H> {
 }
 
 impl<H: WsHandler> WsHandle<H> {
-    /// Opens a client WebSocket connection to a `ws://` URL without blocking (only the host
-    /// name lookup blocks; give an IP address to avoid it). The TCP connect and the upgrade
+    /// Opens a client WebSocket connection to a `ws://` or `wss://` URL without blocking (only
+    /// the host name lookup blocks; give an IP address to avoid it). For `wss://` the TLS
+    /// handshake (with [`Connect::tls`]'s configuration, checking the certificate against the
+    /// URL's host) runs before the upgrade, within the same handshake timeout. The TCP connect and the upgrade
     /// run on a poller; on success the handler's [`on_open`](WsHandler::on_open) runs with
     /// `opts`'s state, on failure [`on_connect_error`](WsHandler::on_connect_error) gets the
     /// state back. The returned handle identifies the connection, but sends fail with
@@ -103,9 +106,8 @@ impl<H: WsHandler> WsHandle<H> {
     ///
     /// # Errors
     /// No callback runs and the state is dropped. [`Error::Io`] with
-    /// [`io::ErrorKind::InvalidInput`] for a URL that is not `ws://` (`wss://` included: there
-    /// is no TLS yet), has credentials or a bad port, or for a subprotocol or header that is
-    /// not valid HTTP; [`Error::Io`] if the host does not resolve, the socket cannot be created
+    /// [`io::ErrorKind::InvalidInput`] for a URL that is not `ws://` or `wss://`, has
+    /// credentials or a bad port, or for a subprotocol or header that is not valid HTTP; [`Error::Io`] if the host does not resolve, the socket cannot be created
     /// or bound, the connect fails at once, or `max_connections` connections are open (see
     /// [`EngineHandle::dial_with`]); [`Error::Shutdown`] once the shutdown started.
     pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
@@ -119,13 +121,19 @@ impl<H: WsHandler> WsHandle<H> {
             local_addr: opts.local_addr,
             timeout: opts.timeout,
         };
+        let codec = if prepared.tls {
+            let config = opts.tls.unwrap_or_else(tls::default_client_config);
+            Some(tls::client_codec(config, &prepared.host)?)
+        } else {
+            None
+        };
         let mut pending = Some(Pending {
             state: opts.state,
             hello: prepared.hello,
         });
         // Before any poller sees the connection: frames are held back until the server's 101,
         // and the pending handshake waits in the connection's attachment for its poller.
-        let conn = self.engine.dial_prepared(addr, dial, |c| {
+        let conn = self.engine.dial_prepared(addr, dial, codec, |c| {
             c.with_layer(|bits, attachment, _| {
                 *bits |= HANDSHAKING;
                 if let Some(p) = pending.take() {

@@ -496,6 +496,14 @@ impl Conn {
         f(&mut io.layer_bits, &mut attachment, open)
     }
 
+    /// Runs `f` on why the connection's codec (TLS) failed, if it has one that did.
+    pub(crate) fn with_codec_failure<R>(
+        &self,
+        f: impl FnOnce(Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> R,
+    ) -> R {
+        f(self.shared.lock().transport.codec_failure())
+    }
+
     /// A handle to the poller that owns this connection.
     pub(crate) fn poller(&self) -> PollerRef {
         PollerRef(self.shared.poller.clone())
