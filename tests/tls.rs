@@ -480,3 +480,94 @@ fn sixteen_threads_write_to_one_wss_connection() {
     }
     assert_eq!(next_of, [400; 16]);
 }
+
+/// The first flight of a rustls client to `localhost` (its ClientHello) as wire bytes.
+fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
+    let mut conn =
+        ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[test]
+fn misbehaving_tls_peers_are_closed_once_with_the_right_reason_and_no_spin() {
+    let (cert, key) = certificate(&["localhost"], false);
+    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let client_config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    let (engine, addr, rx) = start(
+        Engine::builder()
+            .pollers(1)
+            .read_timeout(Some(Duration::from_millis(300)))
+            .tls(server_config),
+        Mode::Echo,
+    );
+    let hello = client_hello(&client_config);
+
+    // Slow loris: half a ClientHello, then nothing. The read timeout closes it.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let id = next_open(&rx).id();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(wait_close(&rx, id), netpoll::CloseReason::ReadTimeout);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+
+    // A fatal alert (handshake_failure) right after the hello.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let id = next_open(&rx).id();
+    s.write_all(&hello).unwrap();
+    s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 40])
+        .unwrap();
+    assert_eq!(
+        wait_close(&rx, id),
+        netpoll::CloseReason::Io(std::io::ErrorKind::InvalidData)
+    );
+
+    // close_notify in the middle of what would be a message: the connection ends as the
+    // peer's close, and our close_notify answers it (a clean end of stream for rustls).
+    let mut c = tls_client(addr, &client_config);
+    let id = next_open(&rx).id();
+    c.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).unwrap();
+    c.write_all(b"half of a mess").unwrap();
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    assert_eq!(wait_close(&rx, id), netpoll::CloseReason::PeerClosed);
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("a clean close_notify, not a truncation");
+    assert_eq!(
+        rest, b"half of a mess",
+        "what came before close_notify was echoed"
+    );
+
+    // A reset in the middle of a record.
+    let mut c = tls_client(addr, &client_config);
+    let id = next_open(&rx).id();
+    c.write_all(b"ping").unwrap();
+    c.read_exact(&mut back).unwrap();
+    let mut record = Vec::new();
+    c.conn.writer().write_all(&[7u8; 1000]).unwrap();
+    c.conn.write_tls(&mut record).unwrap();
+    c.sock.write_all(&record[..record.len() / 2]).unwrap();
+    socket2::SockRef::from(&c.sock)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    assert_eq!(
+        wait_close(&rx, id),
+        netpoll::CloseReason::Io(std::io::ErrorKind::ConnectionReset)
+    );
+
+    drop(s);
+    assert!(
+        eventually(WAIT, || engine.stats().open() == 0),
+        "{}",
+        engine.stats()
+    );
+    let stats = engine.stats();
+    assert_eq!(stats.queued_bytes, 0, "{stats}");
+    // Each peer costs a handful of reads: nothing spun.
+    assert!(stats.read_calls < 100, "{stats}");
+}
