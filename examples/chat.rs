@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! cargo run --release --example chat [-- --addr 127.0.0.1:8080 --history 50
-//!     --history-bytes 262144 --rate 5 --burst 10 --origin https://chat.example ...]
+//!     --history-bytes 262144 --rate 5 --burst 10 --origin https://chat.example ...
+//!     --tls-cert cert.pem --tls-key key.pem]
 //! ```
+//! With `--tls-cert` and `--tls-key` the page is served over https:// and the chat over
+//! wss:// on the same port.
 //! Open <http://127.0.0.1:8080/> in two browser tabs, pick nicknames, and talk. The page is
 //! served through the WebSocket upgrade hook's HTTP response; `/ws?nick=NAME` is the
 //! WebSocket endpoint. New joiners get the room's recent messages (the last `--history`, and
@@ -54,6 +57,9 @@ struct Options {
     origins: Vec<String>,
     /// Outbound limit per connection.
     max_outbound: usize,
+    /// PEM files of the certificate chain and key: serve https:// and wss://.
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +71,8 @@ impl Default for Options {
             rate: 5.0,
             burst: 10.0,
             origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             max_outbound: 1 << 20,
         }
     }
@@ -322,11 +330,21 @@ fn start(opts: Options) -> WsEngine<Chat> {
         history: Mutex::new(History::default()),
         opts: opts.clone(),
     });
-    let engine = Engine::builder()
+    let mut engine = Engine::builder()
         .listen(opts.addr.clone())
         .max_connections(10_000)
         .max_outbound_bytes(opts.max_outbound)
         .write_timeout(Some(Duration::from_secs(10)));
+    match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &str| std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let config = netpoll::tls::server_config(&read(cert), &read(key))
+                .unwrap_or_else(|e| panic!("{e}"));
+            engine = engine.tls(config);
+        }
+        (None, None) => {}
+        _ => panic!("--tls-cert and --tls-key go together"),
+    }
     WsServer::builder()
         .max_message_size(4096)
         .idle_timeout(Some(Duration::from_secs(30)))
@@ -347,6 +365,8 @@ fn main() {
             "--rate" => opts.rate = v.parse().expect("--rate N"),
             "--burst" => opts.burst = v.parse().expect("--burst N"),
             "--origin" => opts.origins.push(v),
+            "--tls-cert" => opts.tls_cert = Some(v),
+            "--tls-key" => opts.tls_key = Some(v),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -356,10 +376,15 @@ fn main() {
 /// Serves until Ctrl-C or SIGTERM: then everyone gets 1001 Going Away and queued messages
 /// flush (up to 5 s).
 fn serve_until_signal(opts: Options) {
+    let scheme = if opts.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = start(opts);
     println!("listening on {}", server.local_addrs()[0]);
     println!(
-        "open http://{}/ in two browser tabs",
+        "open {scheme}://{}/ in two browser tabs",
         server.local_addrs()[0]
     );
     server
@@ -633,6 +658,54 @@ mod tests {
             Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
             other => panic!("expected 403, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_page_and_the_chat_work_over_https_and_wss() {
+        use std::io::{Read, Write};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("netpoll-chat-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let (_server, addr) = serve(Options {
+            tls_cert: Some(cert_path.to_string_lossy().into()),
+            tls_key: Some(key_path.to_string_lossy().into()),
+            ..Options::default()
+        });
+        let client_config =
+            netpoll::tls::client_config_with_ca(cert.cert.pem().as_bytes()).unwrap();
+        let tls = || {
+            let tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let name = "localhost".try_into().unwrap();
+            let conn =
+                netpoll::tls::rustls::ClientConnection::new(client_config.clone(), name).unwrap();
+            netpoll::tls::rustls::StreamOwned::new(conn, tcp)
+        };
+        // The page over https://.
+        let mut page = tls();
+        page.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = Vec::new();
+        let _ = page.read_to_end(&mut body);
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.starts_with("HTTP/1.1 200") && body.contains("wss"),
+            "{body}"
+        );
+        // A member over wss:// sees its own message.
+        let url = format!("wss://localhost:{}/ws?nick=secure", addr.port());
+        let (mut ws, _) = tungstenite::client::client(url, tls()).unwrap();
+        ws.send(tungstenite::Message::text("over tls")).unwrap();
+        loop {
+            let t = text_of(ws.read().unwrap()).unwrap_or_default();
+            if t.contains(r#""text":"over tls""#) {
+                break;
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// Run as a child process by the test below (the signal handlers it installs must not

@@ -4,7 +4,7 @@
 //! cargo run --release --example ws_echo -- --addr 127.0.0.1:9001 [--pollers N]
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--max-connections N] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
-//!     [--send-buffer BYTES] [--events N] [--control]
+//!     [--send-buffer BYTES] [--events N] [--control] [--tls-cert PEM --tls-key PEM]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -13,6 +13,9 @@
 //!   every receiver. A receiver that cannot keep up misses messages (`SlowPolicy::Drop`).
 //! - `/`: a WebSocket upgrade echoes like `/echo`; a plain GET gets a short text page.
 //! - anything else: 404; a plain GET on `/echo` or `/broadcast` gets 426.
+//!
+//! With `--tls-cert` and `--tls-key` (PEM files) it serves `wss://` instead of `ws://` on the
+//! same paths (`cargo run -p netpoll-tools --bin gen_cert -- --out DIR` makes a test pair).
 //!
 //! Prints `listening on ADDR` once ready. Serves until killed. A client that stops reading is
 //! cut off when its queue would pass `--max-write-buffer` or its write deadline passes.
@@ -105,6 +108,8 @@ fn main() {
     let mut control = false;
     let mut send_buffer = None;
     let mut events = None;
+    let mut tls_cert = None;
+    let mut tls_key = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -128,6 +133,8 @@ fn main() {
             "--control" => control = true,
             "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
             "--events" => events = Some(number_flag(args.next(), "--events")),
+            "--tls-cert" => tls_cert = Some(args.next().expect("--tls-cert needs a PEM file")),
+            "--tls-key" => tls_key = Some(args.next().expect("--tls-key needs a PEM file")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -147,6 +154,11 @@ fn main() {
     }
     if let Some(n) = events {
         engine = engine.events_capacity(n);
+    }
+    match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => engine = engine.tls(tls_config(&cert, &key)),
+        (None, None) => {}
+        _ => panic!("--tls-cert and --tls-key go together"),
     }
     if let Some(n) = send_buffer {
         // A small kernel send buffer makes a stalled reader show in the engine's queue
@@ -194,6 +206,12 @@ fn main() {
             );
         }
     }
+}
+
+/// The server's TLS configuration from a PEM certificate chain and key file.
+fn tls_config(cert: &str, key: &str) -> std::sync::Arc<netpoll::tls::ServerConfig> {
+    let read = |path: &str| std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    netpoll::tls::server_config(&read(cert), &read(key)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The counters a test driver checks, as `key=value` pairs: the engine's, and the broadcast

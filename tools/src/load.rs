@@ -63,6 +63,11 @@ impl Counters {
 pub struct Options {
     pub addr: SocketAddr,
     pub path: String,
+    /// `ws` load tools: a `wss://` URL (TLS to the server, its certificate checked against
+    /// the URL's IP address).
+    pub tls: bool,
+    /// `ws` load tools: a PEM file of the CA to trust for `wss://` (default: the public roots).
+    pub ca: Option<String>,
     /// `ws` load tools: `echo` or `broadcast`.
     pub mode: String,
     /// Broadcast mode: messages per second from the sender.
@@ -77,11 +82,14 @@ pub struct Options {
 
 impl Options {
     /// Parses `--addr --conns --size --duration --pollers --sources --server-pid` (and, when
-    /// `ws`, `--url ws://HOST:PORT/PATH`, `--path`, `--mode echo|broadcast`, `--rate N`).
+    /// `ws`, `--url ws[s]://HOST:PORT/PATH`, `--ca PEM`, `--path`, `--mode echo|broadcast`,
+    /// `--rate N`).
     pub fn parse(default_port: u16, ws: bool) -> Options {
         let mut o = Options {
             addr: SocketAddr::from(([127, 0, 0, 1], default_port)),
             path: "/echo".into(),
+            tls: false,
+            ca: None,
             mode: "echo".into(),
             rate: 10.0,
             conns: 100,
@@ -99,11 +107,14 @@ impl Options {
                 "--path" if ws => o.path = val(),
                 "--mode" if ws => o.mode = val(),
                 "--rate" if ws => o.rate = val().parse().expect("--rate MSGS_PER_SEC"),
+                "--ca" if ws => o.ca = Some(val()),
                 "--url" if ws => {
                     let url = val();
+                    o.tls = url.starts_with("wss://");
                     let rest = url
                         .strip_prefix("ws://")
-                        .expect("--url ws://HOST:PORT/PATH");
+                        .or_else(|| url.strip_prefix("wss://"))
+                        .expect("--url ws[s]://HOST:PORT/PATH");
                     let (authority, path) = match rest.find('/') {
                         Some(i) => (&rest[..i], &rest[i..]),
                         None => (rest, "/"),

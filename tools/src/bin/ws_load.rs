@@ -3,8 +3,10 @@
 //! ```text
 //! cargo run --release -p netpoll-tools --bin ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
 //!     --size 64 --duration 10 [--mode echo|broadcast] [--rate MSGS_PER_SEC] [--pollers 1]
-//!     [--sources 8] [--server-pid PID]
+//!     [--sources 8] [--server-pid PID] [--ca PEM]
 //! ```
+//! A `wss://` URL connects over TLS (the server's certificate checked against the URL's IP
+//! address; `--ca PEM` names the CA to trust, else the public roots).
 //!
 //! - `echo` (default): closed loop; each connection sends one binary message of `--size`
 //!   bytes, waits for its echo, and sends the next. Reports echoed messages per second and the
@@ -134,12 +136,21 @@ fn main() {
             },
         )
         .expect("start client engine");
-    let url = format!("ws://{}{}", o.addr, o.path);
+    let scheme = if o.tls { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}{}", o.addr, o.path);
+    let tls = match &o.ca {
+        Some(path) => {
+            let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            netpoll::tls::client_config_with_ca(&pem).expect("--ca PEM")
+        }
+        None => netpoll::tls::default_client_config(),
+    };
     counters.connect_start.get_or_init(Instant::now);
     for i in 0..o.conns {
         let opts = Connect::new(())
             .local_addr(load::source_addr(&o, i))
-            .timeout(Duration::from_secs(30));
+            .timeout(Duration::from_secs(30))
+            .tls(tls.clone());
         ws.connect(&url, opts).expect("connect");
     }
     load::wait_all_open(&o, &counters);
