@@ -193,7 +193,7 @@ impl Transport {
             ..Transport::plain(socket)
         };
         if !first.is_empty() {
-            transport.out.push_slice(&first);
+            transport.out.push(Bytes::from(first));
         }
         transport
     }
@@ -314,7 +314,10 @@ impl Transport {
                 // the connection is closed without flushing.
                 let _ = os::write(socket, send, &[]);
             } else if flush {
-                self.out.push_slice(send);
+                // A handshake flight is queued as its own chunk, freed once written: in the
+                // coalescing tail it would go back to the poller's tail pool at its size and
+                // hold memory there that only a handshake needs.
+                self.out.push(Bytes::copy_from_slice(send));
             }
             trim(plain);
             trim(send);

@@ -28,9 +28,11 @@ pub(crate) struct Received {
     pub(crate) peer_closed: bool,
 }
 
+/// The rustls connection, inline: the session is boxed once as the connection's codec.
+#[allow(clippy::large_enum_variant)] // both variants are about 1 KiB
 enum Side {
-    Server(Box<UnbufferedServerConnection>),
-    Client(Box<UnbufferedClientConnection>),
+    Server(UnbufferedServerConnection),
+    Client(UnbufferedClientConnection),
 }
 
 /// Runs `process_tls_records` on whichever side, binding the status to `$status`.
@@ -58,8 +60,9 @@ pub(crate) struct TlsSession {
     early: Vec<u8>,
     /// The handshake finished: application data can be sealed at once.
     established: bool,
-    /// Why the session failed (kept for the connection's owner to report).
-    failure: Option<TlsError>,
+    /// Why the session failed (kept for the connection's owner to report; boxed, as it is
+    /// rare and the session is kept per connection).
+    failure: Option<Box<TlsError>>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -77,9 +80,9 @@ pub(crate) type TlsError = rustls::Error;
 impl TlsSession {
     /// The server side of a new connection.
     pub(crate) fn server(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
-        Ok(Self::new(Side::Server(Box::new(
-            UnbufferedServerConnection::new(config)?,
-        ))))
+        Ok(Self::new(Side::Server(UnbufferedServerConnection::new(
+            config,
+        )?)))
     }
 
     /// The client side of a new connection to `name`.
@@ -87,9 +90,9 @@ impl TlsSession {
         config: Arc<ClientConfig>,
         name: ServerName<'static>,
     ) -> Result<Self, TlsError> {
-        Ok(Self::new(Side::Client(Box::new(
-            UnbufferedClientConnection::new(config, name)?,
-        ))))
+        Ok(Self::new(Side::Client(UnbufferedClientConnection::new(
+            config, name,
+        )?)))
     }
 
     fn new(side: Side) -> Self {
@@ -110,7 +113,7 @@ impl TlsSession {
 
     /// Why the session failed, once it has.
     pub(crate) fn failure(&self) -> Option<&TlsError> {
-        self.failure.as_ref()
+        self.failure.as_deref()
     }
 
     /// Plaintext bytes waiting for the handshake (they count against the outbound limit).
@@ -158,7 +161,7 @@ impl TlsSession {
         }
         let result = self.encrypt(data, send);
         if let Err(e) = &result {
-            self.failure.get_or_insert_with(|| e.clone());
+            self.failure.get_or_insert_with(|| Box::new(e.clone()));
         }
         result
     }
@@ -225,7 +228,7 @@ impl TlsSession {
         let mut consumed = 0;
         let result = self.process_from(buf, &mut consumed, plain, send);
         if let Err(e) = &result {
-            self.failure.get_or_insert_with(|| e.clone());
+            self.failure.get_or_insert_with(|| Box::new(e.clone()));
             // rustls queued a fatal alert for the peer: it comes out of the next call, which
             // must see the same unconsumed bytes (rustls keeps offsets into them).
             self.take_alert(&mut buf[consumed..], send);
