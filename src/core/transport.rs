@@ -265,8 +265,8 @@ impl Transport {
 
     /// Reads into `buf`: how many wire bytes came in and where the plaintext is.
     #[inline(always)]
-    pub(crate) fn read(&mut self, buf: &mut [u8], coded: bool) -> io::Result<Read> {
-        if coded {
+    pub(crate) fn read<const CODED: bool>(&mut self, buf: &mut [u8]) -> io::Result<Read> {
+        if CODED {
             return self.read_coded(buf);
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
