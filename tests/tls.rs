@@ -571,3 +571,34 @@ fn misbehaving_tls_peers_are_closed_once_with_the_right_reason_and_no_spin() {
     // Each peer costs a handful of reads: nothing spun.
     assert!(stats.read_calls < 100, "{stats}");
 }
+
+#[test]
+fn a_graceful_close_and_the_shutdown_end_with_close_notify() {
+    let (server_config, client_config) = configs();
+    let (engine, addr, rx) = start(Engine::builder().pollers(1).tls(server_config), Mode::Echo);
+    let mut a = tls_client(addr, &client_config);
+    let first = next_open(&rx);
+    let mut b = tls_client(addr, &client_config);
+    let _ = next_open(&rx);
+    for c in [&mut a, &mut b] {
+        c.write_all(b"x").unwrap();
+        let mut back = [0u8; 1];
+        c.read_exact(&mut back).unwrap();
+    }
+    // The server closes one connection: rustls' client sees close_notify (a clean end of
+    // stream; a bare FIN would be an UnexpectedEof error).
+    first.close();
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest)
+        .expect("close_notify before the FIN");
+    // The shutdown closes the other the same way.
+    let handle: &netpoll::EngineHandle = &engine;
+    handle.shutdown(Duration::from_secs(5));
+    b.read_to_end(&mut rest)
+        .expect("close_notify before the FIN");
+    assert!(rest.is_empty());
+    drop((a, b));
+    let t0 = Instant::now();
+    engine.wait();
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
