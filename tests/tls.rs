@@ -602,3 +602,44 @@ fn a_graceful_close_and_the_shutdown_end_with_close_notify() {
     engine.wait();
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn tls_needs_a_read_buffer_of_two_records_and_works_at_that_size() {
+    let (server_config, client_config) = configs();
+    let small = Engine::builder()
+        .listen("127.0.0.1:0")
+        .read_buffer_size(16 * 1024)
+        .tls(server_config.clone())
+        .start(|_| Recorder {
+            tx: mpsc::channel().0,
+            mode: Mode::Echo,
+        });
+    match small {
+        Err(netpoll::Error::Config(e)) => assert_eq!(e.field, "read_buffer_size", "{e}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+    let (client, _, _) = start(Engine::builder().read_buffer_size(16 * 1024), Mode::Record);
+    let dial = client.dial_tls(
+        "127.0.0.1:1".parse().unwrap(),
+        "localhost",
+        client_config.clone(),
+        DialOptions::default(),
+    );
+    assert!(matches!(dial, Err(netpoll::Error::Config(_))), "{dial:?}");
+    // At the smallest size, records cut across reads still come out whole.
+    let (_engine, addr, _rx) = start(
+        Engine::builder()
+            .pollers(1)
+            .read_buffer_size(2 * (16 * 1024 + 256))
+            .tls(server_config),
+        Mode::Echo,
+    );
+    let mut c = tls_client(addr, &client_config);
+    for len in [16 * 1024, 16 * 1024 + 7, 100_000, 1 << 20] {
+        let data = pattern(len, 5);
+        c.write_all(&data).unwrap();
+        let mut back = vec![0u8; len];
+        c.read_exact(&mut back).unwrap();
+        assert!(back == data, "{len}");
+    }
+}

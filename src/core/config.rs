@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::core::transport::CodecFactory;
+use crate::core::transport::{CODEC_MIN_READ_BUFFER, CodecFactory};
 
 use crate::core::error::ConfigError;
 use crate::os::StreamOptions;
@@ -248,6 +248,13 @@ impl EngineConfig {
         if !(1024..=(64 << 20)).contains(&self.read_buffer_size) {
             let v = self.read_buffer_size;
             return bad("read_buffer_size", format!("{v} is not in 1 KiB..=64 MiB"));
+        }
+        if self.accept_codec.is_some() && self.read_buffer_size < CODEC_MIN_READ_BUFFER {
+            let v = self.read_buffer_size;
+            return bad(
+                "read_buffer_size",
+                format!("{v} is under the {CODEC_MIN_READ_BUFFER} B TLS needs (two records)"),
+            );
         }
         for (field, v) in [
             ("max_connections", self.max_connections),

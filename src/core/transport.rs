@@ -100,6 +100,8 @@ pub(crate) trait Codec: Send + fmt::Debug {
     fn close_notify(&mut self, send: &mut Vec<u8>);
     /// Plaintext the codec holds back (counted against the outbound limit).
     fn held_back(&self) -> usize;
+    /// Wire bytes the codec keeps from earlier input (an unfinished record).
+    fn kept(&self) -> usize;
     /// Why the codec failed, once it has (a protocol layer reports it: a TLS certificate
     /// error as the reason a connect failed).
     fn failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)>;
@@ -288,9 +290,12 @@ impl Transport {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
-        // Leave room for a record the codec kept from the last read: the plaintext of what it
+        // Leave room for what the codec kept from the last read: the plaintext of what it
         // kept and what comes now must fit in `buf` again.
-        let room = buf.len().saturating_sub(MAX_RECORD).max(buf.len() / 2);
+        let room = buf
+            .len()
+            .saturating_sub(codec.kept())
+            .max(MIN_CODED_READ.min(buf.len()));
         let n = os::read(socket, &mut buf[..room])?;
         if n == 0 {
             return Ok(Read {
@@ -305,9 +310,17 @@ impl Transport {
             let (plain, send) = &mut *scratch.borrow_mut();
             plain.clear();
             send.clear();
-            let result = codec.receive(&mut buf[..n], plain, send);
-            let len = plain.len().min(buf.len());
-            buf[..len].copy_from_slice(&plain[..len]);
+            let mut result = codec.receive(&mut buf[..n], plain, send);
+            let len = plain.len();
+            if len <= buf.len() {
+                buf[..len].copy_from_slice(plain);
+            } else if result.is_ok() {
+                // Cannot happen with CODEC_MIN_READ_BUFFER; never deliver a part silently.
+                result = Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "plaintext longer than the read buffer",
+                ));
+            }
             let flush = !send.is_empty();
             if flush && result.is_err() {
                 // The codec's last word on a failure (a TLS alert): one best-effort write, as
@@ -323,7 +336,7 @@ impl Transport {
             trim(send);
             result.map(|peer_closed| Read {
                 wire: n,
-                plain: 0..len,
+                plain: 0..len.min(buf.len()),
                 flush,
                 short: n < room || peer_closed,
                 peer_closed,
@@ -504,8 +517,17 @@ impl Transport {
 }
 
 /// Largest wire record a codec may keep between reads (TLS: 16 KiB of plaintext plus
-/// overhead); the read buffer keeps this much room for its plaintext.
+/// overhead).
 const MAX_RECORD: usize = 16 * 1024 + 256;
+
+/// The smallest read buffer a connection with a codec may use: a kept record and a read of
+/// at least as much again, so that their plaintext always fits the buffer (plaintext is never
+/// longer than the ciphertext that carried it).
+pub(crate) const CODEC_MIN_READ_BUFFER: usize = 2 * MAX_RECORD;
+
+/// What a coded read asks the socket for at least, even while the codec keeps a handshake
+/// message longer than the buffer's free part (no plaintext comes before the handshake ends).
+const MIN_CODED_READ: usize = 4096;
 
 /// Plaintext a connection's codec holds back (out of line: plain connections never ask).
 #[inline(never)]

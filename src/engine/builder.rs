@@ -100,7 +100,7 @@ impl EngineBuilder {
     }
 
     /// Size of each poller's shared read buffer, the most one read can return. Default 64 KiB;
-    /// must be 1 KiB..=64 MiB.
+    /// must be 1 KiB..=64 MiB, and at least 33,280 B (two records) for TLS.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {
         self.config.read_buffer_size = bytes;
         self

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use super::DialOptions;
 use crate::core::config::EngineConfig;
 use crate::core::conn::{Conn, ConnId, ConnShared, Phase};
-use crate::core::error::Error;
+use crate::core::error::{ConfigError, Error};
 use crate::core::poller::{self, Adopt, Command, Common, PollerShared, context};
 use crate::core::stats::{Stats, count};
 use crate::core::timer::{TimerHandle, TimerTask, timeout_ms};
-use crate::core::transport::Codec;
+use crate::core::transport::{CODEC_MIN_READ_BUFFER, Codec};
 use crate::os;
 
 /// A cheap, `Clone + Send + Sync` handle on a running [`Engine`](super::Engine): dial, timers,
@@ -147,6 +147,15 @@ impl EngineHandle {
             return Err(Error::Shutdown);
         }
         let config = &common.config;
+        if codec.is_some() && config.read_buffer_size < CODEC_MIN_READ_BUFFER {
+            return Err(Error::Config(ConfigError {
+                field: "read_buffer_size",
+                reason: format!(
+                    "{} is under the {CODEC_MIN_READ_BUFFER} B TLS needs (two records)",
+                    config.read_buffer_size
+                ),
+            }));
+        }
         if !common.reserve_connection() {
             return Err(Error::Io(io::Error::other("max_connections reached")));
         }

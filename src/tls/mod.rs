@@ -162,7 +162,9 @@ impl EngineBuilder {
     /// Serves TLS on every listener with `config` (see [`server_config`]): each accepted
     /// connection does a TLS handshake before the handler sees its bytes, and everything it
     /// writes is encrypted. The handshake counts against the read timeout (for WebSocket
-    /// servers, the handshake timeout), so a peer that stalls in it is closed.
+    /// servers, the handshake timeout), so a peer that stalls in it is closed. TLS needs a
+    /// [`read_buffer_size`](EngineBuilder::read_buffer_size) of at least 33,280 B (two
+    /// records; the default is 64 KiB): `start` refuses less.
     pub fn tls(self, config: Arc<ServerConfig>) -> Self {
         self.accept_codec(CodecFactory(Arc::new(move || {
             let session = TlsSession::server(config.clone())
@@ -202,6 +204,10 @@ impl Codec for TlsSession {
 
     fn held_back(&self) -> usize {
         self.early_len()
+    }
+
+    fn kept(&self) -> usize {
+        self.incoming_len()
     }
 
     fn failure(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {

@@ -116,6 +116,12 @@ impl TlsSession {
         self.failure.as_deref()
     }
 
+    /// Ciphertext kept from earlier input: an unfinished record (or, during the handshake,
+    /// an unfinished handshake message, which rustls reads from the caller's buffer).
+    pub(crate) fn incoming_len(&self) -> usize {
+        self.incoming.len()
+    }
+
     /// Plaintext bytes waiting for the handshake (they count against the outbound limit).
     pub(crate) fn early_len(&self) -> usize {
         self.early.len()
