@@ -359,7 +359,7 @@ impl Transport {
             "a direct send must not overtake queued bytes"
         );
         if coded {
-            return self.seal_and(head, body, true);
+            return self.seal_and(head, body, true, None);
         }
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
         let written = match os::write(socket, head, body.as_slice()) {
@@ -389,7 +389,7 @@ impl Transport {
         if coded {
             // A codec that cannot seal has failed (a TLS session in error): its next read
             // fails and closes the connection, and what was written meanwhile goes with it.
-            let _ = self.seal_and(head, body, false);
+            let _ = self.seal_and(head, body, false, pool);
             return;
         }
         match pool {
@@ -447,9 +447,16 @@ impl Transport {
     }
 
     /// Seals `head` and `body` through the codec into wire bytes, then writes them (`write`)
-    /// or queues them. Returns the wire bytes written.
+    /// or queues them (in a tail from `pool`, on the owning poller). Returns the wire bytes
+    /// written.
     #[inline(never)]
-    fn seal_and(&mut self, head: &[u8], body: Payload<'_>, write: bool) -> io::Result<usize> {
+    fn seal_and(
+        &mut self,
+        head: &[u8],
+        body: Payload<'_>,
+        write: bool,
+        pool: Option<&mut Vec<Vec<u8>>>,
+    ) -> io::Result<usize> {
         let Some(codec) = self.extras.as_mut().and_then(|e| e.codec.as_mut()) else {
             return Ok(0);
         };
@@ -477,7 +484,10 @@ impl Transport {
                     _ => 0,
                 };
                 if written < wire.len() {
-                    self.out.push_slice(&wire[written..]);
+                    match pool {
+                        Some(pool) => self.out.push_slice_pooled(&wire[written..], pool),
+                        None => self.out.push_slice(&wire[written..]),
+                    }
                 }
                 Ok(written)
             });
