@@ -162,7 +162,9 @@ impl EngineBuilder {
     /// Serves TLS on every listener with `config` (see [`server_config`]): each accepted
     /// connection does a TLS handshake before the handler sees its bytes, and everything it
     /// writes is encrypted. The handshake counts against the read timeout (for WebSocket
-    /// servers, the handshake timeout), so a peer that stalls in it is closed. TLS needs a
+    /// servers, the handshake timeout), so a peer that stalls in it is closed; a raw TCP
+    /// engine has no read timeout by default: give a TLS one a
+    /// [`read_timeout`](EngineBuilder::read_timeout). TLS needs a
     /// [`read_buffer_size`](EngineBuilder::read_buffer_size) of at least 33,280 B (two
     /// records; the default is 64 KiB): `start` refuses less.
     pub fn tls(self, config: Arc<ServerConfig>) -> Self {
