@@ -18,6 +18,7 @@ use netpoll::ws::{
     WsEngine, WsHandler, WsServer,
 };
 use netpoll::{DialOptions, Engine};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
@@ -641,5 +642,50 @@ fn tls_needs_a_read_buffer_of_two_records_and_works_at_that_size() {
         let mut back = vec![0u8; len];
         c.read_exact(&mut back).unwrap();
         assert!(back == data, "{len}");
+    }
+}
+
+#[test]
+fn sni_picks_the_certificate_and_alpn_is_negotiated_through_a_users_server_config() {
+    use rustls::server::ResolvesServerCertUsingSni;
+    use rustls::sign::CertifiedKey;
+    let mut resolver = ResolvesServerCertUsingSni::new();
+    let mut cas = Vec::new();
+    for name in ["a.example", "b.example"] {
+        let (cert, key) = certificate(&[name], false);
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+        resolver
+            .add(name, CertifiedKey::new(vec![der], signer))
+            .unwrap();
+        cas.push((name, cert));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"echo/1".to_vec()];
+    let (_engine, addr, _rx) = start(
+        Engine::builder().pollers(1).tls(Arc::new(config)),
+        Mode::Echo,
+    );
+    for (name, ca) in cas {
+        // Each name's client trusts only its own certificate: the handshake succeeds only if
+        // the server chose by SNI.
+        let mut client = (*netpoll::tls::client_config_with_ca(ca.as_bytes()).unwrap()).clone();
+        client.alpn_protocols = vec![b"echo/1".to_vec()];
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(WAIT)).unwrap();
+        let conn =
+            ClientConnection::new(Arc::new(client), ServerName::try_from(name).unwrap()).unwrap();
+        let mut c = StreamOwned::new(conn, tcp);
+        c.write_all(name.as_bytes()).unwrap();
+        let mut back = vec![0u8; name.len()];
+        c.read_exact(&mut back).unwrap();
+        assert_eq!(back, name.as_bytes());
+        assert_eq!(c.conn.alpn_protocol(), Some(&b"echo/1"[..]));
     }
 }
