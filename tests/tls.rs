@@ -689,3 +689,18 @@ fn sni_picks_the_certificate_and_alpn_is_negotiated_through_a_users_server_confi
         assert_eq!(c.conn.alpn_protocol(), Some(&b"echo/1"[..]));
     }
 }
+
+#[test]
+fn the_server_prefers_aes_128_gcm_whatever_the_client_lists_first() {
+    let (server_config, client_config) = configs();
+    let (_engine, addr, _rx) = start(Engine::builder().pollers(1).tls(server_config), Mode::Echo);
+    // rustls' client lists AES-256-GCM first.
+    let mut c = tls_client(addr, &client_config);
+    c.write_all(b"x").unwrap();
+    let mut back = [0u8; 1];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(
+        c.conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
