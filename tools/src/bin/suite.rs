@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p netpoll-tools --bin suite [-- --secs 3] [--rounds 2] [--quick]
-//!     [--out DIR] [--charts DIR]
+//!     [--out DIR] [--charts DIR] [--only echo,tcp,broadcast,idle,wss]
 //! cargo run --release -p netpoll-tools --bin suite -- --charts-only target/bench/results.json
 //! ```
 //!
@@ -18,12 +18,25 @@
 //!   upgraded and having echoed one message (netpoll with its defaults: write deadline and
 //!   heartbeat on); the connect time of the same runs gives the connection rate;
 //! - `tcp_echo`: netpoll's TCP engine (`examples/tcp_echo`) against a minimal mio echo server
-//!   (`mio_echo`, the ceiling), 100 and 5000 connections x 64 B.
+//!   (`mio_echo`, the ceiling), 100 and 5000 connections x 64 B;
+//! - `wss_echo` (issue 15): 1000 and 10000 connections x 64 B and 16 KiB over wss:// (TLS),
+//!   netpoll against tokio-tungstenite + tokio-rustls, with netpoll over ws:// run alongside in
+//!   the same configuration and client settings as the plaintext reference; the same figures as
+//!   `echo` plus the server's CPU seconds over the window (how busy its one thread was);
+//! - `wss_idle`: server RSS growth per idle wss connection at 1000 and 10000 connections for
+//!   both servers (and netpoll over ws:// beside them); the connect time includes the TLS
+//!   handshakes.
+//!
+//! The wss scenarios use a self-signed certificate that `gen_cert` writes once per run into
+//! `DIR/tls`; `ws_load` trusts it with `--ca`. Their client spreads sockets over 8 source
+//! addresses. `--quick` runs them at 1000 connections (and 64 B) only. `--only` runs the named
+//! scenario groups (`wss` is both wss scenarios); the summary and charts then hold only those.
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
-//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`). Each configuration
-//! runs every server back to back, so the ratios compare runs minutes apart at most. The echo
-//! and TCP runs are repeated `--rounds` times and the summary and charts show medians.
+//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`); over wss://,
+//! `ws_echo` and `tt_echo` (default config) with `--tls-cert/--tls-key`. Each configuration
+//! runs every server back to back, so the ratios compare runs minutes apart at most. The echo,
+//! TCP and wss echo runs are repeated `--rounds` times and the summary and charts show medians.
 //! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
 //! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
 
@@ -44,18 +57,30 @@ const WS_SERVERS: [&str; 4] = [
     "fastwebsockets",
 ];
 
+/// The wss rows' servers: netpoll over ws:// (the plaintext reference, run in the same
+/// configuration with the same client), netpoll over wss://, and tokio-tungstenite (default
+/// config) over tokio-rustls.
+const WSS_SERVERS: [&str; 3] = ["netpoll", "netpoll-wss", "tokio-tungstenite-wss"];
+
+/// Source addresses the wss scenarios' client spreads its sockets over.
+const WSS_SOURCES: u8 = 8;
+
 struct Suite {
     bin: PathBuf,
     port: u16,
     secs: u64,
     round: usize,
     results: Vec<Value>,
+    /// The directory with `cert.pem` and `key.pem` (from `gen_cert`), once made.
+    tls: Option<PathBuf>,
 }
 
 /// A server process that printed `listening on ADDR`.
 struct Server {
     child: Child,
     addr: String,
+    /// Serves wss:// (TLS).
+    tls: bool,
 }
 
 impl Drop for Server {
@@ -68,6 +93,12 @@ impl Drop for Server {
 impl Server {
     fn rss_kib(&self) -> u64 {
         netpoll_tools::rss_kib(self.child.id())
+    }
+
+    /// `ws://ADDR/PATH`, or `wss://` for a TLS server.
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 }
 
@@ -102,7 +133,9 @@ impl Suite {
         self.port += 1;
         let addr = format!("127.0.0.1:{}", self.port);
         let b = &self.bin;
-        let mut cmd = match server {
+        // `NAME-wss` is server NAME with the suite's certificate.
+        let tls = server.ends_with("-wss");
+        let mut cmd = match server.strip_suffix("-wss").unwrap_or(server) {
             "netpoll" => {
                 let mut c = Command::new(b.join("examples/ws_echo"));
                 c.args(["--pollers", "1"]);
@@ -133,6 +166,13 @@ impl Suite {
             }
             other => panic!("unknown server {other}"),
         };
+        if tls {
+            let dir = self.tls.as_ref().expect("the certificate was made");
+            cmd.arg("--tls-cert")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key")
+                .arg(dir.join("key.pem"));
+        }
         let mut child = cmd
             .args(["--addr", &addr])
             .stdout(Stdio::piped())
@@ -150,14 +190,41 @@ impl Suite {
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("{server} did not start"));
         assert!(line.starts_with("listening on"), "{server}: {line}");
-        Server { child, addr }
+        Server { child, addr, tls }
+    }
+
+    /// Writes the self-signed certificate for the wss scenarios (`gen_cert`) into `dir`.
+    fn make_cert(&mut self, dir: &Path) {
+        let status = Command::new(self.bin.join("gen_cert"))
+            .arg("--out")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("gen_cert runs");
+        assert!(status.success(), "gen_cert --out {} failed", dir.display());
+        self.tls = Some(dir.to_path_buf());
+    }
+
+    /// The client's connection flags for `path` on `s`: the URL, and the CA to trust for wss.
+    fn target(&self, s: &Server, path: &str) -> Vec<String> {
+        let mut args = vec![format!("--url={}", s.url(path))];
+        if s.tls {
+            let dir = self.tls.as_ref().expect("the certificate was made");
+            args.push(format!("--ca={}", dir.join("cert.pem").display()));
+        }
+        args
     }
 
     /// Runs a load tool to completion and returns its last report line's fields.
     fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
+        self.load_from(tool, args, 16)
+    }
+
+    /// [`Suite::load`] with the client's sockets spread over `sources` source addresses.
+    fn load_from(&self, tool: &str, args: &[String], sources: u8) -> BTreeMap<String, String> {
         let out = Command::new(self.bin.join(tool))
             .args(split_flags(args))
-            .args(["--pollers", "1", "--sources", "16"])
+            .args(["--pollers", "1", "--sources", &sources.to_string()])
             .stderr(Stdio::inherit())
             .output()
             .expect("load tool runs");
@@ -221,40 +288,93 @@ impl Suite {
 
     fn idle(&mut self, conns: usize) {
         for server in WS_SERVERS {
+            self.idle_one("idle", server, conns, 16);
+        }
+    }
+
+    /// Idle memory per wss connection: netpoll and tokio-tungstenite over TLS, and netpoll
+    /// over ws:// in the same run for what TLS adds.
+    fn wss_idle(&mut self, conns: usize) {
+        for server in WSS_SERVERS {
+            self.idle_one("wss_idle", server, conns, WSS_SOURCES);
+        }
+    }
+
+    /// One idle run: the server's RSS growth once `conns` connections are upgraded on `/echo`
+    /// and have each echoed one message.
+    fn idle_one(&mut self, scenario: &str, server: &str, conns: usize, sources: u8) {
+        let s = self.start(server);
+        std::thread::sleep(Duration::from_millis(300));
+        let before = s.rss_kib();
+        let mut args = self.target(&s, "/echo");
+        args.extend([
+            "--mode=idle".into(),
+            format!("--conns={conns}"),
+            "--duration=60".into(),
+            format!("--sources={sources}"),
+        ]);
+        let mut load = Command::new(self.bin.join("ws_load"))
+            .args(split_flags(&args))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ws_load runs");
+        let mut ready = String::new();
+        BufReader::new(load.stdout.take().expect("piped"))
+            .read_line(&mut ready)
+            .expect("ready line");
+        // Let the server finish whatever the last handshakes left (and the RSS settle).
+        std::thread::sleep(Duration::from_secs(1));
+        let after = s.rss_kib();
+        let _ = load.kill();
+        let _ = load.wait();
+        let f = fields(&ready);
+        let connect_secs = num(&f, "connect_secs");
+        let ok = ready.starts_with("ready");
+        if !ok {
+            eprintln!("suite: {scenario} {server} {conns}: the client did not get ready");
+        }
+        self.record(json!({
+            "scenario": scenario, "server": server, "conns": conns,
+            "rss_before_kib": before, "rss_after_kib": after,
+            "bytes_per_conn": if ok {
+                json!((after.saturating_sub(before) * 1024) as f64 / conns as f64)
+            } else { Value::Null },
+            "connect_secs": connect_secs,
+            "conns_per_sec": connect_secs.as_f64().map_or(Value::Null, |s| json!(conns as f64 / s)),
+        }));
+    }
+
+    /// Echo over wss://: netpoll and tokio-tungstenite + tokio-rustls, with netpoll over ws://
+    /// run alongside in the same configuration (the goals are ratios to both).
+    fn wss_echo(&mut self, conns: usize, size: usize) {
+        for server in WSS_SERVERS {
             let s = self.start(server);
-            std::thread::sleep(Duration::from_millis(300));
-            let before = s.rss_kib();
-            let mut load = Command::new(self.bin.join("ws_load"))
-                .args(split_flags(&[
-                    format!("--addr={}", s.addr),
-                    "--mode=idle".into(),
-                    format!("--conns={conns}"),
-                    "--duration=60".into(),
-                    "--sources=16".into(),
-                ]))
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("ws_load runs");
-            let mut ready = String::new();
-            BufReader::new(load.stdout.take().expect("piped"))
-                .read_line(&mut ready)
-                .expect("ready line");
-            // Let the server finish whatever the last handshakes left (and the RSS settle).
-            std::thread::sleep(Duration::from_secs(1));
-            let after = s.rss_kib();
-            let _ = load.kill();
-            let _ = load.wait();
-            let f = fields(&ready);
-            let connect_secs = num(&f, "connect_secs");
-            let ok = ready.starts_with("ready");
+            let mut args = self.target(&s, "/echo");
+            args.extend([
+                format!("--conns={conns}"),
+                format!("--size={size}"),
+                format!("--duration={}", self.secs),
+                format!("--server-pid={}", s.child.id()),
+            ]);
+            let f = self.load_from("ws_load", &args, WSS_SOURCES);
+            // The server's CPU time over the measured window in % of one core: below 100 it
+            // waited (on the client, which shares the two cores and does TLS too). Rounded to
+            // 0.1 so that the summary redrawn from results.json (`--charts-only`) is the same.
+            let busy = match (num(&f, "server_cpu_s").as_f64(), num(&f, "secs").as_f64()) {
+                (Some(cpu), Some(secs)) if secs > 0.0 => {
+                    json!((1000.0 * cpu / secs).round() / 10.0)
+                }
+                _ => Value::Null,
+            };
             self.record(json!({
-                "scenario": "idle", "server": server, "conns": conns,
-                "rss_before_kib": before, "rss_after_kib": after,
-                "bytes_per_conn": if ok {
-                    json!((after.saturating_sub(before) * 1024) as f64 / conns as f64)
-                } else { Value::Null },
-                "connect_secs": connect_secs,
-                "conns_per_sec": connect_secs.as_f64().map_or(Value::Null, |s| json!(conns as f64 / s)),
+                "scenario": "wss_echo", "server": server, "tls": s.tls,
+                "conns": conns, "size": size,
+                "msgs_per_sec": num(&f, "msgs_per_sec"), "mb_per_sec": num(&f, "mb_per_sec"),
+                "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
+                "lat_max_us": num(&f, "lat_max_us"),
+                "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
+                "server_cpu_s": num(&f, "server_cpu_s"), "server_busy_pct": busy,
+                "connect_secs": num(&f, "connect_secs"), "failed": num(&f, "failed"),
             }));
         }
     }
@@ -346,6 +466,7 @@ fn main() {
     let mut out = PathBuf::from("target/bench");
     let mut charts = PathBuf::from("docs/bench");
     let mut charts_only = None;
+    let mut only: Option<Vec<String>> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -360,6 +481,7 @@ fn main() {
             "--out" => out = value().into(),
             "--charts" => charts = value().into(),
             "--charts-only" => charts_only = Some(PathBuf::from(value())),
+            "--only" => only = Some(value().split(',').map(str::to_string).collect()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -371,6 +493,16 @@ fn main() {
         print!("{}", summary(&doc));
         return;
     }
+
+    const GROUPS: [&str; 5] = ["echo", "tcp", "broadcast", "idle", "wss"];
+    if let Some(g) = only
+        .iter()
+        .flatten()
+        .find(|g| !GROUPS.contains(&g.as_str()))
+    {
+        panic!("--only takes {}, not {g}", GROUPS.join(","));
+    }
+    let runs = |group: &str| only.as_ref().is_none_or(|o| o.iter().any(|g| g == group));
 
     let t0 = Instant::now();
     build();
@@ -385,6 +517,7 @@ fn main() {
         secs,
         round: 1,
         results: Vec::new(),
+        tls: None,
     };
     let (conns, sizes, receivers, idle): (&[usize], &[usize], &[usize], &[usize]) = if quick {
         (&[100, 1000], &[64], &[1000], &[1000])
@@ -396,25 +529,54 @@ fn main() {
             &[1000, 10000, 15000],
         )
     };
+    // The wss rows (issue 15); a quick run keeps them to 1,000 connections.
+    let (wss_conns, wss_sizes, wss_idle): (&[usize], &[usize], &[usize]) = if quick {
+        (&[1000], &[64], &[1000])
+    } else {
+        (&[1000, 10000], &[64, 16384], &[1000, 10000])
+    };
+    if runs("wss") {
+        suite.make_cert(&out.join("tls"));
+    }
     // Throughput runs are repeated (the summary takes medians): one run's noise on a shared
     // machine is ±20%.
     for round in 1..=rounds {
         suite.round = round;
-        for &c in conns {
-            for &z in sizes {
-                suite.echo(c, z);
+        if runs("echo") {
+            for &c in conns {
+                for &z in sizes {
+                    suite.echo(c, z);
+                }
             }
         }
-        for n in [100, 5000] {
-            suite.tcp(n);
+        if runs("tcp") {
+            for n in [100, 5000] {
+                suite.tcp(n);
+            }
+        }
+        if runs("wss") {
+            for &c in wss_conns {
+                for &z in wss_sizes {
+                    suite.wss_echo(c, z);
+                }
+            }
         }
     }
     suite.round = 1;
-    for &r in receivers {
-        suite.broadcast(r);
+    if runs("broadcast") {
+        for &r in receivers {
+            suite.broadcast(r);
+        }
     }
-    for &n in idle {
-        suite.idle(n);
+    if runs("idle") {
+        for &n in idle {
+            suite.idle(n);
+        }
+    }
+    if runs("wss") {
+        for &n in wss_idle {
+            suite.wss_idle(n);
+        }
     }
     let doc = json!({
         "machine": machine(),
@@ -548,6 +710,7 @@ fn short(server: &str) -> &str {
         "tokio-tungstenite" => "tt",
         "tokio-tungstenite-4k" => "tt-4k",
         "fastwebsockets" => "fws",
+        "tokio-tungstenite-wss" => "tt-wss",
         other => other,
     }
 }
@@ -566,8 +729,14 @@ fn table_head(lead: &[&str], columns: impl Iterator<Item = String>) -> String {
 fn summary(doc: &Value) -> String {
     let mut md = String::new();
     let m = &doc["machine"];
+    let has = |scenario: &str| rows(doc, scenario).next().is_some();
+    let repeated = match (has("echo") || has("tcp_echo"), has("wss_echo")) {
+        (true, true) => "Echo, TCP and wss echo",
+        (false, true) => "wss echo",
+        _ => "Echo and TCP",
+    };
     md += &format!(
-        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`. Echo and TCP figures are medians \
+        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`. {repeated} figures are medians \
          of {} rounds of {} s each.\n\n",
         m["cpu"].as_str().unwrap_or("?"),
         m["cores"],
@@ -579,135 +748,273 @@ fn summary(doc: &Value) -> String {
     );
     let peers = &WS_SERVERS[1..];
 
-    md += "### Echo: messages per second (one server thread)\n\n";
-    md += &table_head(
-        &["conns", "size"],
-        WS_SERVERS
-            .iter()
-            .map(|s| short(s).to_string())
-            .chain(peers.iter().map(|p| format!("vs {}", short(p)))),
-    );
-    for c in distinct(doc, "echo", "conns") {
-        for z in distinct(doc, "echo", "size") {
-            let keys = [("conns", c), ("size", z)];
-            let rate = |s: &str| metric(doc, "echo", s, &keys, "msgs_per_sec");
-            md += &format!("| {} | {} |", group(c), size_label(z));
-            for s in WS_SERVERS {
-                md += &format!(" {} |", cell(rate(s), 0));
+    if has("echo") {
+        md += "### Echo: messages per second (one server thread)\n\n";
+        md += &table_head(
+            &["conns", "size"],
+            WS_SERVERS
+                .iter()
+                .map(|s| short(s).to_string())
+                .chain(peers.iter().map(|p| format!("vs {}", short(p)))),
+        );
+        for c in distinct(doc, "echo", "conns") {
+            for z in distinct(doc, "echo", "size") {
+                let keys = [("conns", c), ("size", z)];
+                let rate = |s: &str| metric(doc, "echo", s, &keys, "msgs_per_sec");
+                md += &format!("| {} | {} |", group(c), size_label(z));
+                for s in WS_SERVERS {
+                    md += &format!(" {} |", cell(rate(s), 0));
+                }
+                for p in peers {
+                    md += &format!(" {} |", ratio(rate("netpoll"), rate(p)));
+                }
+                md += "\n";
             }
-            for p in peers {
-                md += &format!(" {} |", ratio(rate("netpoll"), rate(p)));
+        }
+
+        md += "\n### Echo: latency p50 / p99 (ms) and server CPU per message (µs)\n\n";
+        md += &table_head(
+            &["conns", "size"],
+            WS_SERVERS
+                .iter()
+                .map(|s| format!("{} p50/p99", short(s)))
+                .chain(WS_SERVERS.iter().map(|s| format!("{} CPU", short(s)))),
+        );
+        for c in distinct(doc, "echo", "conns") {
+            for z in distinct(doc, "echo", "size") {
+                let keys = [("conns", c), ("size", z)];
+                md += &format!("| {} | {} |", group(c), size_label(z));
+                for s in WS_SERVERS {
+                    let ms = |k: &str| metric(doc, "echo", s, &keys, k).map(|us| us / 1000.0);
+                    md += &format!(
+                        " {} / {} |",
+                        cell(ms("lat_p50_us"), 2),
+                        cell(ms("lat_p99_us"), 2)
+                    );
+                }
+                for s in WS_SERVERS {
+                    let cpu = metric(doc, "echo", s, &keys, "server_cpu_us_per_msg");
+                    md += &format!(" {} |", cell(cpu, 2));
+                }
+                md += "\n";
+            }
+        }
+        md += "\n";
+    }
+
+    if has("broadcast") {
+        md += "### Broadcast: 10 messages/s of 64 B to every receiver\n\n\
+           | receivers | server | deliveries/s | p50 ms | p99 ms | max ms | CPU µs/delivery |\n\
+           |---|---|---|---|---|---|---|\n";
+        for r in distinct(doc, "broadcast", "receivers") {
+            for s in WS_SERVERS {
+                let keys = [("receivers", r)];
+                let v = |k: &str| metric(doc, "broadcast", s, &keys, k);
+                let ms = |k: &str| v(k).map(|us| us / 1000.0);
+                md += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    group(r),
+                    s,
+                    cell(v("deliveries_per_sec"), 0),
+                    cell(ms("lat_p50_us"), 2),
+                    cell(ms("lat_p99_us"), 2),
+                    cell(ms("lat_max_us"), 2),
+                    cell(v("server_cpu_us_per_delivery"), 2),
+                );
+            }
+        }
+        md += "\n";
+    }
+
+    if has("idle") {
+        md += "### Idle connections: server RSS growth per connection (bytes), connection rate\n\n";
+        md += &table_head(
+            &["conns"],
+            WS_SERVERS
+                .iter()
+                .map(|s| format!("{} B/conn", short(s)))
+                .chain(WS_SERVERS.iter().map(|s| format!("{} conns/s", short(s)))),
+        );
+        for c in distinct(doc, "idle", "conns") {
+            md += &format!("| {} |", group(c));
+            for s in WS_SERVERS {
+                md += &format!(
+                    " {} |",
+                    cell(metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"), 0)
+                );
+            }
+            for s in WS_SERVERS {
+                md += &format!(
+                    " {} |",
+                    cell(metric(doc, "idle", s, &[("conns", c)], "conns_per_sec"), 0)
+                );
             }
             md += "\n";
         }
+        md += "\n";
     }
 
-    md += "\n### Echo: latency p50 / p99 (ms) and server CPU per message (µs)\n\n";
+    if has("tcp_echo") {
+        md += "### TCP echo, 64 B: netpoll's engine against a minimal mio server (the ceiling)\n\n\
+           | conns | netpoll msgs/s | mio msgs/s | ratio | netpoll CPU µs/msg | mio CPU µs/msg |\n\
+           |---|---|---|---|---|---|\n";
+        for c in distinct(doc, "tcp_echo", "conns") {
+            let v = |s: &str, k: &str| metric(doc, "tcp_echo", s, &[("conns", c)], k);
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                group(c),
+                cell(v("netpoll-tcp", "msgs_per_sec"), 0),
+                cell(v("mio", "msgs_per_sec"), 0),
+                ratio(v("netpoll-tcp", "msgs_per_sec"), v("mio", "msgs_per_sec")),
+                cell(v("netpoll-tcp", "server_cpu_us_per_msg"), 2),
+                cell(v("mio", "server_cpu_us_per_msg"), 2),
+            );
+        }
+        md += "\n";
+    }
+
+    if has("wss_echo") {
+        md += &wss_echo_tables(doc);
+    }
+    if has("wss_idle") {
+        md += &wss_idle_table(doc);
+    }
+    // One newline at the end, as before.
+    while md.ends_with("\n\n") {
+        md.pop();
+    }
+    md
+}
+
+/// The wss echo tables: throughput with the goals' ratios (netpoll over wss against netpoll
+/// over ws:// in the same configuration, and against tokio-tungstenite + tokio-rustls), then
+/// latency, server CPU per message and how busy each server's thread was.
+fn wss_echo_tables(doc: &Value) -> String {
+    let sc = "wss_echo";
+    let mut md = String::from(
+        "### wss echo (TLS): messages per second (one server thread)\n\n\
+         netpoll over ws:// runs beside the wss servers in each configuration, with the same \
+         client settings (8 source addresses), as the plaintext reference. Goals (issue 15): \
+         wss at least 0.6x netpoll's ws:// echo and at least 1.3x tokio-tungstenite + \
+         tokio-rustls.\n\n\
+         | conns | size | netpoll ws:// | netpoll wss | tt-wss | netpoll wss / ws:// | netpoll wss / tt-wss |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for c in distinct(doc, sc, "conns") {
+        for z in distinct(doc, sc, "size") {
+            let keys = [("conns", c), ("size", z)];
+            let rate = |s: &str| metric(doc, sc, s, &keys, "msgs_per_sec");
+            md += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                group(c),
+                size_label(z),
+                cell(rate("netpoll"), 0),
+                cell(rate("netpoll-wss"), 0),
+                cell(rate("tokio-tungstenite-wss"), 0),
+                ratio(rate("netpoll-wss"), rate("netpoll")),
+                ratio(rate("netpoll-wss"), rate("tokio-tungstenite-wss")),
+            );
+        }
+    }
+
+    md += "\n### wss echo: latency p50 / p99 (ms), server CPU per message (µs), server busy (% of \
+           one core over the window)\n\n";
     md += &table_head(
         &["conns", "size"],
-        WS_SERVERS
+        WSS_SERVERS
             .iter()
-            .map(|s| format!("{} p50/p99", short(s)))
-            .chain(WS_SERVERS.iter().map(|s| format!("{} CPU", short(s)))),
+            .map(|s| format!("{} p50/p99", wss_label(s)))
+            .chain(WSS_SERVERS.iter().map(|s| format!("{} CPU", wss_label(s))))
+            .chain(WSS_SERVERS.iter().map(|s| format!("{} busy", wss_label(s)))),
     );
-    for c in distinct(doc, "echo", "conns") {
-        for z in distinct(doc, "echo", "size") {
+    for c in distinct(doc, sc, "conns") {
+        for z in distinct(doc, sc, "size") {
             let keys = [("conns", c), ("size", z)];
             md += &format!("| {} | {} |", group(c), size_label(z));
-            for s in WS_SERVERS {
-                let ms = |k: &str| metric(doc, "echo", s, &keys, k).map(|us| us / 1000.0);
+            for s in WSS_SERVERS {
+                let ms = |k: &str| metric(doc, sc, s, &keys, k).map(|us| us / 1000.0);
                 md += &format!(
                     " {} / {} |",
                     cell(ms("lat_p50_us"), 2),
                     cell(ms("lat_p99_us"), 2)
                 );
             }
-            for s in WS_SERVERS {
-                let cpu = metric(doc, "echo", s, &keys, "server_cpu_us_per_msg");
+            for s in WSS_SERVERS {
+                let cpu = metric(doc, sc, s, &keys, "server_cpu_us_per_msg");
                 md += &format!(" {} |", cell(cpu, 2));
+            }
+            for s in WSS_SERVERS {
+                md += &format!(
+                    " {} |",
+                    cell(metric(doc, sc, s, &keys, "server_busy_pct"), 0)
+                );
             }
             md += "\n";
         }
     }
+    md + "\n"
+}
 
-    md += "\n### Broadcast: 10 messages/s of 64 B to every receiver\n\n\
-           | receivers | server | deliveries/s | p50 ms | p99 ms | max ms | CPU µs/delivery |\n\
-           |---|---|---|---|---|---|---|\n";
-    for r in distinct(doc, "broadcast", "receivers") {
-        for s in WS_SERVERS {
-            let keys = [("receivers", r)];
-            let v = |k: &str| metric(doc, "broadcast", s, &keys, k);
-            let ms = |k: &str| v(k).map(|us| us / 1000.0);
-            md += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                group(r),
-                s,
-                cell(v("deliveries_per_sec"), 0),
-                cell(ms("lat_p50_us"), 2),
-                cell(ms("lat_p99_us"), 2),
-                cell(ms("lat_max_us"), 2),
-                cell(v("server_cpu_us_per_delivery"), 2),
-            );
-        }
-    }
-
-    md += "\n### Idle connections: server RSS growth per connection (bytes), connection rate\n\n";
+/// Idle memory per wss connection for both servers, with netpoll over ws:// beside them.
+fn wss_idle_table(doc: &Value) -> String {
+    let sc = "wss_idle";
+    let mut md = String::from(
+        "### Idle wss connections: server RSS growth per connection (bytes), connection rate \
+         (TLS and WebSocket handshakes)\n\n",
+    );
     md += &table_head(
         &["conns"],
-        WS_SERVERS
+        WSS_SERVERS
             .iter()
-            .map(|s| format!("{} B/conn", short(s)))
-            .chain(WS_SERVERS.iter().map(|s| format!("{} conns/s", short(s)))),
+            .map(|s| format!("{} B/conn", wss_label(s)))
+            .chain(
+                WSS_SERVERS
+                    .iter()
+                    .map(|s| format!("{} conns/s", wss_label(s))),
+            ),
     );
-    for c in distinct(doc, "idle", "conns") {
+    for c in distinct(doc, sc, "conns") {
         md += &format!("| {} |", group(c));
-        for s in WS_SERVERS {
-            md += &format!(
-                " {} |",
-                cell(metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"), 0)
-            );
-        }
-        for s in WS_SERVERS {
-            md += &format!(
-                " {} |",
-                cell(metric(doc, "idle", s, &[("conns", c)], "conns_per_sec"), 0)
-            );
+        for k in ["bytes_per_conn", "conns_per_sec"] {
+            for s in WSS_SERVERS {
+                md += &format!(" {} |", cell(metric(doc, sc, s, &[("conns", c)], k), 0));
+            }
         }
         md += "\n";
     }
+    md + "\n"
+}
 
-    md += "\n### TCP echo, 64 B: netpoll's engine against a minimal mio server (the ceiling)\n\n\
-           | conns | netpoll msgs/s | mio msgs/s | ratio | netpoll CPU µs/msg | mio CPU µs/msg |\n\
-           |---|---|---|---|---|---|\n";
-    for c in distinct(doc, "tcp_echo", "conns") {
-        let v = |s: &str, k: &str| metric(doc, "tcp_echo", s, &[("conns", c)], k);
-        md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            group(c),
-            cell(v("netpoll-tcp", "msgs_per_sec"), 0),
-            cell(v("mio", "msgs_per_sec"), 0),
-            ratio(v("netpoll-tcp", "msgs_per_sec"), v("mio", "msgs_per_sec")),
-            cell(v("netpoll-tcp", "server_cpu_us_per_msg"), 2),
-            cell(v("mio", "server_cpu_us_per_msg"), 2),
-        );
+/// A wss scenario's server as its tables name it.
+fn wss_label(server: &str) -> &str {
+    match server {
+        "netpoll" => "netpoll ws://",
+        "netpoll-wss" => "netpoll wss",
+        other => short(other),
     }
-    md
 }
 
 // ---------------------------------------------------------------------------------------
 // Charts
 
-const COLORS: [RGBColor; 4] = [
-    RGBColor(214, 39, 40),  // netpoll
-    RGBColor(31, 119, 180), // tokio-tungstenite
-    RGBColor(140, 86, 75),  // tokio-tungstenite-4k
-    RGBColor(44, 160, 44),  // fastwebsockets
-];
+/// A server's line colour in the charts.
+fn color(server: &str) -> RGBColor {
+    match server {
+        "netpoll" => RGBColor(214, 39, 40),
+        "tokio-tungstenite" => RGBColor(31, 119, 180),
+        "tokio-tungstenite-4k" => RGBColor(140, 86, 75),
+        "fastwebsockets" => RGBColor(44, 160, 44),
+        "netpoll-wss" => RGBColor(255, 127, 14),
+        "tokio-tungstenite-wss" => RGBColor(148, 103, 189),
+        _ => RGBColor(127, 127, 127),
+    }
+}
 
 /// One panel: a line per server of `y(server, x)` over the categorical `xs`.
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
+    servers: &[&str],
     title: &str,
     xs: &[u64],
     x_desc: &str,
@@ -717,7 +1024,7 @@ fn panel<DB: DrawingBackend>(
 ) where
     DB::ErrorType: 'static,
 {
-    let values: Vec<f64> = WS_SERVERS
+    let values: Vec<f64> = servers
         .iter()
         .flat_map(|s| xs.iter().filter_map(|&x| y(s, x)))
         .collect();
@@ -758,7 +1065,7 @@ fn panel<DB: DrawingBackend>(
             .disable_x_mesh()
             .draw()
             .expect("mesh");
-        lines(&mut chart, xs, y);
+        lines(&mut chart, servers, xs, y);
     } else {
         let mut chart = builder
             .build_cartesian_2d(x_range, 0.0..max)
@@ -781,19 +1088,20 @@ fn panel<DB: DrawingBackend>(
             .disable_x_mesh()
             .draw()
             .expect("mesh");
-        lines(&mut chart, xs, y);
+        lines(&mut chart, servers, xs, y);
     }
 }
 
 fn lines<'a, DB: DrawingBackend + 'a, Y: plotters::coord::ranged1d::Ranged<ValueType = f64>>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    servers: &[&str],
     xs: &[u64],
     y: &dyn Fn(&str, u64) -> Option<f64>,
 ) where
     DB::ErrorType: 'static,
 {
-    for (i, s) in WS_SERVERS.iter().enumerate() {
-        let color = COLORS[i];
+    for s in servers {
+        let color = color(s);
         let points: Vec<(f64, f64)> = xs
             .iter()
             .enumerate()
@@ -827,6 +1135,7 @@ fn lines<'a, DB: DrawingBackend + 'a, Y: plotters::coord::ranged1d::Ranged<Value
 #[allow(clippy::too_many_arguments)]
 fn single_chart(
     dir: &Path,
+    servers: &[&str],
     name: &str,
     title: &str,
     xs: &[u64],
@@ -838,7 +1147,7 @@ fn single_chart(
     let path = dir.join(name);
     let root = SVGBackend::new(&path, (560, 360)).into_drawing_area();
     root.fill(&WHITE).unwrap();
-    panel(&root, title, xs, x_desc, y_desc, log_y, y);
+    panel(&root, servers, title, xs, x_desc, y_desc, log_y, y);
     root.present().expect("write chart");
 }
 
@@ -846,6 +1155,7 @@ fn single_chart(
 #[allow(clippy::too_many_arguments)]
 fn per_size_chart(
     dir: &Path,
+    servers: &[&str],
     name: &str,
     sizes: &[u64],
     conns: &[u64],
@@ -861,6 +1171,7 @@ fn per_size_chart(
     for (area, &z) in root.split_evenly((1, panels)).iter().zip(sizes) {
         panel(
             area,
+            servers,
             &title(z),
             conns,
             "connections",
@@ -874,36 +1185,44 @@ fn per_size_chart(
 
 fn draw_charts(doc: &Value, dir: &Path) {
     std::fs::create_dir_all(dir).expect("charts directory");
+    // A chart is drawn only from scenarios in the results (a run with `--only` leaves the
+    // others' charts as they were).
     let conns = distinct(doc, "echo", "conns");
     let sizes = distinct(doc, "echo", "size");
 
-    per_size_chart(
-        dir,
-        "echo_throughput.svg",
-        &sizes,
-        &conns,
-        &|z| format!("echo {} messages", size_label(z)),
-        "messages/s",
-        false,
-        &|s, c, z| metric(doc, "echo", s, &[("conns", c), ("size", z)], "msgs_per_sec"),
-    );
-    per_size_chart(
-        dir,
-        "echo_latency_p99.svg",
-        &sizes,
-        &conns,
-        &|z| format!("echo p99 latency, {}", size_label(z)),
-        "ms (log)",
-        true,
-        &|s, c, z| {
-            metric(doc, "echo", s, &[("conns", c), ("size", z)], "lat_p99_us").map(|us| us / 1000.0)
-        },
-    );
+    if !conns.is_empty() {
+        per_size_chart(
+            dir,
+            &WS_SERVERS,
+            "echo_throughput.svg",
+            &sizes,
+            &conns,
+            &|z| format!("echo {} messages", size_label(z)),
+            "messages/s",
+            false,
+            &|s, c, z| metric(doc, "echo", s, &[("conns", c), ("size", z)], "msgs_per_sec"),
+        );
+        per_size_chart(
+            dir,
+            &WS_SERVERS,
+            "echo_latency_p99.svg",
+            &sizes,
+            &conns,
+            &|z| format!("echo p99 latency, {}", size_label(z)),
+            "ms (log)",
+            true,
+            &|s, c, z| {
+                metric(doc, "echo", s, &[("conns", c), ("size", z)], "lat_p99_us")
+                    .map(|us| us / 1000.0)
+            },
+        );
+    }
 
     // Scaling: server CPU per message vs connections (smallest size).
     if let Some(&z) = sizes.first() {
         single_chart(
             dir,
+            &WS_SERVERS,
             "cpu_per_message.svg",
             &format!("server CPU per message, {} echo", size_label(z)),
             &conns,
@@ -916,26 +1235,71 @@ fn draw_charts(doc: &Value, dir: &Path) {
             },
         );
     }
-    single_chart(
-        dir,
-        "memory_per_connection.svg",
-        "server memory per idle WebSocket connection",
-        &distinct(doc, "idle", "conns"),
-        "idle connections",
-        "bytes (log)",
-        true,
-        &|s, c| metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"),
-    );
-    single_chart(
-        dir,
-        "broadcast_latency_p99.svg",
-        "broadcast delivery latency p99",
-        &distinct(doc, "broadcast", "receivers"),
-        "receivers",
-        "ms (log)",
-        true,
-        &|s, r| {
-            metric(doc, "broadcast", s, &[("receivers", r)], "lat_p99_us").map(|us| us / 1000.0)
-        },
-    );
+    let idle = distinct(doc, "idle", "conns");
+    if !idle.is_empty() {
+        single_chart(
+            dir,
+            &WS_SERVERS,
+            "memory_per_connection.svg",
+            "server memory per idle WebSocket connection",
+            &idle,
+            "idle connections",
+            "bytes (log)",
+            true,
+            &|s, c| metric(doc, "idle", s, &[("conns", c)], "bytes_per_conn"),
+        );
+    }
+    let receivers = distinct(doc, "broadcast", "receivers");
+    if !receivers.is_empty() {
+        single_chart(
+            dir,
+            &WS_SERVERS,
+            "broadcast_latency_p99.svg",
+            "broadcast delivery latency p99",
+            &receivers,
+            "receivers",
+            "ms (log)",
+            true,
+            &|s, r| {
+                metric(doc, "broadcast", s, &[("receivers", r)], "lat_p99_us").map(|us| us / 1000.0)
+            },
+        );
+    }
+
+    let wss_conns = distinct(doc, "wss_echo", "conns");
+    if !wss_conns.is_empty() {
+        per_size_chart(
+            dir,
+            &WSS_SERVERS,
+            "wss_echo_throughput.svg",
+            &distinct(doc, "wss_echo", "size"),
+            &wss_conns,
+            &|z| format!("wss echo {} messages (netpoll: ws://)", size_label(z)),
+            "messages/s",
+            false,
+            &|s, c, z| {
+                metric(
+                    doc,
+                    "wss_echo",
+                    s,
+                    &[("conns", c), ("size", z)],
+                    "msgs_per_sec",
+                )
+            },
+        );
+    }
+    let wss_idle = distinct(doc, "wss_idle", "conns");
+    if !wss_idle.is_empty() {
+        single_chart(
+            dir,
+            &WSS_SERVERS,
+            "wss_memory_per_connection.svg",
+            "server memory per idle wss connection (netpoll: ws://)",
+            &wss_idle,
+            "idle connections",
+            "bytes (log)",
+            true,
+            &|s, c| metric(doc, "wss_idle", s, &[("conns", c)], "bytes_per_conn"),
+        );
+    }
 }
