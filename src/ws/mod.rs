@@ -38,6 +38,7 @@
 mod adapter;
 pub(crate) mod client;
 mod conn;
+pub mod deflate;
 mod engine;
 pub mod frame;
 mod group;
