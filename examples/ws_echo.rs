@@ -4,7 +4,7 @@
 //! cargo run --release --example ws_echo -- --addr 127.0.0.1:9001 [--pollers N]
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--max-connections N] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
-//!     [--send-buffer BYTES] [--events N] [--control] [--tls-cert PEM --tls-key PEM]
+//!     [--send-buffer BYTES] [--events N] [--control] [--tls-cert PEM --tls-key PEM] [--deflate]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -13,6 +13,9 @@
 //!   every receiver. A receiver that cannot keep up misses messages (`SlowPolicy::Drop`).
 //! - `/`: a WebSocket upgrade echoes like `/echo`; a plain GET gets a short text page.
 //! - anything else: 404; a plain GET on `/echo` or `/broadcast` gets 426.
+//!
+//! With `--deflate` it accepts permessage-deflate offers (no context takeover either way;
+//! messages of 64 bytes and more are sent compressed to clients that agreed).
 //!
 //! With `--tls-cert` and `--tls-key` (PEM files) it serves `wss://` instead of `ws://` on the
 //! same paths (`cargo run -p netpoll-tools --bin gen_cert -- --out DIR` makes a test pair).
@@ -108,6 +111,7 @@ fn main() {
     let mut control = false;
     let mut send_buffer = None;
     let mut events = None;
+    let mut deflate = false;
     let mut tls_cert = None;
     let mut tls_key = None;
     let mut args = std::env::args().skip(1);
@@ -130,6 +134,7 @@ fn main() {
                     seconds_flag(args.next(), "--handshake-timeout").expect("positive")
             }
             "--stats" => stats = true,
+            "--deflate" => deflate = true,
             "--control" => control = true,
             "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
             "--events" => events = Some(number_flag(args.next(), "--events")),
@@ -166,7 +171,11 @@ fn main() {
         engine = engine.send_buffer_size(n);
     }
     let broadcast = Group::new(SlowPolicy::Drop);
-    let engine = WsServer::builder()
+    let mut ws = WsServer::builder();
+    if deflate {
+        ws = ws.deflate(netpoll::ws::deflate::DeflateConfig::default());
+    }
+    let engine = ws
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .idle_timeout(idle_timeout)

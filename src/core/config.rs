@@ -161,6 +161,9 @@ pub struct EngineConfig {
     pub(crate) thread_name: String,
     /// The codec every accepted connection gets (a protocol layer's: TLS), if any.
     pub(crate) accept_codec: Option<CodecFactory>,
+    /// A protocol layer's engine-wide settings that its connection handles need on any
+    /// thread (WebSocket compression's), reached without a lock.
+    pub(crate) layer_settings: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl EngineConfig {
@@ -195,6 +198,7 @@ impl EngineConfig {
             events_capacity: 1024,
             thread_name: "netpoll".to_string(),
             accept_codec: None,
+            layer_settings: None,
         }
     }
 }

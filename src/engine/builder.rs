@@ -235,6 +235,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps a protocol layer's engine-wide settings where its connection handles find them
+    /// ([`Conn::layer_settings`](crate::Conn)).
+    pub(crate) fn layer_settings(
+        mut self,
+        settings: std::sync::Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        self.config.layer_settings = Some(settings);
+        self
+    }
+
     /// Checks every value and resolves the listen addresses.
     ///
     /// # Errors

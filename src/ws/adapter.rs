@@ -83,6 +83,12 @@ impl Io for ConnIo<'_> {
         });
     }
 
+    fn deflate_agreed(&mut self, send_window: Option<u8>) {
+        self.ws.conn().with_layer(|bits, _, _| {
+            *bits |= super::conn::deflate_bits(send_window);
+        });
+    }
+
     fn take_write_progress(&mut self) -> bool {
         self.ws.conn().take_write_progress()
     }

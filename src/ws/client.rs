@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::deflate::{DeflateConfig, DeflateParams};
 use crate::tls::{ClientConfig, rustls};
 
 /// Options of one [`WsEngine::connect`](super::WsEngine::connect): the connection's state (handed
@@ -152,6 +153,8 @@ impl std::error::Error for ConnectError {}
 pub(crate) struct ClientHello {
     pub(crate) accept: String,
     pub(crate) protocols: Vec<String>,
+    /// permessage-deflate was offered with this configuration.
+    pub(crate) deflate: Option<DeflateConfig>,
 }
 
 /// A client connection between `connect` and its TCP connection opening: the user's state and
@@ -180,6 +183,7 @@ pub(crate) fn prepare(
     url: &str,
     protocols: &[String],
     headers: &[(String, String)],
+    deflate: Option<&DeflateConfig>,
 ) -> Result<Prepared, String> {
     use tungstenite::client::IntoClientRequest;
     use tungstenite::http::{HeaderName, HeaderValue, Uri};
@@ -236,6 +240,11 @@ pub(crate) fn prepare(
             .map_err(|_| format!("bad subprotocol in {protocols:?}"))?;
         h.insert("sec-websocket-protocol", offered);
     }
+    if let Some(config) = deflate {
+        let offer = HeaderValue::from_str(&super::deflate::client_offer(config))
+            .expect("the offer is a valid header value");
+        h.insert("sec-websocket-extensions", offer);
+    }
     for (name, value) in headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("bad header name {name:?}"))?;
@@ -253,6 +262,7 @@ pub(crate) fn prepare(
         hello: ClientHello {
             accept: tungstenite::handshake::derive_accept_key(key.as_bytes()),
             protocols: protocols.to_vec(),
+            deflate: deflate.copied(),
         },
     })
 }
@@ -262,10 +272,12 @@ pub(crate) fn prepare(
 pub(crate) enum Response {
     /// Not complete yet.
     Partial,
-    /// A valid upgrade of `len` bytes (frames may follow), with the chosen subprotocol.
+    /// A valid upgrade of `len` bytes (frames may follow), with the chosen subprotocol and
+    /// the compression parameters, if the server accepted our offer.
     Upgraded {
         len: usize,
         protocol: Option<String>,
+        deflate: Option<DeflateParams>,
     },
 }
 
@@ -274,6 +286,7 @@ pub(crate) fn check_response(
     data: &[u8],
     accept: &str,
     offered: &[String],
+    deflate: Option<&DeflateConfig>,
 ) -> Result<Response, ConnectError> {
     let mut headers = [httparse::EMPTY_HEADER; super::handshake::MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -305,11 +318,17 @@ pub(crate) fn check_response(
     if header("sec-websocket-accept") != Some(accept) {
         return Err(ConnectError::Handshake("wrong Sec-WebSocket-Accept"));
     }
-    if header("sec-websocket-extensions").is_some_and(|v| !v.is_empty()) {
-        return Err(ConnectError::Handshake(
-            "server chose an extension nobody offered",
-        ));
-    }
+    let deflate = match (header("sec-websocket-extensions"), deflate) {
+        (None | Some(""), _) => None,
+        (Some(v), Some(config)) => Some(
+            super::deflate::client_check(v, config).map_err(ConnectError::Handshake)?,
+        ),
+        (Some(_), None) => {
+            return Err(ConnectError::Handshake(
+                "server chose an extension nobody offered",
+            ));
+        }
+    };
     let protocol = match header("sec-websocket-protocol") {
         None | Some("") => None,
         Some(p) if offered.iter().any(|o| o == p) => Some(p.to_string()),
@@ -319,7 +338,11 @@ pub(crate) fn check_response(
             ));
         }
     };
-    Ok(Response::Upgraded { len, protocol })
+    Ok(Response::Upgraded {
+        len,
+        protocol,
+        deflate,
+    })
 }
 
 #[cfg(test)]
@@ -333,33 +356,33 @@ mod tests {
 
     #[test]
     fn urls() {
-        let u = prepare("ws://example.com:9001/chat?room=1", &[], &[]).unwrap();
+        let u = prepare("ws://example.com:9001/chat?room=1", &[], &[], None).unwrap();
         assert_eq!((u.host.as_str(), u.port), ("example.com", 9001));
         assert_eq!(target(&u), "GET /chat?room=1 HTTP/1.1");
         assert!(String::from_utf8_lossy(&u.request).contains("Host: example.com:9001\r\n"));
-        let u = prepare("ws://localhost", &[], &[]).unwrap();
+        let u = prepare("ws://localhost", &[], &[], None).unwrap();
         assert_eq!((u.port, target(&u).as_str()), (80, "GET / HTTP/1.1"));
-        let u = prepare("ws://[::1]:8080?x", &[], &[]).unwrap();
+        let u = prepare("ws://[::1]:8080?x", &[], &[], None).unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
         assert_eq!(target(&u), "GET /?x HTTP/1.1");
-        let wss = prepare("wss://x/p", &[], &[]).unwrap();
+        let wss = prepare("wss://x/p", &[], &[], None).unwrap();
         assert!(wss.tls && wss.port == 443, "{wss:?}");
-        assert!(!prepare("ws://x/p", &[], &[]).unwrap().tls);
-        assert!(prepare("https://x/p", &[], &[]).is_err());
-        assert!(prepare("http://x", &[], &[]).is_err());
-        assert!(prepare("ws://x:notaport/", &[], &[]).is_err());
-        assert!(prepare("ws:///path", &[], &[]).is_err());
-        assert!(prepare("ws://user:secret@x/", &[], &[]).is_err());
+        assert!(!prepare("ws://x/p", &[], &[], None).unwrap().tls);
+        assert!(prepare("https://x/p", &[], &[], None).is_err());
+        assert!(prepare("http://x", &[], &[], None).is_err());
+        assert!(prepare("ws://x:notaport/", &[], &[], None).is_err());
+        assert!(prepare("ws:///path", &[], &[], None).is_err());
+        assert!(prepare("ws://user:secret@x/", &[], &[], None).is_err());
     }
 
     #[test]
     fn headers_are_validated_not_injected() {
         let bad = [("X-A".to_string(), "1\r\nEvil: 1".to_string())];
-        assert!(prepare("ws://h/", &[], &bad).is_err());
+        assert!(prepare("ws://h/", &[], &bad, None).is_err());
         let bad_name = [("X A".to_string(), "1".to_string())];
-        assert!(prepare("ws://h/", &[], &bad_name).is_err());
+        assert!(prepare("ws://h/", &[], &bad_name, None).is_err());
         let ok = [("Authorization".to_string(), "Bearer t".to_string())];
-        let p = prepare("ws://h/", &["chat".into(), "v2".into()], &ok).unwrap();
+        let p = prepare("ws://h/", &["chat".into(), "v2".into()], &ok, None).unwrap();
         let req = String::from_utf8(p.request).unwrap();
         assert!(
             req.contains("Sec-WebSocket-Protocol: chat, v2\r\n"),
@@ -390,17 +413,18 @@ mod tests {
         let offered = vec!["chat".to_string()];
         let ok = resp("Sec-WebSocket-Protocol: chat\r\n");
         assert_eq!(
-            check_response(ok.as_bytes(), ACCEPT, &offered).unwrap(),
+            check_response(ok.as_bytes(), ACCEPT, &offered, None).unwrap(),
             Response::Upgraded {
                 len: ok.len(),
-                protocol: Some("chat".into())
+                protocol: Some("chat".into()),
+                deflate: None,
             }
         );
         assert_eq!(
-            check_response(&ok.as_bytes()[..20], ACCEPT, &offered).unwrap(),
+            check_response(&ok.as_bytes()[..20], ACCEPT, &offered, None).unwrap(),
             Response::Partial
         );
-        let err = |r: &str| check_response(r.as_bytes(), ACCEPT, &offered).unwrap_err();
+        let err = |r: &str| check_response(r.as_bytes(), ACCEPT, &offered, None).unwrap_err();
         assert!(matches!(
             err("HTTP/1.1 404 Not Found\r\n\r\n"),
             ConnectError::Status(404)

@@ -10,6 +10,7 @@ use super::frame::{
     CloseCode, Control, Data, MAX_CONTROL_PAYLOAD, MAX_HEADER, OpCode, apply_mask,
     encode_close_payload, encode_header,
 };
+use super::deflate::{self, DeflateConfig};
 use super::session::Session;
 use crate::core::conn::{Conn, ConnId, Gate};
 use crate::core::error::WriteError;
@@ -20,6 +21,24 @@ use crate::core::transport::Payload;
 pub(crate) const CLOSE_SENT: u8 = 1;
 /// Layer bit: the opening handshake is not complete; frames are refused.
 pub(crate) const HANDSHAKING: u8 = 2;
+/// Layer bit: permessage-deflate was agreed and this side may compress; the window's bits
+/// (9..=15) are kept as 0..=6 in the three bits above it.
+const DEFLATE_SEND: u8 = 4;
+const WINDOW_SHIFT: u8 = 3;
+
+/// The layer bits that say this side may send compressed messages with a window of
+/// `send_window` bits (none for `None`: an 8-bit window, which zlib cannot make).
+pub(crate) fn deflate_bits(send_window: Option<u8>) -> u8 {
+    match send_window {
+        Some(bits @ 9..=15) => DEFLATE_SEND | ((bits - 9) << WINDOW_SHIFT),
+        _ => 0,
+    }
+}
+
+/// The window to compress with, if this connection's bits allow compressing.
+fn send_window(bits: u8) -> Option<u8> {
+    (bits & DEFLATE_SEND != 0).then(|| 9 + ((bits >> WINDOW_SHIFT) & 7))
+}
 
 const NOT_OPEN: &str = "the WebSocket handshake is not complete";
 
@@ -407,16 +426,42 @@ impl WsConn {
     }
 
     fn frame(&self, opcode: OpCode, payload: Payload<'_>, gate: Gate) -> Result<(), WriteError> {
+        // permessage-deflate: a data message at or over the threshold, on a connection that
+        // agreed to it, goes compressed (RSV1). The engine-wide settings are reached without
+        // a lock; only then are the connection's bits read.
+        if let (OpCode::Data(_), Some(config)) = (opcode, self.conn.layer_settings::<DeflateConfig>())
+            && payload.as_slice().len() >= config.min_size()
+            && let Some(window) = self.conn.with_layer(|bits, _, _| send_window(*bits))
+        {
+            let level = config.compression_level();
+            return deflate::deflate_message(payload.as_slice(), window, level, |compressed| {
+                self.frame_with(opcode, true, Payload::Slice(compressed), gate)
+            });
+        }
+        self.frame_with(opcode, false, payload, gate)
+    }
+
+    /// Sends one frame; `compressed` sets RSV1 (permessage-deflate).
+    fn frame_with(
+        &self,
+        opcode: OpCode,
+        compressed: bool,
+        payload: Payload<'_>,
+        gate: Gate,
+    ) -> Result<(), WriteError> {
         let mut head = [0u8; MAX_HEADER];
+        let rsv1 = if compressed { 0x40 } else { 0 };
         let data = payload.as_slice();
         if !self.client {
             let n = encode_header(&mut head, opcode, true, data.len(), None);
+            head[0] |= rsv1;
             return self.conn.write_gated(&head[..n], payload, gate, None);
         }
         // A client masks every frame with a fresh random key (RFC 6455 §5.3), in a reused
         // per-thread buffer: the payload is copied once.
         let mask: [u8; 4] = rand::random();
         let n = encode_header(&mut head, opcode, true, data.len(), Some(mask));
+        head[0] |= rsv1;
         MASK_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();

@@ -79,7 +79,9 @@ impl DeflateConfig {
     ///
     /// # Panics
     /// If `window_bits` is not in 9..=15.
-    pub fn context_takeover(mut self, window_bits: u8) -> Self {
+    // Not public yet: the WebSocket layer keeps no per-connection context so far (issue 16).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn context_takeover(mut self, window_bits: u8) -> Self {
         assert!(
             (9..=15).contains(&window_bits),
             "window_bits {window_bits} not in 9..=15"
@@ -548,6 +550,86 @@ impl Deflater {
             out.truncate(out.len() - TAIL.len());
         }
     }
+}
+
+/// What a thread keeps for compressing and inflating messages without context takeover: a
+/// decompressor, a compressor per window size, and the output buffers. Taken out while in use,
+/// so a callback that sends from inside a delivery does not find it borrowed.
+#[derive(Default)]
+struct ThreadPool {
+    inflater: Option<Inflater>,
+    inflated: Vec<u8>,
+    /// By window bits 9..=15, with the level it was made for.
+    deflaters: [Option<(u32, Deflater)>; 7],
+    deflated: Vec<u8>,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<ThreadPool> = std::cell::RefCell::new(ThreadPool::default());
+}
+
+/// Scratch buffers kept per thread up to this size; a larger one is freed after use.
+const KEEP: usize = 256 * 1024;
+
+/// Inflates one whole message (no context kept: the peer resets after every message) with
+/// this thread's decompressor, and runs `f` on the result.
+///
+/// # Errors
+/// As for [`Inflater::inflate`].
+pub(crate) fn inflate_message<R>(
+    data: &[u8],
+    limit: usize,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, InflateError> {
+    let (mut inflater, mut out) = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        (p.inflater.take().unwrap_or_default(), std::mem::take(&mut p.inflated))
+    });
+    out.clear();
+    let result = inflater.inflate(data, true, &mut out, limit);
+    inflater.reset();
+    let r = result.map(|()| f(&out));
+    if out.capacity() > KEEP {
+        out = Vec::new();
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.inflater = Some(inflater);
+        p.inflated = out;
+    });
+    r
+}
+
+/// Compresses one whole message (no context kept) with this thread's compressor for
+/// `window_bits` (9..=15) at `level`, and runs `f` on the compressed payload.
+pub(crate) fn deflate_message<R>(
+    data: &[u8],
+    window_bits: u8,
+    level: u32,
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    let slot = usize::from(window_bits.clamp(9, 15) - 9);
+    let (made, mut out) = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        (p.deflaters[slot].take(), std::mem::take(&mut p.deflated))
+    });
+    let mut deflater = match made {
+        Some((l, d)) if l == level => d,
+        _ => Deflater::with_level(window_bits.clamp(9, 15), level),
+    };
+    out.clear();
+    deflater.compress(data, &mut out);
+    deflater.reset();
+    let r = f(&out);
+    if out.capacity() > KEEP {
+        out = Vec::new();
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.deflaters[slot] = Some((level, deflater));
+        p.deflated = out;
+    });
+    r
 }
 
 #[cfg(test)]

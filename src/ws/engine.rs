@@ -12,6 +12,7 @@ use bytes::Bytes;
 use super::WsHandler;
 use super::adapter::Adapter;
 use super::client::{self, Connect, Pending};
+use super::deflate::DeflateConfig;
 use super::conn::{HANDSHAKING, WsConn};
 use super::frame::Limits;
 use super::stats::{WsCounters, WsStats};
@@ -112,7 +113,9 @@ impl<H: WsHandler> WsHandle<H> {
     /// [`EngineHandle::dial_with`]); [`Error::Shutdown`] once the shutdown started.
     pub fn connect(&self, url: &str, opts: Connect<H::State>) -> Result<WsConn, Error> {
         let invalid = |e: String| Error::Io(io::Error::new(io::ErrorKind::InvalidInput, e));
-        let prepared = client::prepare(url, &opts.protocols, &opts.headers).map_err(invalid)?;
+        let deflate = self.engine_config_deflate();
+        let prepared = client::prepare(url, &opts.protocols, &opts.headers, deflate.as_ref())
+            .map_err(invalid)?;
         let addr = (prepared.host.as_str(), prepared.port)
             .to_socket_addrs()?
             .next()
@@ -149,6 +152,12 @@ impl<H: WsHandler> WsHandle<H> {
     /// The bound listening addresses, in the order given to the builder.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         self.engine.local_addrs()
+    }
+
+    /// The compression this engine offers in its connects, if any.
+    fn engine_config_deflate(&self) -> Option<DeflateConfig> {
+        let settings = self.engine.config().layer_settings.as_deref()?;
+        settings.downcast_ref::<DeflateConfig>().copied()
     }
 
     /// Counters summed over all pollers (see [`EngineHandle::stats`]).
@@ -271,6 +280,8 @@ pub struct WsConfig {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) pong_timeout: Duration,
     pub(crate) deliver_fragments: bool,
+    /// permessage-deflate, if enabled.
+    pub(crate) deflate: Option<DeflateConfig>,
 }
 
 /// Entry point of the WebSocket server: [`WsServer::builder`].
@@ -382,6 +393,7 @@ impl Default for WsBuilder {
                 idle_timeout: Some(Duration::from_secs(60)),
                 pong_timeout: Duration::from_secs(10),
                 deliver_fragments: false,
+                deflate: None,
             },
         }
     }
@@ -440,6 +452,16 @@ impl WsBuilder {
     /// `max_message_size` can be large (streaming uploads). Default off.
     pub fn deliver_fragments(mut self, on: bool) -> Self {
         self.config.deliver_fragments = on;
+        self
+    }
+
+    /// Enables permessage-deflate (RFC 7692) with `config`: a server accepts a client's offer,
+    /// a client offers it in every connect. Off by default. With the default
+    /// [`DeflateConfig`] no compression context is kept between messages in either direction,
+    /// so a connection costs no memory for it while idle (compressors and decompressors are
+    /// kept per thread). `max_message_size` limits the inflated size.
+    pub fn deflate(mut self, config: DeflateConfig) -> Self {
+        self.config.deflate = Some(config);
         self
     }
 
@@ -517,6 +539,11 @@ impl WsBuilder {
     {
         let config = Arc::new(self.build().map_err(Error::Config)?);
         let counters = Arc::new(WsCounters::default());
+        let engine = match config.deflate {
+            // What senders on any thread need: the threshold and level.
+            Some(d) => engine.layer_settings(Arc::new(d)),
+            None => engine,
+        };
         let engine = engine
             .read_timeout(Some(config.handshake_timeout))
             .read_refresh(ReadRefresh::Manual)

@@ -391,6 +391,7 @@ fn is_nonce(key: &str) -> bool {
 pub(crate) fn accept_response(
     key: &str,
     protocol: Option<&str>,
+    extension: Option<&str>,
     extra: &[(String, String)],
 ) -> Option<String> {
     let protocol_ok = protocol
@@ -404,6 +405,9 @@ pub(crate) fn accept_response(
     let _ = write!(s, "Sec-WebSocket-Accept: {accept}\r\n");
     if let Some(p) = protocol {
         let _ = write!(s, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    if let Some(e) = extension {
+        let _ = write!(s, "Sec-WebSocket-Extensions: {e}\r\n");
     }
     for (k, v) in extra {
         let _ = write!(s, "{k}: {v}\r\n");
@@ -442,7 +446,7 @@ mod tests {
         let (len, key) = parse(GOOD.as_bytes()).unwrap();
         assert_eq!(len, GOOD.len());
         let key = key.unwrap();
-        let resp = accept_response(&key, Some("chat"), &[("X-A".into(), "1".into())]).unwrap();
+        let resp = accept_response(&key, Some("chat"), None, &[("X-A".into(), "1".into())]).unwrap();
         // The example from RFC 6455 §1.3.
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(
@@ -573,9 +577,9 @@ mod tests {
                 .starts_with("HTTP/1.1 500")
         );
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        assert!(accept_response(key, None, &[("X".into(), "1\n2".into())]).is_none());
-        assert!(accept_response(key, Some("a\r\nb"), &[]).is_none());
-        assert!(accept_response(key, Some("chat"), &[]).is_some());
+        assert!(accept_response(key, None, None, &[("X".into(), "1\n2".into())]).is_none());
+        assert!(accept_response(key, Some("a\r\nb"), None, &[]).is_none());
+        assert!(accept_response(key, Some("chat"), None, &[]).is_some());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::client::{self, ClientHello, ConnectError};
+use super::deflate::{self, InflateError};
 use super::conn::Message;
 use super::frame::{CloseCode, Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed, Request};
@@ -50,6 +51,9 @@ pub(crate) trait Io {
     fn with_hello<R>(&mut self, f: impl FnOnce(&ClientHello) -> R) -> Option<R>;
     /// The client's upgrade completed: frames may be sent from now on.
     fn upgraded(&mut self);
+    /// permessage-deflate was agreed: this side may send compressed messages with a window
+    /// of `send_window` bits (`None`: it may not compress, an 8-bit window).
+    fn deflate_agreed(&mut self, send_window: Option<u8>);
     /// True if any of our bytes reached the socket since the last call (which clears it).
     fn take_write_progress(&mut self) -> bool;
     /// Restarts the connection's idle (read) deadline at now + `timeout`; `None` removes it.
@@ -93,6 +97,8 @@ const PHASE: u8 = 0b11;
 const CLIENT: u8 = 0b100;
 /// A heartbeat ping is out and no whole frame came since.
 const PING_OUT: u8 = 0b1000;
+/// permessage-deflate was agreed: data messages may arrive compressed (RSV1).
+const DEFLATE: u8 = 0b1_0000;
 
 /// How a session ended, for the application.
 #[derive(Debug)]
@@ -247,11 +253,26 @@ impl<S> Session<S> {
         match (app.request(&request), key) {
             (Upgrade::Accept(accept), Some(key)) => {
                 let protocol = accept.protocol.as_deref();
-                let Some(resp) = handshake::accept_response(key, protocol, &accept.headers) else {
+                let offers = request
+                    .headers()
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .filter_map(|(_, value)| std::str::from_utf8(value).ok());
+                let agreed = config
+                    .deflate
+                    .as_ref()
+                    .and_then(|d| deflate::server_accept(offers, d));
+                let extension = agreed.as_ref().map(|(_, response)| response.as_str());
+                let Some(resp) =
+                    handshake::accept_response(key, protocol, extension, &accept.headers)
+                else {
                     tracing::error!("invalid subprotocol or header in an accept; sending 500");
                     return Some(self.refuse(io, &HttpResponse::new(500), data));
                 };
                 io.send_http(101, resp.as_bytes(), &Bytes::new());
+                if let Some((params, _)) = agreed {
+                    self.set_flag(DEFLATE, true);
+                    io.deflate_agreed(params.send_window(true).map(|(bits, _)| bits));
+                }
                 self.app = Some(accept.state);
                 self.open(now, config, io, app);
                 Some(len)
@@ -286,15 +307,21 @@ impl<S> Session<S> {
         app: &mut impl App<S>,
     ) -> Option<usize> {
         let checked = io
-            .with_hello(|h| client::check_response(data, &h.accept, &h.protocols))
+            .with_hello(|h| {
+                client::check_response(data, &h.accept, &h.protocols, h.deflate.as_ref())
+            })
             .unwrap_or(Err(ConnectError::Handshake("no handshake in progress")));
         let error = match checked {
             Ok(client::Response::Partial) if data.len() <= config.max_handshake_size => {
                 return None;
             }
             Ok(client::Response::Partial) => ConnectError::Handshake("response too large"),
-            Ok(client::Response::Upgraded { len, .. }) => {
+            Ok(client::Response::Upgraded { len, deflate, .. }) => {
                 io.upgraded();
+                if let Some(params) = deflate {
+                    self.set_flag(DEFLATE, true);
+                    io.deflate_agreed(params.send_window(false).map(|(bits, _)| bits));
+                }
                 self.open(now, config, io, app);
                 return Some(len);
             }
@@ -329,6 +356,7 @@ impl<S> Session<S> {
         app: &mut impl App<S>,
     ) -> usize {
         let role = self.role();
+        let deflate = self.bits & DEFLATE != 0;
         let Session {
             decoder,
             app: state,
@@ -338,8 +366,46 @@ impl<S> Session<S> {
             return data.len();
         };
         let mut peer_close = None;
+        let mut inflate_error = None;
+        let limits = &config.limits;
+        let streaming = config.deliver_fragments;
         let on_event = |ev: Event<'_>| {
             match ev {
+                Event::Compressed { text, data } => {
+                    let delivered = deflate::inflate_message(data, limits.max_message_size, |m| {
+                        let msg = if text {
+                            match std::str::from_utf8(m) {
+                                Ok(t) => Message::Text(t),
+                                Err(_) => return Err(ProtocolError::InvalidUtf8),
+                            }
+                        } else {
+                            Message::Binary(m)
+                        };
+                        if streaming {
+                            let fragment = Fragment {
+                                text,
+                                data: m,
+                                first: true,
+                                last: true,
+                            };
+                            app.fragment(state, fragment);
+                        } else {
+                            app.message(state, msg);
+                        }
+                        Ok(())
+                    });
+                    match delivered {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => inflate_error = Some(e),
+                        Err(InflateError::TooBig) => inflate_error = Some(ProtocolError::MessageTooBig),
+                        Err(InflateError::Corrupt) => {
+                            inflate_error = Some(ProtocolError::InvalidCompressedData)
+                        }
+                    }
+                    if inflate_error.is_some() {
+                        return Flow::Stop;
+                    }
+                }
                 Event::Text(t) => app.message(state, Message::Text(t)),
                 Event::Binary(b) => app.message(state, Message::Binary(b)),
                 Event::Fragment {
@@ -362,11 +428,16 @@ impl<S> Session<S> {
             }
             Flow::Continue
         };
-        let limits = &config.limits;
-        let result = if config.deliver_fragments {
+        let result = if deflate {
+            decoder.decode_deflate(data, role, limits, streaming, on_event)
+        } else if streaming {
             decoder.decode_fragments(data, role, limits, on_event)
         } else {
             decoder.decode(data, role, limits, on_event)
+        };
+        let result = match (result, inflate_error) {
+            (Ok(_), Some(e)) => Err(e),
+            (r, _) => r,
         };
         match result {
             Ok(d) => {

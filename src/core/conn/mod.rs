@@ -496,6 +496,12 @@ impl Conn {
         f(&mut io.layer_bits, &mut attachment, open)
     }
 
+    /// The protocol layer's engine-wide settings of type `T`, if it left some.
+    #[inline]
+    pub(crate) fn layer_settings<T: std::any::Any>(&self) -> Option<&T> {
+        self.config().layer_settings.as_deref()?.downcast_ref()
+    }
+
     /// Runs `f` on why the connection's codec (TLS) failed, if it has one that did.
     pub(crate) fn with_codec_failure<R>(
         &self,

@@ -17,6 +17,9 @@ const WAIT_WHOLE_MAX: usize = 16 * 1024;
 #[derive(Debug)]
 pub(super) struct Assembly {
     text: bool,
+    /// The message is compressed (permessage-deflate): assembled whole, never validated as
+    /// text here (its inflated form is).
+    compressed: bool,
     /// The message so far (empty when streaming).
     pub(super) buf: Vec<u8>,
     fragments: usize,
@@ -172,7 +175,26 @@ impl Decoder {
         limits: &Limits,
         on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
-        self.run(data, role, limits, false, on_event)
+        self.run(data, role, limits, false, false, on_event)
+    }
+
+    /// Like [`decode`](Self::decode) (or [`decode_fragments`](Self::decode_fragments) with
+    /// `streaming`) on a connection that negotiated permessage-deflate: a data message whose
+    /// first frame has RSV1 set is compressed, and comes out whole as [`Event::Compressed`]
+    /// (assembled if fragmented, even when streaming) for the caller to inflate. RSV1 on a
+    /// continuation or control frame is still a [`ProtocolError::ReservedBits`].
+    ///
+    /// # Errors
+    /// As for [`decode`](Self::decode).
+    pub fn decode_deflate(
+        &mut self,
+        data: &mut [u8],
+        role: Role,
+        limits: &Limits,
+        streaming: bool,
+        on_event: impl FnMut(Event<'_>) -> Flow,
+    ) -> Result<Decoded, ProtocolError> {
+        self.run(data, role, limits, streaming, true, on_event)
     }
 
     /// Like [`decode`](Self::decode), but data messages are handed out as
@@ -210,7 +232,7 @@ impl Decoder {
         limits: &Limits,
         on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
-        self.run(data, role, limits, true, on_event)
+        self.run(data, role, limits, true, false, on_event)
     }
 
     fn run(
@@ -219,6 +241,7 @@ impl Decoder {
         role: Role,
         limits: &Limits,
         streaming: bool,
+        deflate: bool,
         mut on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
         let mut out = Decoded {
@@ -270,7 +293,7 @@ impl Decoder {
             let Some((header, len, header_len)) = parse_header(&data[pos..])? else {
                 return Ok(out); // the header itself is incomplete
             };
-            check_header(&header, len, role)?;
+            check_header(&header, len, role, deflate)?;
             match header.opcode {
                 OpCode::Control(kind) => {
                     let len = len as usize; // <= 125, checked
@@ -321,6 +344,8 @@ impl Decoder {
                     }
                     check_sizes(len, 0, limits)?;
                     let text = kind == Data::Text;
+                    let compressed = header.rsv1; // allowed only with `deflate`, checked
+                    let streaming = streaming && !compressed;
                     let len = len as usize; // <= max_frame_size, a usize
                     let whole = header_len + len;
                     if header.is_final && data.len() - pos >= whole {
@@ -333,6 +358,10 @@ impl Decoder {
                         pos += whole;
                         out.frames += 1;
                         let flow = match (text, streaming) {
+                            _ if compressed => on_event(Event::Compressed {
+                                text,
+                                data: payload,
+                            }),
                             (true, _) if std::str::from_utf8(payload).is_err() => {
                                 return Err(ProtocolError::InvalidUtf8);
                             }
@@ -364,6 +393,7 @@ impl Decoder {
                     };
                     self.assembly = Some(Box::new(Assembly {
                         text,
+                        compressed,
                         buf: Vec::with_capacity(capacity),
                         fragments: 1,
                         in_frame: true,
@@ -405,7 +435,10 @@ impl Decoder {
         let frame_done = a.remaining == 0;
         let last = frame_done && a.fin;
         // Fail fast on invalid UTF-8, not only at the end of the message.
-        if a.text && (!a.utf8.feed(&data[range.clone()]) || (last && !a.utf8.complete())) {
+        if a.text
+            && !a.compressed
+            && (!a.utf8.feed(&data[range.clone()]) || (last && !a.utf8.complete()))
+        {
             return Err(ProtocolError::InvalidUtf8);
         }
         if frame_done {
@@ -460,7 +493,12 @@ impl Decoder {
             return Ok(None);
         }
         let a = self.assembly.take().expect("checked above");
-        let flow = if a.text {
+        let flow = if a.compressed {
+            on_event(Event::Compressed {
+                text: a.text,
+                data: &a.buf,
+            })
+        } else if a.text {
             match std::str::from_utf8(&a.buf) {
                 Ok(t) => on_event(Event::Text(t)),
                 Err(_) => return Err(ProtocolError::InvalidUtf8),
@@ -518,8 +556,10 @@ pub(super) fn parse_header(
     Ok(Some((header, len, at)))
 }
 
-fn check_header(h: &FrameHeader, len: u64, role: Role) -> Result<(), ProtocolError> {
-    if h.rsv1 || h.rsv2 || h.rsv3 {
+/// Checks a header; RSV1 is allowed (`deflate`) only on the first frame of a data message.
+fn check_header(h: &FrameHeader, len: u64, role: Role, deflate: bool) -> Result<(), ProtocolError> {
+    let rsv1_ok = deflate && matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary));
+    if (h.rsv1 && !rsv1_ok) || h.rsv2 || h.rsv3 {
         return Err(ProtocolError::ReservedBits);
     }
     match (role, h.mask.is_some()) {

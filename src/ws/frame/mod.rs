@@ -127,6 +127,8 @@ pub enum ProtocolError {
     MessageTooBig,
     /// A message in more frames than [`Limits::max_fragments`].
     TooManyFragments,
+    /// A compressed message (permessage-deflate) that does not inflate.
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
@@ -134,7 +136,9 @@ impl ProtocolError {
     /// 1008 policy violation, 1009 message too big.
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::Invalid,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => {
+                CloseCode::Invalid
+            }
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::Size,
             ProtocolError::TooManyFragments => CloseCode::Policy,
             _ => CloseCode::Protocol,
@@ -158,6 +162,7 @@ impl ProtocolError {
             ProtocolError::FrameTooBig => "frame too big",
             ProtocolError::MessageTooBig => "message too big",
             ProtocolError::TooManyFragments => "too many fragments",
+            ProtocolError::InvalidCompressedData => "compressed data does not inflate",
         }
     }
 }
@@ -233,6 +238,15 @@ pub enum Event<'a> {
         code: Option<CloseCode>,
         /// The peer's reason, validated as UTF-8.
         reason: &'a str,
+    },
+    /// A whole compressed data message (permessage-deflate), from
+    /// [`Decoder::decode_deflate`] only: its payload as it came, to be inflated (the text flag
+    /// applies to the inflated form, which is not validated here).
+    Compressed {
+        /// The message is text.
+        text: bool,
+        /// The compressed payload, unmasked.
+        data: &'a [u8],
     },
     /// A piece of a data message, from [`Decoder::decode_fragments`] only: the message arrives
     /// as one or more pieces in order, the first with `first`, the last with `last` (a small
