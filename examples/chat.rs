@@ -23,6 +23,8 @@
 //!   sends its user's cookies with any site's WebSocket: the Origin check is the defence);
 //!   clients that send no Origin (not browsers) are let in.
 //! - Nicknames are not authenticated: anyone may take any nickname, a taken one included.
+//! - Messages are compressed (permessage-deflate, which browsers offer) when they are 64 bytes
+//!   or more; the 4 KiB message limit applies to the inflated size.
 //!
 //! Prints `listening on ADDR` once ready.
 //!
@@ -346,6 +348,8 @@ fn start(opts: Options) -> WsEngine<Chat> {
         _ => panic!("--tls-cert and --tls-key go together"),
     }
     WsServer::builder()
+        // Browsers offer permessage-deflate: chat text compresses well.
+        .deflate(netpoll::ws::deflate::DeflateConfig::default())
         .max_message_size(4096)
         .idle_timeout(Some(Duration::from_secs(30)))
         .pong_timeout(Duration::from_secs(10))

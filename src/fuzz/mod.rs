@@ -46,6 +46,7 @@ pub(crate) enum Owned {
     Pong(Vec<u8>),
     Close(Option<u16>, String),
     Fragment(bool, Vec<u8>, bool, bool),
+    Compressed(bool, Vec<u8>),
 }
 
 pub(crate) fn owned(e: Event<'_>) -> Owned {
@@ -61,6 +62,7 @@ pub(crate) fn owned(e: Event<'_>) -> Owned {
             first,
             last,
         } => Owned::Fragment(text, data.into(), first, last),
+        Event::Compressed { text, data } => Owned::Compressed(text, data.into()),
     }
 }
 
@@ -177,7 +179,7 @@ pub fn http_request(data: &[u8]) {
         );
         let _ = request.protocols().count();
         if let Ok(key) = handshake::check_upgrade(&request) {
-            let resp = handshake::accept_response(key, Some("p"), &[]).expect("valid headers");
+            let resp = handshake::accept_response(key, Some("p"), None, &[]).expect("valid headers");
             assert!(resp.starts_with("HTTP/1.1 101"));
         }
     }
@@ -186,7 +188,53 @@ pub fn http_request(data: &[u8]) {
 /// The client's check of a server's upgrade response: never panics.
 pub fn client_response(data: &[u8]) {
     let offered = ["chat".to_string()];
-    let _ = crate::ws::client::check_response(data, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", &offered);
+    let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+    let _ = crate::ws::client::check_response(data, accept, &offered, None);
+    let deflate = crate::ws::deflate::DeflateConfig::default();
+    let _ = crate::ws::client::check_response(data, accept, &offered, Some(&deflate));
+}
+
+/// permessage-deflate on arbitrary bytes: inflating never panics and never lets the output
+/// pass the limit (nor reserve more than a step beyond it), in one piece or two; parsing an
+/// extension header never panics, and an accepted offer's response is accepted by a client.
+pub fn deflate(data: &[u8]) {
+    use crate::ws::deflate::{self, DeflateConfig, InflateError, Inflater};
+    let Some((&split, input)) = data.split_first() else {
+        return;
+    };
+    let limit = 4096;
+    let mut whole = Vec::new();
+    let a = Inflater::new().inflate(input, true, &mut whole, limit);
+    assert!(
+        whole.len() <= limit && whole.capacity() <= limit + 16 * 1024,
+        "{} / {} bytes for a limit of {limit}: {a:?}",
+        whole.len(),
+        whole.capacity()
+    );
+    let cut = usize::from(split).min(input.len());
+    let mut parts = Vec::new();
+    let mut inflater = Inflater::new();
+    let b = inflater
+        .inflate(&input[..cut], false, &mut parts, limit)
+        .and_then(|()| inflater.inflate(&input[cut..], true, &mut parts, limit));
+    assert!(parts.len() <= limit);
+    if a.is_ok() && b.is_ok() {
+        assert_eq!(whole, parts, "inflating depends on how the input was split");
+    }
+    if a == Err(InflateError::TooBig) {
+        assert!(b.is_err());
+    }
+    if let Ok(header) = std::str::from_utf8(input) {
+        let config = DeflateConfig::default();
+        if let Some((params, response)) = deflate::server_accept([header], &config) {
+            // What a server answers, a client that offered our default must take (when the
+            // offer it answered allowed the client the full window).
+            if params.client_max_window_bits == 15 {
+                assert!(deflate::client_check(&response, &config).is_ok(), "{response}");
+            }
+        }
+        let _ = deflate::client_check(header, &config);
+    }
 }
 
 /// A writer that takes at most `cap` bytes per call (a socket with that much room), or

@@ -110,3 +110,39 @@ fn outbound_queue_preserves_bytes_under_random_operations() {
         fuzz::outbound(&ops);
     }
 }
+
+#[test]
+fn deflate_never_panics_and_never_passes_its_limit() {
+    let mut rng = Rng(7);
+    let offers = [
+        "permessage-deflate; client_max_window_bits",
+        "permessage-deflate; server_max_window_bits=10; client_no_context_takeover",
+        "x-foo, permessage-deflate; server_no_context_takeover",
+    ];
+    for case in 0..CASES {
+        // Valid compressed data (of compressible and random bytes), mutated a little, or
+        // random bytes, or a mutated header.
+        let mut input = vec![rng.next() as u8];
+        match case % 3 {
+            0 => {
+                let plain: Vec<u8> = if rng.below(2) == 0 {
+                    (0..rng.below(20_000)).map(|i| (i % 7) as u8).collect()
+                } else {
+                    let n = rng.below(3000) as usize;
+                    rng.bytes(n)
+                };
+                crate::ws::deflate::Deflater::new(15).compress(&plain, &mut input);
+            }
+            1 => {
+                let n = rng.below(500) as usize;
+                input.extend(rng.bytes(n));
+            }
+            _ => input.extend_from_slice(offers[case as usize % offers.len()].as_bytes()),
+        }
+        for _ in 0..rng.below(3) {
+            let i = rng.below(input.len() as u64) as usize;
+            input[i] = rng.next() as u8;
+        }
+        fuzz::deflate(&input);
+    }
+}

@@ -466,6 +466,7 @@ impl Inflater {
             let used = (self.z.total_in() - before_in) as usize;
             input = &input[used..];
             if out.len() > limit {
+                out.truncate(limit); // the byte over proved it; keep the promise on `out`
                 return Err(InflateError::TooBig);
             }
             let produced = out.len() - before_out;

@@ -38,6 +38,8 @@ struct Wire {
     close_sent: bool,
     hello: Option<ClientHello>,
     upgraded: bool,
+    /// permessage-deflate was agreed, with the window this side may send with.
+    deflate: Option<Option<u8>>,
     idle: Vec<Option<Duration>>,
     /// Our bytes reached the socket since the session last asked.
     progress: bool,
@@ -82,6 +84,9 @@ impl Io for Wire {
     fn upgraded(&mut self) {
         self.upgraded = true;
         self.hello = None;
+    }
+    fn deflate_agreed(&mut self, send_window: Option<u8>) {
+        self.deflate = Some(send_window);
     }
     fn take_write_progress(&mut self) -> bool {
         std::mem::take(&mut self.progress)
@@ -466,6 +471,7 @@ fn hello() -> ClientHello {
     ClientHello {
         accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
         protocols: vec!["chat".into()],
+        deflate: None,
     }
 }
 
@@ -525,4 +531,96 @@ fn fragments_stream_when_configured() {
 #[test]
 fn the_session_is_small() {
     assert_eq!(std::mem::size_of::<Session<()>>(), 16);
+}
+
+/// A compressed (RSV1), masked client frame carrying `payload` deflated as one message.
+fn compressed_frame(payload: &[u8], fin: bool) -> Vec<u8> {
+    let mut wire = Vec::new();
+    crate::ws::deflate::Deflater::new(15).compress(payload, &mut wire);
+    let mut v = Vec::new();
+    encode_frame(&mut v, OpCode::Data(Data::Text), fin, &wire, Some(MASK));
+    v[0] |= 0x40;
+    v
+}
+
+fn deflate_harness() -> Harness {
+    let mut h = Harness::server();
+    h.config = WsBuilder::default()
+        .max_message_size(1024)
+        .max_frame_size(1024)
+        .deflate(crate::ws::deflate::DeflateConfig::default())
+        .build()
+        .unwrap();
+    let upgrade = UPGRADE.replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    assert_eq!(h.input(0, upgrade.as_bytes()), upgrade.len());
+    assert!(
+        h.wire.http[0].contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; \
+             client_no_context_takeover\r\n"
+        ),
+        "{}",
+        h.wire.http[0]
+    );
+    assert_eq!(h.wire.deflate, Some(Some(15)));
+    h
+}
+
+#[test]
+fn deflate_is_agreed_and_compressed_messages_arrive_inflated() {
+    let mut h = deflate_harness();
+    let long = "abc ".repeat(100);
+    let mut input = compressed_frame(long.as_bytes(), true);
+    input.extend(text("plain"));
+    h.input(1, &input);
+    assert_eq!(
+        h.app.events[2..],
+        [format!("message alice {long}"), "message alice plain".to_string()]
+    );
+    assert!(h.wire.closes.is_empty());
+}
+
+#[test]
+fn deflate_limits_and_errors_close_with_the_right_codes() {
+    // Inflates past max_message_size (1024): 1009, though 40 KB of zeros compress to ~50 B.
+    let mut h = deflate_harness();
+    h.input(1, &compressed_frame(&[0u8; 40_000], true));
+    assert_eq!(h.wire.closes, [(Some(1009), "message too big".into())]);
+    // Not deflate at all: 1007.
+    let mut h = deflate_harness();
+    let mut bad = client_frame(OpCode::Data(Data::Binary), &[0xff; 16]);
+    bad[0] |= 0x40;
+    h.input(1, &bad);
+    assert_eq!(h.wire.closes[0].0, Some(1007));
+    // RSV1 on a continuation frame: 1002.
+    let mut h = deflate_harness();
+    let mut input = compressed_frame(b"part one, ", false);
+    let mut cont = client_frame(OpCode::Data(Data::Continue), b"x");
+    cont[0] |= 0x40;
+    input.extend(cont);
+    h.input(1, &input);
+    assert_eq!(h.wire.closes[0].0, Some(1002));
+    // RSV1 without the extension agreed: 1002.
+    let mut h = Harness::open_server(0);
+    h.input(1, &compressed_frame(b"hello", true));
+    assert_eq!(h.wire.closes[0].0, Some(1002));
+}
+
+#[test]
+fn a_fragmented_compressed_message_is_assembled_then_inflated() {
+    let mut h = deflate_harness();
+    let long = "fragmented ".repeat(50);
+    let mut wire = Vec::new();
+    crate::ws::deflate::Deflater::new(15).compress(long.as_bytes(), &mut wire);
+    let (a, b) = wire.split_at(wire.len() / 2);
+    let mut first = Vec::new();
+    encode_frame(&mut first, OpCode::Data(Data::Text), false, a, Some(MASK));
+    first[0] |= 0x40;
+    let mut second = Vec::new();
+    encode_frame(&mut second, OpCode::Data(Data::Continue), true, b, Some(MASK));
+    h.input(1, &first);
+    h.input(2, &second);
+    assert_eq!(h.app.events.last().unwrap(), &format!("message alice {long}"));
 }

@@ -1,0 +1,181 @@
+//! permessage-deflate over real sockets: netpoll's client and server agreeing on it, each with
+//! a peer that does not offer or accept it, raw frames (RSV1, the RFC's example), and a bomb.
+
+mod common;
+mod ws_common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc::{self, Receiver, Sender};
+
+use netpoll::Engine;
+use netpoll::ws::deflate::{DeflateConfig, Deflater, Inflater};
+use netpoll::ws::frame::{Data, OpCode};
+use netpoll::ws::{Connect, Message, WsClient, WsConn, WsEngine, WsHandler, WsServer};
+use ws_common::{WAIT, raw_frame, read_http_head, start_ws};
+
+#[derive(Debug)]
+enum Ev {
+    Open,
+    Msg(Vec<u8>, bool),
+}
+
+struct ClientSide(Sender<Ev>);
+
+impl WsHandler for ClientSide {
+    type State = ();
+    fn on_open(&mut self, _: &WsConn, _: &mut ()) {
+        let _ = self.0.send(Ev::Open);
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), msg: Message<'_>) {
+        let _ = self.0.send(Ev::Msg(msg.as_bytes().to_vec(), msg.is_text()));
+    }
+}
+
+fn client(deflate: bool) -> (WsEngine<ClientSide>, Receiver<Ev>) {
+    let (tx, rx) = mpsc::channel();
+    let mut b = WsClient::builder();
+    if deflate {
+        b = b.deflate(DeflateConfig::default());
+    }
+    let ws = b
+        .start(Engine::builder().pollers(1), |_| ClientSide(tx.clone()))
+        .unwrap();
+    (ws, rx)
+}
+
+fn json_like(n: usize) -> String {
+    let mut s = String::new();
+    let mut i = 0u64;
+    while s.len() < n {
+        s.push_str(&format!(r#"{{"sym":"S{:02}","bid":{}.{:02},"qty":{}}},"#, i % 40, 100 + i % 7, i % 100, i % 1000));
+        i += 1;
+    }
+    s.truncate(n);
+    s
+}
+
+fn echo_through(server_deflate: bool, client_deflate: bool) -> u64 {
+    let mut ws = WsServer::builder();
+    if server_deflate {
+        ws = ws.deflate(DeflateConfig::default());
+    }
+    let (server, addr, _srx) = start_ws(ws, Engine::builder().pollers(1));
+    let (client, rx) = client(client_deflate);
+    let conn = client
+        .connect(&format!("ws://{addr}/echo"), Connect::new(()))
+        .unwrap();
+    assert!(matches!(rx.recv_timeout(WAIT).unwrap(), Ev::Open));
+    let big = json_like(200_000);
+    let binary: Vec<u8> = (0..50_000u32).map(|i| (i % 13) as u8).collect();
+    conn.send_text(&big).unwrap();
+    conn.send_text("tiny").unwrap();
+    conn.send_binary(&binary).unwrap();
+    let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    assert!(matches!(&got[0], Ev::Msg(m, true) if m == big.as_bytes()), "big text");
+    assert!(matches!(&got[1], Ev::Msg(m, true) if m == b"tiny"), "tiny text");
+    assert!(matches!(&got[2], Ev::Msg(m, false) if *m == binary), "binary");
+    server.stats().bytes_in
+}
+
+#[test]
+fn netpoll_client_and_server_compress_both_ways_when_both_enable_it() {
+    let compressed = echo_through(true, true);
+    let plain = echo_through(false, false);
+    // 250 KB of compressible messages: on the wire with deflate, a fraction.
+    assert!(plain > 250_000, "{plain}");
+    assert!(compressed * 4 < plain, "{compressed} with deflate vs {plain} without");
+}
+
+#[test]
+fn either_side_alone_falls_back_to_plain_messages() {
+    let plain = echo_through(false, false);
+    for (server, client) in [(true, false), (false, true)] {
+        let bytes = echo_through(server, client);
+        assert!(bytes + 1000 > plain, "server {server}, client {client}: {bytes} vs {plain}");
+    }
+}
+
+/// A raw client that offers permessage-deflate and has read the 101 (returned).
+fn raw_deflate_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = ws_common::upgrade_request("/echo").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_http_head(&mut s);
+    (s, head)
+}
+
+/// Reads one server frame: (first byte, payload).
+fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut e = [0u8; 2];
+            s.read_exact(&mut e).unwrap();
+            u16::from_be_bytes(e) as usize
+        }
+        127 => {
+            let mut e = [0u8; 8];
+            s.read_exact(&mut e).unwrap();
+            u64::from_be_bytes(e) as usize
+        }
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    (h[0], p)
+}
+
+#[test]
+fn raw_frames_the_rfc_example_and_a_compressed_answer() {
+    let (_server, addr, _rx) = start_ws(
+        WsServer::builder().deflate(DeflateConfig::default()),
+        Engine::builder().pollers(1),
+    );
+    let (mut s, head) = raw_deflate_client(addr);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+        "{head}"
+    );
+    // RFC 7692 §7.2.3.1: "Hello" compressed is f2 48 cd c9 c9 07 00.
+    let mut hello = raw_frame(OpCode::Data(Data::Text), true, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    hello[0] |= 0x40;
+    s.write_all(&hello).unwrap();
+    // Under the 64-byte threshold: echoed uncompressed.
+    assert_eq!(read_frame(&mut s), (0x81, b"Hello".to_vec()));
+    // A long one comes back compressed (RSV1), and inflates to what was sent.
+    let long = "compress me please ".repeat(20);
+    s.write_all(&raw_frame(OpCode::Data(Data::Text), true, long.as_bytes())).unwrap();
+    let (b0, payload) = read_frame(&mut s);
+    assert_eq!(b0, 0xc1, "FIN + RSV1 + text");
+    assert!(payload.len() < long.len() / 4);
+    let mut out = Vec::new();
+    Inflater::new().inflate(&payload, true, &mut out, 1 << 20).unwrap();
+    assert_eq!(out, long.as_bytes());
+}
+
+#[test]
+fn a_compression_bomb_is_closed_with_1009_without_inflating_it() {
+    let (server, addr, _rx) = start_ws(
+        WsServer::builder()
+            .max_message_size(1 << 20)
+            .deflate(DeflateConfig::default()),
+        Engine::builder().pollers(1),
+    );
+    let (mut s, head) = raw_deflate_client(addr);
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let mut bomb = Vec::new();
+    Deflater::with_level(15, 9).compress(&vec![0u8; 64 << 20], &mut bomb);
+    assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
+    let mut frame = raw_frame(OpCode::Data(Data::Binary), true, &bomb);
+    frame[0] |= 0x40;
+    s.write_all(&frame).unwrap();
+    assert_eq!(ws_common::raw_close_code(&mut s), 1009);
+    assert!(common::eventually(WAIT, || server.stats().open() == 0));
+}
