@@ -239,12 +239,17 @@ fn two_browser_tabs_chat_and_see_each_other_leave() {
     // Chromium sends compressed) arrives inflated.
     let ext = cdp.eval(&alice, "ws.extensions");
     assert!(
-        ext.as_str().is_some_and(|e| e.contains("permessage-deflate")),
+        ext.as_str()
+            .is_some_and(|e| e.contains("permessage-deflate")),
         "negotiated extensions: {ext}"
     );
     let long = "compressible words, ".repeat(10);
     cdp.say(&alice, long.trim());
-    cdp.page_has(&bob, long.trim(), "a long (compressed) message in bob's tab");
+    cdp.page_has(
+        &bob,
+        long.trim(),
+        "a long (compressed) message in bob's tab",
+    );
     cdp.say(&bob, "hi alice, bob here");
     cdp.page_has(
         &alice,

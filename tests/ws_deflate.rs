@@ -48,7 +48,13 @@ fn json_like(n: usize) -> String {
     let mut s = String::new();
     let mut i = 0u64;
     while s.len() < n {
-        s.push_str(&format!(r#"{{"sym":"S{:02}","bid":{}.{:02},"qty":{}}},"#, i % 40, 100 + i % 7, i % 100, i % 1000));
+        s.push_str(&format!(
+            r#"{{"sym":"S{:02}","bid":{}.{:02},"qty":{}}},"#,
+            i % 40,
+            100 + i % 7,
+            i % 100,
+            i % 1000
+        ));
         i += 1;
     }
     s.truncate(n);
@@ -72,9 +78,18 @@ fn echo_through(server_deflate: bool, client_deflate: bool) -> u64 {
     conn.send_text("tiny").unwrap();
     conn.send_binary(&binary).unwrap();
     let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
-    assert!(matches!(&got[0], Ev::Msg(m, true) if m == big.as_bytes()), "big text");
-    assert!(matches!(&got[1], Ev::Msg(m, true) if m == b"tiny"), "tiny text");
-    assert!(matches!(&got[2], Ev::Msg(m, false) if *m == binary), "binary");
+    assert!(
+        matches!(&got[0], Ev::Msg(m, true) if m == big.as_bytes()),
+        "big text"
+    );
+    assert!(
+        matches!(&got[1], Ev::Msg(m, true) if m == b"tiny"),
+        "tiny text"
+    );
+    assert!(
+        matches!(&got[2], Ev::Msg(m, false) if *m == binary),
+        "binary"
+    );
     server.stats().bytes_in
 }
 
@@ -84,7 +99,10 @@ fn netpoll_client_and_server_compress_both_ways_when_both_enable_it() {
     let plain = echo_through(false, false);
     // 250 KB of compressible messages: on the wire with deflate, a fraction.
     assert!(plain > 250_000, "{plain}");
-    assert!(compressed * 4 < plain, "{compressed} with deflate vs {plain} without");
+    assert!(
+        compressed * 4 < plain,
+        "{compressed} with deflate vs {plain} without"
+    );
 }
 
 #[test]
@@ -92,7 +110,10 @@ fn either_side_alone_falls_back_to_plain_messages() {
     let plain = echo_through(false, false);
     for (server, client) in [(true, false), (false, true)] {
         let bytes = echo_through(server, client);
-        assert!(bytes + 1000 > plain, "server {server}, client {client}: {bytes} vs {plain}");
+        assert!(
+            bytes + 1000 > plain,
+            "server {server}, client {client}: {bytes} vs {plain}"
+        );
     }
 }
 
@@ -144,19 +165,26 @@ fn raw_frames_the_rfc_example_and_a_compressed_answer() {
         "{head}"
     );
     // RFC 7692 §7.2.3.1: "Hello" compressed is f2 48 cd c9 c9 07 00.
-    let mut hello = raw_frame(OpCode::Data(Data::Text), true, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    let mut hello = raw_frame(
+        OpCode::Data(Data::Text),
+        true,
+        &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+    );
     hello[0] |= 0x40;
     s.write_all(&hello).unwrap();
     // Under the 64-byte threshold: echoed uncompressed.
     assert_eq!(read_frame(&mut s), (0x81, b"Hello".to_vec()));
     // A long one comes back compressed (RSV1), and inflates to what was sent.
     let long = "compress me please ".repeat(20);
-    s.write_all(&raw_frame(OpCode::Data(Data::Text), true, long.as_bytes())).unwrap();
+    s.write_all(&raw_frame(OpCode::Data(Data::Text), true, long.as_bytes()))
+        .unwrap();
     let (b0, payload) = read_frame(&mut s);
     assert_eq!(b0, 0xc1, "FIN + RSV1 + text");
     assert!(payload.len() < long.len() / 4);
     let mut out = Vec::new();
-    Inflater::new().inflate(&payload, true, &mut out, 1 << 20).unwrap();
+    Inflater::new()
+        .inflate(&payload, true, &mut out, 1 << 20)
+        .unwrap();
     assert_eq!(out, long.as_bytes());
 }
 
@@ -178,4 +206,59 @@ fn a_compression_bomb_is_closed_with_1009_without_inflating_it() {
     s.write_all(&frame).unwrap();
     assert_eq!(ws_common::raw_close_code(&mut s), 1009);
     assert!(common::eventually(WAIT, || server.stats().open() == 0));
+}
+
+/// Joins every connection to one group.
+struct Joiner(netpoll::ws::Group, Sender<()>);
+
+impl WsHandler for Joiner {
+    type State = ();
+    fn on_request(&mut self, _: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<()> {
+        netpoll::ws::Accept::new(()).into()
+    }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        self.0.join(conn);
+        let _ = self.1.send(());
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+}
+
+#[test]
+fn a_broadcast_goes_compressed_to_members_that_agreed_and_plain_to_the_others() {
+    let group = netpoll::ws::Group::new(netpoll::ws::SlowPolicy::Drop);
+    let (tx, joined) = mpsc::channel();
+    let server = WsServer::builder()
+        .deflate(DeflateConfig::default())
+        .start(Engine::builder().pollers(2).listen("127.0.0.1:0"), |_| {
+            Joiner(group.clone(), tx.clone())
+        })
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let (mut a, head) = raw_deflate_client(addr);
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let mut b = ws_common::raw_upgraded(addr, "/");
+    for _ in 0..2 {
+        joined.recv_timeout(WAIT).unwrap();
+    }
+    let news = json_like(5_000);
+    group.broadcast(Message::Text(&news));
+    group.broadcast(Message::Text("short"));
+    let (b0, payload) = read_frame(&mut a);
+    assert_eq!(b0, 0xc1, "compressed for the member that agreed");
+    let mut out = Vec::new();
+    Inflater::new()
+        .inflate(&payload, true, &mut out, 1 << 20)
+        .unwrap();
+    assert_eq!(out, news.as_bytes());
+    assert_eq!(
+        read_frame(&mut a),
+        (0x81, b"short".to_vec()),
+        "under the threshold"
+    );
+    assert_eq!(
+        read_frame(&mut b),
+        (0x81, news.as_bytes().to_vec()),
+        "plain for the other"
+    );
+    assert_eq!(read_frame(&mut b), (0x81, b"short".to_vec()));
 }

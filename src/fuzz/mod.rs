@@ -179,7 +179,8 @@ pub fn http_request(data: &[u8]) {
         );
         let _ = request.protocols().count();
         if let Ok(key) = handshake::check_upgrade(&request) {
-            let resp = handshake::accept_response(key, Some("p"), None, &[]).expect("valid headers");
+            let resp =
+                handshake::accept_response(key, Some("p"), None, &[]).expect("valid headers");
             assert!(resp.starts_with("HTTP/1.1 101"));
         }
     }
@@ -230,7 +231,10 @@ pub fn deflate(data: &[u8]) {
             // What a server answers, a client that offered our default must take (when the
             // offer it answered allowed the client the full window).
             if params.client_max_window_bits == 15 {
-                assert!(deflate::client_check(&response, &config).is_ok(), "{response}");
+                assert!(
+                    deflate::client_check(&response, &config).is_ok(),
+                    "{response}"
+                );
             }
         }
         let _ = deflate::client_check(header, &config);

@@ -320,9 +320,9 @@ pub(crate) fn check_response(
     }
     let deflate = match (header("sec-websocket-extensions"), deflate) {
         (None | Some(""), _) => None,
-        (Some(v), Some(config)) => Some(
-            super::deflate::client_check(v, config).map_err(ConnectError::Handshake)?,
-        ),
+        (Some(v), Some(config)) => {
+            Some(super::deflate::client_check(v, config).map_err(ConnectError::Handshake)?)
+        }
         (Some(_), None) => {
             return Err(ConnectError::Handshake(
                 "server chose an extension nobody offered",

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::deflate::{self, DeflateConfig};
 use super::frame::{
     CloseCode, Control, Data, MAX_CONTROL_PAYLOAD, MAX_HEADER, OpCode, apply_mask,
     encode_close_payload, encode_header,
 };
-use super::deflate::{self, DeflateConfig};
 use super::session::Session;
 use crate::core::conn::{Conn, ConnId, Gate};
 use crate::core::error::WriteError;
@@ -33,6 +33,12 @@ pub(crate) fn deflate_bits(send_window: Option<u8>) -> u8 {
         Some(bits @ 9..=15) => DEFLATE_SEND | ((bits - 9) << WINDOW_SHIFT),
         _ => 0,
     }
+}
+
+/// True if this connection's bits allow compressing with the full 15-bit window (a
+/// broadcast's shared compressed frame is made with it).
+pub(crate) fn compresses_with_full_window(bits: u8) -> bool {
+    send_window(bits) == Some(15)
 }
 
 /// The window to compress with, if this connection's bits allow compressing.
@@ -429,7 +435,8 @@ impl WsConn {
         // permessage-deflate: a data message at or over the threshold, on a connection that
         // agreed to it, goes compressed (RSV1). The engine-wide settings are reached without
         // a lock; only then are the connection's bits read.
-        if let (OpCode::Data(_), Some(config)) = (opcode, self.conn.layer_settings::<DeflateConfig>())
+        if let (OpCode::Data(_), Some(config)) =
+            (opcode, self.conn.layer_settings::<DeflateConfig>())
             && payload.as_slice().len() >= config.min_size()
             && let Some(window) = self.conn.with_layer(|bits, _, _| send_window(*bits))
         {

@@ -584,7 +584,10 @@ pub(crate) fn inflate_message<R>(
 ) -> Result<R, InflateError> {
     let (mut inflater, mut out) = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        (p.inflater.take().unwrap_or_default(), std::mem::take(&mut p.inflated))
+        (
+            p.inflater.take().unwrap_or_default(),
+            std::mem::take(&mut p.inflated),
+        )
     });
     out.clear();
     let result = inflater.inflate(data, true, &mut out, limit);

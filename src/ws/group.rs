@@ -2,11 +2,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
 
-use super::conn::{FRAME, Message, WsConn};
+use super::conn::{FRAME, Message, WsConn, compresses_with_full_window};
+use super::deflate::{self, DeflateConfig};
 use super::frame::{CloseCode, MAX_HEADER, encode_header};
 use crate::core::config::OverflowPolicy;
 use crate::core::conn::{ConnId, PollerRef};
@@ -157,6 +158,10 @@ struct Queued {
     frame: Bytes,
     messages: u64,
     except: Option<ConnId>,
+    /// A single message's compressed frame (permessage-deflate, no context takeover, window
+    /// 15), made by the first poller with a member that agreed to compression and shared by
+    /// every poller: compressed once per message. `None` for batches.
+    deflated: Option<Arc<OnceLock<Option<Bytes>>>>,
 }
 
 /// Broadcast frames waiting for a poller, with what they are charged against the bound.
@@ -246,6 +251,7 @@ impl GroupInner {
         frame: &Bytes,
         messages: u64,
         except: Option<ConnId>,
+        deflated: Option<&Arc<OnceLock<Option<Bytes>>>>,
     ) {
         let charge = frame.len() + CHUNK_CHARGE;
         let schedule = {
@@ -259,6 +265,7 @@ impl GroupInner {
                 frame: frame.clone(),
                 messages,
                 except,
+                deflated: deflated.cloned(),
             });
             backlog.charge += charge;
             !std::mem::replace(&mut backlog.scheduled, true)
@@ -349,14 +356,18 @@ impl GroupInner {
         }
         let mut members = slot.members();
         let n = members.list.len();
+        let compressed = Self::compressed(item, members.list.first().map(|m| &m.conn));
         let mut lagging = false;
         for m in members.list.iter_mut() {
             if Some(m.conn.id()) == item.except {
                 continue;
             }
-            let result = m.conn.conn().write_gated(
+            let result = m.conn.conn().write_gated_with(
                 &[],
-                Payload::Fanout(item.frame.clone()),
+                |bits| match compressed {
+                    Some(c) if compresses_with_full_window(bits) => Payload::Fanout(c.clone()),
+                    _ => Payload::Fanout(item.frame.clone()),
+                },
                 FRAME,
                 Some(OverflowPolicy::Error),
             );
@@ -368,6 +379,16 @@ impl GroupInner {
         }
         members.lagging |= lagging;
         n
+    }
+
+    /// `item`'s compressed frame, if its message is worth compressing on the engine of
+    /// `member` (one of the slot's: they share a poller, so an engine and its settings); made
+    /// by the first poller that asks.
+    fn compressed<'a>(item: &'a Queued, member: Option<&WsConn>) -> Option<&'a Bytes> {
+        let cell = item.deflated.as_ref()?;
+        let config = member?.conn().layer_settings::<DeflateConfig>()?;
+        cell.get_or_init(|| deflate_frame(&item.frame, config))
+            .as_ref()
     }
 
     /// Members that missed messages and now have room for `item` and a notice: their counts,
@@ -577,7 +598,7 @@ impl Group {
             n += 1;
         }
         if n > 0 {
-            self.enqueue_all(&Bytes::from(frames), n, None);
+            self.enqueue_all(&Bytes::from(frames), n, None, false);
         }
     }
 
@@ -587,19 +608,37 @@ impl Group {
         }
         let mut frame = Vec::with_capacity(MAX_HEADER + msg.len());
         append_frame(&mut frame, msg);
-        self.enqueue_all(&Bytes::from(frame), 1, except);
+        self.enqueue_all(&Bytes::from(frame), 1, except, true);
     }
 
-    fn enqueue_all(&self, frame: &Bytes, messages: u64, except: Option<ConnId>) {
+    /// Queues `frame` on every slot; a `single` message may also go compressed (to members
+    /// that agreed to permessage-deflate): then a shared cell for its compressed form is made
+    /// (only if a member's engine compresses), filled on first need, on a poller, once.
+    fn enqueue_all(&self, frame: &Bytes, messages: u64, except: Option<ConnId>, single: bool) {
         // Under the slots' read lock, without copying the list (no allocation per message):
         // nothing reached from here takes that lock again or waits for its writer (a join
         // making a new poller's slot).
         let slots = self.inner.slots.read().unwrap_or_else(|p| p.into_inner());
+        let mut deflated = None;
         for slot in slots.iter().flatten() {
-            if slot.members().list.is_empty() {
-                continue;
+            {
+                let members = slot.members();
+                let Some(first) = members.list.first() else {
+                    continue;
+                };
+                if single
+                    && deflated.is_none()
+                    && first
+                        .conn
+                        .conn()
+                        .layer_settings::<DeflateConfig>()
+                        .is_some()
+                {
+                    deflated = Some(Arc::new(OnceLock::new()));
+                }
             }
-            self.inner.enqueue(slot, frame, messages, except);
+            self.inner
+                .enqueue(slot, frame, messages, except, deflated.as_ref());
         }
     }
 }
@@ -612,6 +651,35 @@ fn append_frame(out: &mut Vec<u8>, msg: Message<'_>) {
     let n = encode_header(&mut head, msg.opcode(), true, payload.len(), None);
     out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);
+}
+
+/// The compressed form of a one-message unmasked `frame` (RSV1, window 15, no context), or
+/// `None` if its payload is under the threshold.
+fn deflate_frame(frame: &Bytes, config: &DeflateConfig) -> Option<Bytes> {
+    let header = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payload = frame.get(header..)?;
+    if payload.len() < config.min_size() {
+        return None;
+    }
+    let opcode = super::frame::OpCode::from(frame[0] & 0x0f);
+    Some(deflate::deflate_message(
+        payload,
+        15,
+        config.compression_level(),
+        |compressed| {
+            let mut head = [0u8; MAX_HEADER];
+            let n = encode_header(&mut head, opcode, true, compressed.len(), None);
+            head[0] |= 0x40;
+            let mut out = Vec::with_capacity(n + compressed.len());
+            out.extend_from_slice(&head[..n]);
+            out.extend_from_slice(compressed);
+            Bytes::from(out)
+        },
+    ))
 }
 
 /// A closing connection leaves every group it joined (called by its poller).

@@ -446,7 +446,8 @@ mod tests {
         let (len, key) = parse(GOOD.as_bytes()).unwrap();
         assert_eq!(len, GOOD.len());
         let key = key.unwrap();
-        let resp = accept_response(&key, Some("chat"), None, &[("X-A".into(), "1".into())]).unwrap();
+        let resp =
+            accept_response(&key, Some("chat"), None, &[("X-A".into(), "1".into())]).unwrap();
         // The example from RFC 6455 §1.3.
         assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(

@@ -21,8 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::client::{self, ClientHello, ConnectError};
-use super::deflate::{self, InflateError};
 use super::conn::Message;
+use super::deflate::{self, InflateError};
 use super::frame::{CloseCode, Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed, Request};
 use super::{Fragment, Upgrade, WsClose, WsConfig};
@@ -397,7 +397,9 @@ impl<S> Session<S> {
                     match delivered {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => inflate_error = Some(e),
-                        Err(InflateError::TooBig) => inflate_error = Some(ProtocolError::MessageTooBig),
+                        Err(InflateError::TooBig) => {
+                            inflate_error = Some(ProtocolError::MessageTooBig)
+                        }
                         Err(InflateError::Corrupt) => {
                             inflate_error = Some(ProtocolError::InvalidCompressedData)
                         }

@@ -57,6 +57,7 @@ impl Conn {
     /// Writes `head` then `body` as one unit, both or neither, never interleaved with another
     /// writer's, if `gate` admits it against the protocol layer's bits; `policy` overrides the
     /// overflow policy (a broadcast applies its own).
+    #[inline]
     pub(crate) fn write_gated(
         &self,
         head: &[u8],
@@ -64,10 +65,23 @@ impl Conn {
         gate: Gate,
         policy: Option<OverflowPolicy>,
     ) -> Result<(), WriteError> {
+        self.write_gated_with(head, |_| body, gate, policy)
+    }
+
+    /// [`write_gated`](Self::write_gated) with the body chosen under the connection's lock
+    /// from the protocol layer's bits (a broadcast's compressed frame for members that agreed
+    /// to compression, the plain one for the others).
+    #[inline(always)]
+    pub(crate) fn write_gated_with<'p>(
+        &self,
+        head: &[u8],
+        body: impl FnOnce(u8) -> Payload<'p>,
+        gate: Gate,
+        policy: Option<OverflowPolicy>,
+    ) -> Result<(), WriteError> {
         let shared = &*self.shared;
         let poller = &*shared.poller;
         let on_owner = context::is_current(poller);
-        let len = head.len() + body.len();
         let mut io = shared.lock();
         if io.phase == Phase::Closed || io.layer_bits & gate.closed_if != 0 {
             return Err(WriteError::Closed);
@@ -75,6 +89,8 @@ impl Conn {
         if io.layer_bits & gate.invalid_if != 0 {
             return Err(WriteError::Invalid(gate.why));
         }
+        let body = body(io.layer_bits);
+        let len = head.len() + body.len();
         io.layer_bits |= gate.sets;
         if len == 0 {
             return Ok(());

@@ -136,9 +136,7 @@ impl ProtocolError {
     /// 1008 policy violation, 1009 message too big.
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => {
-                CloseCode::Invalid
-            }
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => CloseCode::Invalid,
             ProtocolError::FrameTooBig | ProtocolError::MessageTooBig => CloseCode::Size,
             ProtocolError::TooManyFragments => CloseCode::Policy,
             _ => CloseCode::Protocol,

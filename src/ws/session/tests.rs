@@ -577,7 +577,10 @@ fn deflate_is_agreed_and_compressed_messages_arrive_inflated() {
     h.input(1, &input);
     assert_eq!(
         h.app.events[2..],
-        [format!("message alice {long}"), "message alice plain".to_string()]
+        [
+            format!("message alice {long}"),
+            "message alice plain".to_string()
+        ]
     );
     assert!(h.wire.closes.is_empty());
 }
@@ -619,8 +622,17 @@ fn a_fragmented_compressed_message_is_assembled_then_inflated() {
     encode_frame(&mut first, OpCode::Data(Data::Text), false, a, Some(MASK));
     first[0] |= 0x40;
     let mut second = Vec::new();
-    encode_frame(&mut second, OpCode::Data(Data::Continue), true, b, Some(MASK));
+    encode_frame(
+        &mut second,
+        OpCode::Data(Data::Continue),
+        true,
+        b,
+        Some(MASK),
+    );
     h.input(1, &first);
     h.input(2, &second);
-    assert_eq!(h.app.events.last().unwrap(), &format!("message alice {long}"));
+    assert_eq!(
+        h.app.events.last().unwrap(),
+        &format!("message alice {long}")
+    );
 }
