@@ -175,7 +175,7 @@ impl Decoder {
         limits: &Limits,
         on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
-        self.run(data, role, limits, false, false, on_event)
+        self.run::<false>(data, role, limits, false, on_event)
     }
 
     /// Like [`decode`](Self::decode) (or [`decode_fragments`](Self::decode_fragments) with
@@ -194,7 +194,7 @@ impl Decoder {
         streaming: bool,
         on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
-        self.run(data, role, limits, streaming, true, on_event)
+        self.run::<true>(data, role, limits, streaming, on_event)
     }
 
     /// Like [`decode`](Self::decode), but data messages are handed out as
@@ -232,16 +232,17 @@ impl Decoder {
         limits: &Limits,
         on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
-        self.run(data, role, limits, true, false, on_event)
+        self.run::<false>(data, role, limits, true, on_event)
     }
 
-    fn run(
+    /// The decoding loop; `DEFLATE` (compiled apart, so the plain decoder carries none of it)
+    /// admits compressed messages.
+    fn run<const DEFLATE: bool>(
         &mut self,
         data: &mut [u8],
         role: Role,
         limits: &Limits,
         streaming: bool,
-        deflate: bool,
         mut on_event: impl FnMut(Event<'_>) -> Flow,
     ) -> Result<Decoded, ProtocolError> {
         let mut out = Decoded {
@@ -293,7 +294,7 @@ impl Decoder {
             let Some((header, len, header_len)) = parse_header(&data[pos..])? else {
                 return Ok(out); // the header itself is incomplete
             };
-            check_header(&header, len, role, deflate)?;
+            check_header(&header, len, role, DEFLATE)?;
             match header.opcode {
                 OpCode::Control(kind) => {
                     let len = len as usize; // <= 125, checked
@@ -344,7 +345,7 @@ impl Decoder {
                     }
                     check_sizes(len, 0, limits)?;
                     let text = kind == Data::Text;
-                    let compressed = header.rsv1; // allowed only with `deflate`, checked
+                    let compressed = DEFLATE && header.rsv1; // checked by check_header
                     let streaming = streaming && !compressed;
                     let len = len as usize; // <= max_frame_size, a usize
                     let whole = header_len + len;
@@ -557,10 +558,13 @@ pub(super) fn parse_header(
 }
 
 /// Checks a header; RSV1 is allowed (`deflate`) only on the first frame of a data message.
+#[inline(always)]
 fn check_header(h: &FrameHeader, len: u64, role: Role, deflate: bool) -> Result<(), ProtocolError> {
-    let rsv1_ok = deflate && matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary));
-    if (h.rsv1 && !rsv1_ok) || h.rsv2 || h.rsv3 {
-        return Err(ProtocolError::ReservedBits);
+    if h.rsv1 || h.rsv2 || h.rsv3 {
+        let rsv1_ok = deflate && matches!(h.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if !h.rsv1 || !rsv1_ok || h.rsv2 || h.rsv3 {
+            return Err(ProtocolError::ReservedBits);
+        }
     }
     match (role, h.mask.is_some()) {
         (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
