@@ -68,6 +68,11 @@ pub struct Options {
     pub tls: bool,
     /// `ws` load tools: a PEM file of the CA to trust for `wss://` (default: the public roots).
     pub ca: Option<String>,
+    /// `ws` load tools: offer permessage-deflate.
+    pub deflate: bool,
+    /// `ws` load tools: messages carry JSON-like text (compressible like real payloads)
+    /// instead of one repeated byte.
+    pub json: bool,
     /// `ws` load tools: `echo` or `broadcast`.
     pub mode: String,
     /// Broadcast mode: messages per second from the sender.
@@ -90,6 +95,8 @@ impl Options {
             path: "/echo".into(),
             tls: false,
             ca: None,
+            deflate: false,
+            json: false,
             mode: "echo".into(),
             rate: 10.0,
             conns: 100,
@@ -108,6 +115,8 @@ impl Options {
                 "--mode" if ws => o.mode = val(),
                 "--rate" if ws => o.rate = val().parse().expect("--rate MSGS_PER_SEC"),
                 "--ca" if ws => o.ca = Some(val()),
+                "--deflate" if ws => o.deflate = true,
+                "--json" if ws => o.json = true,
                 "--url" if ws => {
                     let url = val();
                     o.tls = url.starts_with("wss://");

@@ -3,10 +3,12 @@
 //! ```text
 //! cargo run --release -p netpoll-tools --bin ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
 //!     --size 64 --duration 10 [--mode echo|broadcast] [--rate MSGS_PER_SEC] [--pollers 1]
-//!     [--sources 8] [--server-pid PID] [--ca PEM]
+//!     [--sources 8] [--server-pid PID] [--ca PEM] [--deflate] [--json]
 //! ```
 //! A `wss://` URL connects over TLS (the server's certificate checked against the URL's IP
-//! address; `--ca PEM` names the CA to trust, else the public roots).
+//! address; `--ca PEM` names the CA to trust, else the public roots). `--deflate` offers
+//! permessage-deflate; `--json` sends JSON-like text instead of one repeated byte. The last
+//! line, `wire_bytes_per_msg`, is what crossed the wire per echoed message, both ways.
 //!
 //! - `echo` (default): closed loop; each connection sends one binary message of `--size`
 //!   bytes, waits for its echo, and sends the next. Reports echoed messages per second and the
@@ -120,7 +122,16 @@ fn main() {
     let counters = Arc::new(Counters::default());
     let sender = Arc::new(Mutex::new(None));
     let size = o.size;
-    let ws = WsServer::builder()
+    let mut builder = WsServer::builder();
+    if o.deflate {
+        builder = builder.deflate(netpoll::ws::deflate::DeflateConfig::default());
+    }
+    let body = if o.json {
+        json_like(size)
+    } else {
+        vec![b'x'; size]
+    };
+    let ws = builder
         .idle_timeout(None)
         .start(
             Engine::builder()
@@ -131,7 +142,7 @@ fn main() {
                 counters: counters.clone(),
                 local: 0,
                 samples: Samples::default(),
-                msg: vec![b'x'; size],
+                msg: body.clone(),
                 sender: sender.clone(),
             },
         )
@@ -189,5 +200,33 @@ fn main() {
         });
     }
     load::measure_and_report(&o, &counters);
+    // What crossed the wire per message (both ways, headers included), over the whole run.
+    let stats = ws.stats();
+    let total = counters.echoed.load(Ordering::Relaxed).max(1);
+    println!(
+        "wire_bytes_per_msg={:.1}",
+        (stats.bytes_in + stats.bytes_out) as f64 / total as f64
+    );
     ws.shutdown(Duration::from_secs(1));
+}
+
+/// JSON-like text of `n` bytes: quotes, keys, numbers, as market data or chat payloads are.
+fn json_like(n: usize) -> Vec<u8> {
+    let mut s = String::with_capacity(n + 64);
+    let mut i = 0u64;
+    while s.len() < n {
+        let x = i.wrapping_mul(2_654_435_761) >> 7;
+        s.push_str(&format!(
+            r#"{{"sym":"S{:03}","bid":{}.{:02},"ask":{}.{:02},"qty":{}}},"#,
+            x % 500,
+            100 + x % 50,
+            x % 100,
+            101 + x % 50,
+            (x >> 3) % 100,
+            x % 10_000
+        ));
+        i += 1;
+    }
+    s.truncate(n);
+    s.into_bytes()
 }
