@@ -4,7 +4,7 @@
 mod common;
 mod ws_common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver, Sender};
 
@@ -12,7 +12,7 @@ use netpoll::Engine;
 use netpoll::ws::deflate::{DeflateConfig, Deflater, Inflater};
 use netpoll::ws::frame::{Data, OpCode};
 use netpoll::ws::{Connect, Message, WsClient, WsConn, WsEngine, WsHandler, WsServer};
-use ws_common::{WAIT, raw_frame, read_http_head, start_ws};
+use ws_common::{WAIT, raw_frame, read_http_head, read_server_frame_raw, start_ws};
 
 #[derive(Debug)]
 enum Ev {
@@ -130,28 +130,6 @@ fn raw_deflate_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
     (s, head)
 }
 
-/// Reads one server frame: (first byte, payload).
-fn read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h).unwrap();
-    let len = match h[1] & 0x7f {
-        126 => {
-            let mut e = [0u8; 2];
-            s.read_exact(&mut e).unwrap();
-            u16::from_be_bytes(e) as usize
-        }
-        127 => {
-            let mut e = [0u8; 8];
-            s.read_exact(&mut e).unwrap();
-            u64::from_be_bytes(e) as usize
-        }
-        n => n as usize,
-    };
-    let mut p = vec![0u8; len];
-    s.read_exact(&mut p).unwrap();
-    (h[0], p)
-}
-
 #[test]
 fn raw_frames_the_rfc_example_and_a_compressed_answer() {
     let (_server, addr, _rx) = start_ws(
@@ -173,12 +151,12 @@ fn raw_frames_the_rfc_example_and_a_compressed_answer() {
     hello[0] |= 0x40;
     s.write_all(&hello).unwrap();
     // Under the 64-byte threshold: echoed uncompressed.
-    assert_eq!(read_frame(&mut s), (0x81, b"Hello".to_vec()));
+    assert_eq!(read_server_frame_raw(&mut s), (0x81, b"Hello".to_vec()));
     // A long one comes back compressed (RSV1), and inflates to what was sent.
     let long = "compress me please ".repeat(20);
     s.write_all(&raw_frame(OpCode::Data(Data::Text), true, long.as_bytes()))
         .unwrap();
-    let (b0, payload) = read_frame(&mut s);
+    let (b0, payload) = read_server_frame_raw(&mut s);
     assert_eq!(b0, 0xc1, "FIN + RSV1 + text");
     assert!(payload.len() < long.len() / 4);
     let mut out = Vec::new();
@@ -243,7 +221,7 @@ fn a_broadcast_goes_compressed_to_members_that_agreed_and_plain_to_the_others() 
     let news = json_like(5_000);
     group.broadcast(Message::Text(&news));
     group.broadcast(Message::Text("short"));
-    let (b0, payload) = read_frame(&mut a);
+    let (b0, payload) = read_server_frame_raw(&mut a);
     assert_eq!(b0, 0xc1, "compressed for the member that agreed");
     let mut out = Vec::new();
     Inflater::new()
@@ -251,14 +229,14 @@ fn a_broadcast_goes_compressed_to_members_that_agreed_and_plain_to_the_others() 
         .unwrap();
     assert_eq!(out, news.as_bytes());
     assert_eq!(
-        read_frame(&mut a),
+        read_server_frame_raw(&mut a),
         (0x81, b"short".to_vec()),
         "under the threshold"
     );
     assert_eq!(
-        read_frame(&mut b),
+        read_server_frame_raw(&mut b),
         (0x81, news.as_bytes().to_vec()),
         "plain for the other"
     );
-    assert_eq!(read_frame(&mut b), (0x81, b"short".to_vec()));
+    assert_eq!(read_server_frame_raw(&mut b), (0x81, b"short".to_vec()));
 }

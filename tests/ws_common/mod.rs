@@ -187,6 +187,12 @@ pub fn read_http_head(s: &mut TcpStream) -> String {
 
 /// Reads one unmasked server frame: (opcode, payload).
 pub fn read_server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let (b0, payload) = read_server_frame_raw(s);
+    (b0 & 0x0f, payload)
+}
+
+/// Reads one unmasked server frame: (its first byte: FIN, RSV bits and opcode; payload).
+pub fn read_server_frame_raw(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut h = [0u8; 2];
     s.read_exact(&mut h).unwrap();
     let len = match h[1] & 0x7f {
@@ -205,7 +211,7 @@ pub fn read_server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
     assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
     let mut p = vec![0u8; len];
     s.read_exact(&mut p).unwrap();
-    (h[0] & 0x0f, p)
+    (h[0], p)
 }
 
 /// Reads the server's close frame and returns its code.
