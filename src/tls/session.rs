@@ -181,10 +181,7 @@ impl TlsSession {
         let mut empty: [u8; 0] = [];
         with_status!(&mut self.side, &mut empty, |status| {
             if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
-                let at = send.len();
-                send.resize(at + 64, 0);
-                let n = w.queue_close_notify(&mut send[at..]).unwrap_or(0);
-                send.truncate(at + n);
+                let _ = append(send, 64, |b| w.queue_close_notify(b).map_err(encrypt_room));
             }
         })
     }
@@ -197,26 +194,7 @@ impl TlsSession {
         with_status!(&mut self.side, &mut empty, |status| {
             match status.state? {
                 ConnectionState::WriteTraffic(mut w) => {
-                    let at = send.len();
-                    send.resize(at + room, 0);
-                    match w.encrypt(data, &mut send[at..]) {
-                        Ok(n) => {
-                            send.truncate(at + n);
-                            Ok(())
-                        }
-                        Err(EncryptError::InsufficientSize(e)) => {
-                            send.resize(at + e.required_size, 0);
-                            let n = w
-                                .encrypt(data, &mut send[at..])
-                                .map_err(|_| rustls::Error::EncryptError)?;
-                            send.truncate(at + n);
-                            Ok(())
-                        }
-                        Err(_) => {
-                            send.truncate(at);
-                            Err(rustls::Error::EncryptError)
-                        }
-                    }
+                    append(send, room, |b| w.encrypt(data, b).map_err(encrypt_room))
                 }
                 _ => Err(rustls::Error::HandshakeNotComplete),
             }
@@ -247,10 +225,7 @@ impl TlsSession {
     fn take_alert(&mut self, buf: &mut [u8], send: &mut Vec<u8>) {
         with_status!(&mut self.side, buf, |status| {
             if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
-                let at = send.len();
-                send.resize(at + 64, 0);
-                let n = e.encode(&mut send[at..]).unwrap_or(0);
-                send.truncate(at + n);
+                let _ = append(send, 64, |b| e.encode(b).map_err(encode_room));
             }
         })
     }
@@ -275,18 +250,7 @@ impl TlsSession {
                         false
                     }
                     ConnectionState::EncodeTlsData(mut e) => {
-                        let at = send.len();
-                        send.resize(at + MAX_RECORD, 0);
-                        let n = match e.encode(&mut send[at..]) {
-                            Ok(n) => n,
-                            Err(EncodeError::InsufficientSize(s)) => {
-                                send.resize(at + s.required_size, 0);
-                                e.encode(&mut send[at..])
-                                    .map_err(|_| rustls::Error::EncryptError)?
-                            }
-                            Err(_) => return Err(rustls::Error::EncryptError),
-                        };
-                        send.truncate(at + n);
+                        append(send, MAX_RECORD, |b| e.encode(b).map_err(encode_room))?;
                         received.wrote = true;
                         false
                     }
@@ -327,6 +291,50 @@ impl TlsSession {
                 return Ok(received);
             }
         }
+    }
+}
+
+/// Appends to `send` what `write` puts into a buffer: given `guess` bytes of room first, and
+/// once more the room rustls says it needs (`Err(Some(n))`). On failure `send` is as it was.
+fn append(
+    send: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Option<usize>>,
+) -> Result<(), TlsError> {
+    let at = send.len();
+    send.resize(at + guess, 0);
+    let written = match write(&mut send[at..]) {
+        Err(Some(needed)) => {
+            send.resize(at + needed, 0);
+            write(&mut send[at..])
+        }
+        other => other,
+    };
+    match written {
+        Ok(n) => {
+            send.truncate(at + n);
+            Ok(())
+        }
+        Err(_) => {
+            send.truncate(at);
+            Err(rustls::Error::EncryptError)
+        }
+    }
+}
+
+/// The room an encryption needed, if that was what failed it.
+fn encrypt_room(e: EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+/// The room an encoding needed, if that was what failed it.
+fn encode_room(e: EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
     }
 }
 
