@@ -205,6 +205,14 @@ impl EngineBuilder {
     }
 }
 
+/// Runs a step of the TLS stack so that the poller survives a bug in it: a panic fails this
+/// connection only (as `InvalidData`, like any TLS error).
+fn contained<T>(step: impl FnOnce() -> Result<T, rustls::Error>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step))
+        .unwrap_or_else(|_| Err(rustls::Error::General("panic in the TLS stack".into())))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 impl Codec for TlsSession {
     fn receive(
         &mut self,
@@ -212,21 +220,11 @@ impl Codec for TlsSession {
         plain: &mut Vec<u8>,
         send: &mut Vec<u8>,
     ) -> io::Result<bool> {
-        // The poller must survive a bug in the TLS stack: a panic fails this connection only.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            TlsSession::receive(self, input, plain, send)
-        }))
-        .unwrap_or_else(|_| Err(rustls::Error::General("panic in the TLS stack".into())))
-        .map(|r| r.peer_closed)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        contained(|| TlsSession::receive(self, input, plain, send)).map(|r| r.peer_closed)
     }
 
     fn seal(&mut self, data: &[u8], send: &mut Vec<u8>) -> io::Result<()> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            TlsSession::seal(self, data, send)
-        }))
-        .unwrap_or_else(|_| Err(rustls::Error::General("panic in the TLS stack".into())))
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        contained(|| TlsSession::seal(self, data, send))
     }
 
     fn close_notify(&mut self, send: &mut Vec<u8>) {
