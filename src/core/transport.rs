@@ -210,10 +210,11 @@ impl Transport {
         Attachment(&mut self.extras)
     }
 
-    /// The codec, if any.
+    /// The codec in `extras`, if any (a function of the field, not of `self`, so that the
+    /// socket and the queue stay usable beside it).
     #[inline]
-    fn codec(&mut self) -> Option<&mut dyn Codec> {
-        Some(self.extras.as_mut()?.codec.as_mut()?.as_mut())
+    fn codec(extras: &mut Option<Box<Extras>>) -> Option<&mut dyn Codec> {
+        Some(extras.as_mut()?.codec.as_mut()?.as_mut())
     }
 
     /// Wire bytes queued and not yet taken by the kernel.
@@ -286,7 +287,7 @@ impl Transport {
     /// front of `buf`. Kept out of line: the plain path above is the hot one.
     #[inline(never)]
     fn read_coded(&mut self, buf: &mut [u8]) -> io::Result<Read> {
-        let Some(codec) = self.extras.as_mut().and_then(|e| e.codec.as_mut()) else {
+        let Some(codec) = Self::codec(&mut self.extras) else {
             return Err(io::ErrorKind::NotConnected.into());
         };
         let socket = self.socket.as_ref().ok_or(io::ErrorKind::NotConnected)?;
@@ -457,7 +458,7 @@ impl Transport {
         write: bool,
         pool: Option<&mut Vec<Vec<u8>>>,
     ) -> io::Result<usize> {
-        let Some(codec) = self.extras.as_mut().and_then(|e| e.codec.as_mut()) else {
+        let Some(codec) = Self::codec(&mut self.extras) else {
             return Ok(0);
         };
         SCRATCH.with(|scratch| {
@@ -500,7 +501,7 @@ impl Transport {
     /// A graceful close starts: queue whatever the transport must say last (nothing for plain
     /// TCP; an encrypting transport's closing alert).
     pub(crate) fn close_notify(&mut self) {
-        if let Some(codec) = self.codec() {
+        if let Some(codec) = Self::codec(&mut self.extras) {
             let mut alert = Vec::new();
             codec.close_notify(&mut alert);
             if !alert.is_empty() {
