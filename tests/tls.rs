@@ -20,29 +20,22 @@ use netpoll::ws::{
 use netpoll::{DialOptions, Engine};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 /// A server config for `localhost` and a client config that trusts it.
 fn configs() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let server = netpoll::tls::server_config(
-        cert.cert.pem().as_bytes(),
-        cert.signing_key.serialize_pem().as_bytes(),
-    )
-    .unwrap();
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(cert.cert.der().to_vec()))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (server, Arc::new(client))
+    configs_for(&["localhost"], false)
+}
+
+/// A server config with a certificate for `names` (see [`certificate`]) and a client config
+/// that trusts that certificate only.
+fn configs_for(names: &[&str], expired: bool) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
+    let (cert, key) = certificate(names, expired);
+    let server = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let client = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    (server, client)
 }
 
 fn tls_client(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsStream {
@@ -212,8 +205,7 @@ fn wss_server(
     Receiver<ws_common::WsEvent>,
     Arc<ClientConfig>,
 ) {
-    let (cert, key) = certificate(&["localhost"], false);
-    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (server_config, client) = configs();
     let (ws, addr, rx) = ws_common::start_ws(
         WsServer::builder().max_message_size(17 << 20),
         Engine::builder()
@@ -221,7 +213,6 @@ fn wss_server(
             .max_outbound_bytes(40 << 20)
             .tls(server_config),
     );
-    let client = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
     (ws, addr, rx, client)
 }
 
@@ -259,11 +250,9 @@ fn netpoll_client_and_server_over_wss_from_one_byte_to_sixteen_mebibytes() {
 
 #[test]
 fn raw_tcp_dial_over_tls() {
-    let (cert, key) = certificate(&["localhost"], false);
-    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (server_config, config) = configs();
     let (_server, addr, _srx) = start(Engine::builder().pollers(1).tls(server_config), Mode::Echo);
     let (client, _, crx) = start(Engine::builder().pollers(1), Mode::Record);
-    let config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
     let conn = client
         .dial_tls(addr, "localhost", config, DialOptions::default())
         .unwrap();
@@ -285,13 +274,11 @@ fn raw_tcp_dial_over_tls() {
 fn certificate_problems_are_clear_connect_errors() {
     let (client, rx) = client_engine(None, 1);
     let serve = |names: &[&str], expired: bool| {
-        let (cert, key) = certificate(names, expired);
-        let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+        let (server_config, trusting) = configs_for(names, expired);
         let (ws, addr, _rx) = ws_common::start_ws(
             WsServer::builder(),
             Engine::builder().pollers(1).tls(server_config),
         );
-        let trusting = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
         (ws, addr, trusting)
     };
     // Unknown CA: the default configuration (the public web's roots) does not know it.
@@ -335,8 +322,7 @@ fn certificate_problems_are_clear_connect_errors() {
 /// A third-party wss server: tungstenite's blocking server over rustls' own stream, echoing
 /// text messages until the client closes.
 fn third_party_wss_server() -> (SocketAddr, Arc<ClientConfig>) {
-    let (cert, key) = certificate(&["localhost"], false);
-    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (server_config, client_config) = configs();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -350,10 +336,7 @@ fn third_party_wss_server() -> (SocketAddr, Arc<ClientConfig>) {
             }
         }
     });
-    (
-        addr,
-        netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap(),
-    )
+    (addr, client_config)
 }
 
 #[test]
@@ -446,8 +429,7 @@ impl WsHandler for Writers {
 
 #[test]
 fn sixteen_threads_write_to_one_wss_connection() {
-    let (cert, key) = certificate(&["localhost"], false);
-    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (server_config, client_config) = configs();
     let server = WsServer::builder()
         .start(
             Engine::builder()
@@ -459,7 +441,6 @@ fn sixteen_threads_write_to_one_wss_connection() {
         )
         .unwrap();
     let addr = server.local_addrs()[0];
-    let client_config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
     let (mut ws, _) = tungstenite::client::client(
         format!("ws://localhost:{}/", addr.port()),
         tls_client(addr, &client_config),
@@ -493,9 +474,7 @@ fn client_hello(config: &Arc<ClientConfig>) -> Vec<u8> {
 
 #[test]
 fn misbehaving_tls_peers_are_closed_once_with_the_right_reason_and_no_spin() {
-    let (cert, key) = certificate(&["localhost"], false);
-    let server_config = netpoll::tls::server_config(cert.as_bytes(), key.as_bytes()).unwrap();
-    let client_config = netpoll::tls::client_config_with_ca(cert.as_bytes()).unwrap();
+    let (server_config, client_config) = configs();
     let (engine, addr, rx) = start(
         Engine::builder()
             .pollers(1)
