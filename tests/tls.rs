@@ -683,3 +683,35 @@ fn the_server_prefers_aes_128_gcm_whatever_the_client_lists_first() {
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
 }
+
+#[test]
+fn plaintext_waiting_for_the_handshake_counts_against_the_outbound_limit() {
+    // A server that accepts and never answers: the handshake cannot complete.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap();
+    let (_, client_config) = configs();
+    let (client, _, _rx) = start(
+        Engine::builder().pollers(1).max_outbound_bytes(64 * 1024),
+        Mode::Record,
+    );
+    let conn = client
+        .dial_tls(addr, "localhost", client_config, DialOptions::default())
+        .unwrap();
+    let chunk = vec![7u8; 40 * 1024];
+    conn.write_slice(&chunk).unwrap();
+    assert!(
+        conn.pending_bytes() >= chunk.len(),
+        "{}",
+        conn.pending_bytes()
+    );
+    match conn.write_slice(&chunk) {
+        Err(netpoll::WriteError::Overflow { pending, limit, .. }) => {
+            assert!(
+                pending >= chunk.len() && limit == 64 * 1024,
+                "{pending} {limit}"
+            );
+        }
+        other => panic!("expected Overflow, got {other:?}"),
+    }
+    drop(mute);
+}
