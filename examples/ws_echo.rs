@@ -5,6 +5,7 @@
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--max-connections N] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
 //!     [--send-buffer BYTES] [--events N] [--control] [--tls-cert PEM --tls-key PEM] [--deflate]
+//!     [--deflate-takeover BITS]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -15,7 +16,9 @@
 //! - anything else: 404; a plain GET on `/echo` or `/broadcast` gets 426.
 //!
 //! With `--deflate` it accepts permessage-deflate offers (no context takeover either way;
-//! messages of 64 bytes and more are sent compressed to clients that agreed).
+//! messages of 64 bytes and more are sent compressed to clients that agreed). With
+//! `--deflate-takeover BITS` (9..=15) it keeps context between messages both ways, with
+//! windows of 2^BITS bytes.
 //!
 //! With `--tls-cert` and `--tls-key` (PEM files) it serves `wss://` instead of `ws://` on the
 //! same paths (`cargo run -p netpoll-tools --bin gen_cert -- --out DIR` makes a test pair).
@@ -111,7 +114,7 @@ fn main() {
     let mut control = false;
     let mut send_buffer = None;
     let mut events = None;
-    let mut deflate = false;
+    let mut deflate = None;
     let mut tls_cert = None;
     let mut tls_key = None;
     let mut args = std::env::args().skip(1);
@@ -134,7 +137,13 @@ fn main() {
                     seconds_flag(args.next(), "--handshake-timeout").expect("positive")
             }
             "--stats" => stats = true,
-            "--deflate" => deflate = true,
+            "--deflate" => deflate = Some(netpoll::ws::deflate::DeflateConfig::default()),
+            "--deflate-takeover" => {
+                let bits = number_flag(args.next(), "--deflate-takeover");
+                assert!((9..=15).contains(&bits), "--deflate-takeover takes 9..=15");
+                let config = netpoll::ws::deflate::DeflateConfig::default();
+                deflate = Some(config.context_takeover(bits as u8));
+            }
             "--control" => control = true,
             "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
             "--events" => events = Some(number_flag(args.next(), "--events")),
@@ -172,8 +181,8 @@ fn main() {
     }
     let broadcast = Group::new(SlowPolicy::Drop);
     let mut ws = WsServer::builder();
-    if deflate {
-        ws = ws.deflate(netpoll::ws::deflate::DeflateConfig::default());
+    if let Some(config) = deflate {
+        ws = ws.deflate(config);
     }
     let engine = ws
         .max_message_size(max_message)

@@ -240,3 +240,264 @@ fn a_broadcast_goes_compressed_to_members_that_agreed_and_plain_to_the_others() 
     );
     assert_eq!(read_server_frame_raw(&mut b), (0x81, b"short".to_vec()));
 }
+
+/// Echoes, and hands each connection to the test.
+struct Echo(Sender<WsConn>);
+
+impl WsHandler for Echo {
+    type State = ();
+    fn on_request(&mut self, _: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<()> {
+        netpoll::ws::Accept::new(()).into()
+    }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        let _ = self.0.send(conn.clone());
+    }
+    fn on_message(&mut self, conn: &WsConn, _: &mut (), msg: Message<'_>) {
+        let _ = conn.send(msg);
+    }
+}
+
+fn takeover_server(
+    bits: u8,
+    max_outbound: usize,
+) -> (WsEngine<Echo>, std::net::SocketAddr, Receiver<WsConn>) {
+    let (tx, rx) = mpsc::channel();
+    let server = WsServer::builder()
+        .deflate(DeflateConfig::default().context_takeover(bits))
+        .start(
+            Engine::builder()
+                .pollers(2)
+                .max_outbound_bytes(max_outbound)
+                .listen("127.0.0.1:0"),
+            |_| Echo(tx.clone()),
+        )
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    (server, addr, rx)
+}
+
+/// A raw client that offers permessage-deflate with context takeover and a 15-bit window.
+fn raw_takeover_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = ws_common::upgrade_request("/echo").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let head = read_http_head(&mut s);
+    (s, head)
+}
+
+#[test]
+fn context_takeover_the_rfc_example_and_a_peer_that_keeps_one_stream() {
+    let (_server, addr, _conns) = takeover_server(15, 1 << 20);
+    let (mut s, head) = raw_takeover_client(addr);
+    assert!(
+        head.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+        "context kept both ways, full windows: {head}"
+    );
+    // RFC 7692 §7.2.3.2: "Hello" twice with context takeover; the second refers back to the
+    // first: f2 00 11 00 00.
+    for compressed in [
+        &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00][..],
+        &[0xf2, 0x00, 0x11, 0x00, 0x00][..],
+    ] {
+        let mut frame = raw_frame(OpCode::Data(Data::Text), true, compressed);
+        frame[0] |= 0x40;
+        s.write_all(&frame).unwrap();
+        assert_eq!(read_server_frame_raw(&mut s), (0x81, b"Hello".to_vec()));
+    }
+    // A peer that keeps one stream each way for the connection's life, as browsers do:
+    // 2,000 messages, some past the window, some under the threshold.
+    let (mut deflater, mut inflater) = (Deflater::new(15), Inflater::new());
+    for n in 0..2_000usize {
+        let len = match n % 100 {
+            0 => 40_000,
+            k => 30 + (k * 53) % 2_500,
+        };
+        let msg = json_like(len + n % 7);
+        let mut wire = Vec::new();
+        deflater.compress(msg.as_bytes(), &mut wire);
+        let mut frame = raw_frame(OpCode::Data(Data::Text), true, &wire);
+        frame[0] |= 0x40;
+        s.write_all(&frame).unwrap();
+        let (b0, payload) = read_server_frame_raw(&mut s);
+        let mut out = Vec::new();
+        if b0 == 0xc1 {
+            inflater.inflate(&payload, true, &mut out, 1 << 20).unwrap();
+        } else {
+            assert_eq!(b0, 0x81);
+            assert!(msg.len() < 64, "only short messages go plain");
+            out = payload.clone();
+        }
+        assert!(out == msg.as_bytes(), "message {n}");
+    }
+    // The server's answers refer back into what it sent before: a message that does not
+    // compress on its own costs a few bytes the second time.
+    let mut x = 1u64;
+    let noise: String = (0..3_000)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for _ in 0..2 {
+        s.write_all(&raw_frame(OpCode::Data(Data::Text), true, noise.as_bytes()))
+            .unwrap();
+        let (b0, payload) = read_server_frame_raw(&mut s);
+        assert_eq!(b0, 0xc1);
+        let mut out = Vec::new();
+        inflater.inflate(&payload, true, &mut out, 1 << 20).unwrap();
+        assert!(out == noise.as_bytes());
+        sizes.push(payload.len());
+    }
+    assert!(sizes[1] * 20 < sizes[0], "{sizes:?}");
+}
+
+#[test]
+fn context_takeover_keeps_every_threads_messages_whole_and_in_order() {
+    // One netpoll client and server, both keeping context with a 12-bit window; 8 threads
+    // send on one connection at once (compression runs under the connection's lock, so the
+    // context follows the wire order); the server echoes each, compressing on top of its own.
+    let (server, addr, _conns) = takeover_server(12, 64 << 20);
+    let (tx, rx) = mpsc::channel();
+    let client = WsClient::builder()
+        .deflate(DeflateConfig::default().context_takeover(12))
+        .start(Engine::builder().pollers(1), |_| ClientSide(tx.clone()))
+        .unwrap();
+    let conn = client
+        .connect(&format!("ws://{addr}/echo"), Connect::new(()))
+        .unwrap();
+    assert!(matches!(rx.recv_timeout(WAIT).unwrap(), Ev::Open));
+    const THREADS: usize = 8;
+    const EACH: usize = 1_250;
+    let plain_bytes: usize = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let conn = conn.clone();
+                scope.spawn(move || {
+                    let mut bytes = 0;
+                    for i in 0..EACH {
+                        let body = json_like(60 + (i * 31 + t * 7) % 6_000);
+                        let msg = format!("{t} {i} {body}");
+                        bytes += msg.len();
+                        conn.send_text(&msg).unwrap();
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        senders.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let mut next = [0usize; THREADS];
+    for _ in 0..THREADS * EACH {
+        let Ev::Msg(m, true) = rx.recv_timeout(WAIT).unwrap() else {
+            panic!("not a text message")
+        };
+        let text = String::from_utf8(m).unwrap();
+        let mut parts = text.splitn(3, ' ');
+        let t: usize = parts.next().unwrap().parse().unwrap();
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(i, next[t], "thread {t}'s order");
+        let body = json_like(60 + (i * 31 + t * 7) % 6_000);
+        assert_eq!(parts.next().unwrap(), body, "thread {t} message {i} whole");
+        next[t] += 1;
+    }
+    let wire = server.stats().bytes_in as usize;
+    assert!(
+        wire * 5 < plain_bytes,
+        "{wire} bytes on the wire for {plain_bytes} of messages"
+    );
+}
+
+#[test]
+fn a_refused_send_leaves_the_context_intact() {
+    // A message refused for the outbound limit must not have been compressed: the peer would
+    // never see it, and every later message would refer to bytes it does not have.
+    let (_server, addr, conns) = takeover_server(15, 256 * 1024);
+    let (mut s, head) = raw_takeover_client(addr);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let conn = conns.recv_timeout(WAIT).unwrap();
+    // Hard to compress (varied digits), so the queue fills while the peer does not read.
+    let msg = |n: usize| -> String {
+        let mut x = (n as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect()
+    };
+    let mut sent = Vec::new();
+    let mut refused = 0;
+    for n in 0..400 {
+        match conn.send_text(&msg(n)) {
+            Ok(()) => sent.push(n),
+            Err(netpoll::WriteError::Overflow { .. }) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused > 0, "the limit was reached");
+    // Now the peer reads: every admitted message inflates, in order, on one stream.
+    let mut inflater = Inflater::new();
+    for &n in &sent {
+        let (b0, payload) = read_server_frame_raw(&mut s);
+        assert_eq!(b0, 0xc1);
+        let mut out = Vec::new();
+        inflater.inflate(&payload, true, &mut out, 1 << 20).unwrap();
+        assert!(out == msg(n).as_bytes(), "message {n}");
+    }
+    // And the context still agrees afterwards.
+    let again = msg(*sent.last().unwrap()); // still in the window
+    conn.send_text(&again).unwrap();
+    let (_, payload) = read_server_frame_raw(&mut s);
+    assert!(payload.len() < 1_000, "refers back: {}", payload.len());
+    let mut out = Vec::new();
+    inflater.inflate(&payload, true, &mut out, 1 << 20).unwrap();
+    assert!(out == again.as_bytes());
+}
+
+#[test]
+fn a_broadcast_goes_plain_to_members_that_keep_context() {
+    let group = netpoll::ws::Group::new(netpoll::ws::SlowPolicy::Drop);
+    let (tx, joined) = mpsc::channel();
+    let server = WsServer::builder()
+        .deflate(DeflateConfig::default().context_takeover(15))
+        .start(Engine::builder().pollers(1).listen("127.0.0.1:0"), |_| {
+            Joiner(group.clone(), tx.clone())
+        })
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    let (mut keeps, head) = raw_takeover_client(addr);
+    assert!(head.contains("permessage-deflate\r\n"), "{head}");
+    // This one asks the server not to keep context: it shares the compressed frame.
+    let mut resets = TcpStream::connect(addr).unwrap();
+    resets.set_read_timeout(Some(WAIT)).unwrap();
+    let req = ws_common::upgrade_request("/").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+    );
+    resets.write_all(req.as_bytes()).unwrap();
+    assert!(read_http_head(&mut resets).contains("server_no_context_takeover"));
+    for _ in 0..2 {
+        joined.recv_timeout(WAIT).unwrap();
+    }
+    let news = json_like(5_000);
+    group.broadcast(Message::Text(&news));
+    assert_eq!(
+        read_server_frame_raw(&mut keeps),
+        (0x81, news.as_bytes().to_vec()),
+        "plain: a shared compressed frame is not in this member's context"
+    );
+    let (b0, payload) = read_server_frame_raw(&mut resets);
+    assert_eq!(b0, 0xc1);
+    let mut out = Vec::new();
+    Inflater::new()
+        .inflate(&payload, true, &mut out, 1 << 20)
+        .unwrap();
+    assert_eq!(out, news.as_bytes());
+}

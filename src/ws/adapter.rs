@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::client::{ClientHello, ConnectError, Pending};
-use super::conn::{HANDSHAKING, Message, WsConn};
+use super::conn::{HANDSHAKING, Message, WsAttachment, WsConn};
+use super::deflate::{DeflateParams, History};
 use super::frame::CloseCode;
 use super::handshake::Request;
 use super::session::{App, Ended, Io, Session};
@@ -83,9 +84,38 @@ impl Io for ConnIo<'_> {
         });
     }
 
-    fn deflate_agreed(&mut self, send_window: Option<u8>) {
-        self.ws.conn().with_layer(|bits, _, _| {
-            *bits |= super::conn::deflate_bits(send_window);
+    fn deflate_agreed(&mut self, params: &DeflateParams, server: bool) {
+        self.ws.conn().with_layer(|bits, attachment, _| {
+            let send = params.send_window(server);
+            let send_takeover = send.is_some_and(|(_, reset)| !reset);
+            *bits |= super::conn::deflate_bits(send.map(|(w, _)| w), send_takeover);
+            if send_takeover || !params.receive_resets(server) {
+                let ws = attachment.get_or_insert_with(WsAttachment::default);
+                if let Some((window, false)) = send {
+                    ws.sent = Some(History::new(window));
+                }
+                if !params.receive_resets(server) {
+                    ws.received = Some(History::new(params.receive_window(server)));
+                }
+            }
+        });
+    }
+
+    fn take_received_history(&mut self) -> Option<History> {
+        self.ws.conn().with_layer(|_, attachment, _| {
+            attachment
+                .get_mut::<WsAttachment>()
+                .and_then(|ws| ws.received.take())
+        })
+    }
+
+    fn put_received_history(&mut self, history: History) {
+        self.ws.conn().with_layer(|_, attachment, open| {
+            if open {
+                attachment
+                    .get_or_insert_with(WsAttachment::default)
+                    .received = Some(history);
+            }
         });
     }
 

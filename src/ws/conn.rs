@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::deflate::{self, DeflateConfig};
+use super::deflate::{self, DeflateConfig, History};
 use super::frame::{
     CloseCode, Control, Data, MAX_CONTROL_PAYLOAD, MAX_HEADER, OpCode, apply_mask,
     encode_close_payload, encode_header,
@@ -25,25 +25,47 @@ pub(crate) const HANDSHAKING: u8 = 2;
 /// (9..=15) are kept as 0..=6 in the three bits above it.
 const DEFLATE_SEND: u8 = 4;
 const WINDOW_SHIFT: u8 = 3;
+/// Layer bit: this side compresses with context takeover (each message on top of the
+/// connection's [`History`] of what it sent).
+const TAKEOVER_SEND: u8 = 64;
 
 /// The layer bits that say this side may send compressed messages with a window of
-/// `send_window` bits (none for `None`: an 8-bit window, which zlib cannot make).
-pub(crate) fn deflate_bits(send_window: Option<u8>) -> u8 {
+/// `send_window` bits (none for `None`: an 8-bit window, which zlib cannot make), keeping
+/// context between messages if `takeover`.
+pub(crate) fn deflate_bits(send_window: Option<u8>, takeover: bool) -> u8 {
     match send_window {
-        Some(bits @ 9..=15) => DEFLATE_SEND | ((bits - 9) << WINDOW_SHIFT),
+        Some(bits @ 9..=15) => {
+            let takeover = if takeover { TAKEOVER_SEND } else { 0 };
+            DEFLATE_SEND | ((bits - 9) << WINDOW_SHIFT) | takeover
+        }
         _ => 0,
     }
 }
 
-/// True if this connection's bits allow compressing with the full 15-bit window (a
-/// broadcast's shared compressed frame is made with it).
-pub(crate) fn compresses_with_full_window(bits: u8) -> bool {
-    send_window(bits) == Some(15)
+/// True if a broadcast's shared compressed frame (made alone, with the full 15-bit window)
+/// may go to this connection: it compresses with that window and keeps no context (a member
+/// that keeps context would have to add the message to its history; it gets the plain frame).
+pub(crate) fn shares_compressed_frames(bits: u8) -> bool {
+    bits & TAKEOVER_SEND == 0 && send_window(bits) == Some(15)
 }
 
 /// The window to compress with, if this connection's bits allow compressing.
 fn send_window(bits: u8) -> Option<u8> {
     (bits & DEFLATE_SEND != 0).then(|| 9 + ((bits >> WINDOW_SHIFT) & 7))
+}
+
+/// What a WebSocket connection keeps under its lock besides its bits, in the core's
+/// attachment (made when first needed): the groups it joined and, with permessage-deflate's
+/// context takeover, the context of each direction.
+#[derive(Debug, Default)]
+pub(crate) struct WsAttachment {
+    /// The groups it is a member of, so that its close removes it from each.
+    pub(crate) groups: Vec<std::sync::Weak<super::group::GroupInner>>,
+    /// What this side compressed so far (context takeover outbound).
+    pub(crate) sent: Option<History>,
+    /// What the peer's compressed messages inflated to so far (context takeover inbound):
+    /// taken out by the poller while it inflates.
+    pub(crate) received: Option<History>,
 }
 
 const NOT_OPEN: &str = "the WebSocket handshake is not complete";
@@ -438,14 +460,65 @@ impl WsConn {
         if let (OpCode::Data(_), Some(config)) =
             (opcode, self.conn.layer_settings::<DeflateConfig>())
             && payload.as_slice().len() >= config.min_size()
-            && let Some(window) = self.conn.with_layer(|bits, _, _| send_window(*bits))
+            && let Some((window, takeover)) = self.conn.with_layer(|bits, _, _| {
+                send_window(*bits).map(|w| (w, *bits & TAKEOVER_SEND != 0))
+            })
         {
             let level = config.compression_level();
+            if takeover {
+                return self.frame_in_context(opcode, payload.as_slice(), window, level, gate);
+            }
             return deflate::deflate_message(payload.as_slice(), window, level, |compressed| {
                 self.frame_with(opcode, true, Payload::Slice(compressed), gate)
             });
         }
         self.frame_with(opcode, false, payload, gate)
+    }
+
+    /// Sends one compressed message with context takeover. The compression runs under the
+    /// connection's lock, after the gate admitted the message and before it is queued: the
+    /// context must advance exactly with what the peer receives, in the order it receives it,
+    /// whichever threads send. A message is admitted against the outbound limit by the most
+    /// it can compress to, so that a message compressed is never refused.
+    fn frame_in_context(
+        &self,
+        opcode: OpCode,
+        data: &[u8],
+        window: u8,
+        level: u32,
+        gate: Gate,
+    ) -> Result<(), WriteError> {
+        let client = self.client;
+        deflate::with_deflater(window, level, |deflater, out| {
+            self.conn.write_gated_with(
+                &[],
+                move |_, attachment, room| {
+                    let most = MAX_HEADER + deflate::bound(data.len());
+                    if most > room {
+                        return Err(most);
+                    }
+                    let ws = attachment.get_or_insert_with(WsAttachment::default);
+                    let history = ws.sent.get_or_insert_with(|| History::new(window));
+                    // The frame is built in one buffer: room for the longest header, then
+                    // the compressed payload; the header is written right before it.
+                    out.resize(MAX_HEADER, 0);
+                    deflater.compress_after(history, data, out);
+                    let len = out.len() - MAX_HEADER;
+                    let mut head = [0u8; MAX_HEADER];
+                    let mask = client.then(rand::random::<[u8; 4]>);
+                    let n = encode_header(&mut head, opcode, true, len, mask);
+                    head[0] |= 0x40; // RSV1: compressed
+                    if let Some(mask) = mask {
+                        apply_mask(&mut out[MAX_HEADER..], mask, 0);
+                    }
+                    out[MAX_HEADER - n..MAX_HEADER].copy_from_slice(&head[..n]);
+                    let out: &Vec<u8> = out;
+                    Ok(Payload::Slice(&out[MAX_HEADER - n..]))
+                },
+                gate,
+                None,
+            )
+        })
     }
 
     /// Sends one frame; `compressed` sets RSV1 (permessage-deflate).

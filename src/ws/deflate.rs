@@ -73,15 +73,24 @@ impl Default for DeflateConfig {
 
 impl DeflateConfig {
     /// Keep the compression context between messages in both directions, with a window of
-    /// `window_bits` (9..=15; 2^bits bytes) for what this side sends. Better ratios on streams
-    /// of similar messages, at the cost of a compressor and a decompressor per connection for
-    /// its whole life (the window, plus zlib's tables).
+    /// `window_bits` (9..=15; 2^bits bytes). Better ratios on streams of similar messages
+    /// (each may refer back into the ones before), at a cost per connection: the last window
+    /// of bytes sent and, where the peer keeps its context too, of bytes received (a
+    /// [`History`] each; the peer is asked to use the same window where its offer lets the
+    /// server ask, else its window is up to 32 KiB). No zlib stream is kept per connection:
+    /// pooled ones are primed with the history for each message, which costs CPU that grows
+    /// with the window (a compressor hashes it again for every message).
+    ///
+    /// ```
+    /// use netpoll::ws::deflate::DeflateConfig;
+    /// // At most 4 KiB of context per direction and connection.
+    /// let config = DeflateConfig::default().context_takeover(12);
+    /// assert!(config.takes_over_context());
+    /// ```
     ///
     /// # Panics
     /// If `window_bits` is not in 9..=15.
-    // Not public yet: the WebSocket layer keeps no per-connection context so far (issue 16).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn context_takeover(mut self, window_bits: u8) -> Self {
+    pub fn context_takeover(mut self, window_bits: u8) -> Self {
         assert!(
             (9..=15).contains(&window_bits),
             "window_bits {window_bits} not in 9..=15"
@@ -152,6 +161,16 @@ impl DeflateParams {
             self.client_no_context_takeover
         } else {
             self.server_no_context_takeover
+        }
+    }
+
+    /// The largest window the peer's compressor may use: how much of what was received a
+    /// decompressor must remember when the peer takes over context.
+    pub fn receive_window(&self, server: bool) -> u8 {
+        if server {
+            self.client_max_window_bits
+        } else {
+            self.server_max_window_bits
         }
     }
 }
@@ -279,14 +298,20 @@ pub fn server_accept<'a>(
                 None if no_takeover => 15,
                 None => config.window_bits,
             };
+            // With context takeover the client's window is what we must remember of what it
+            // sent: ask for ours where its offer lets us (the parameter present).
+            let client_bits = match offer.client_max_window_bits {
+                Some(Some(b)) if no_takeover => b,
+                Some(Some(b)) => b.min(config.window_bits),
+                Some(None) if no_takeover => 15,
+                Some(None) => config.window_bits,
+                None => 15,
+            };
             let params = DeflateParams {
                 server_no_context_takeover: no_takeover || offer.server_no_context_takeover,
                 client_no_context_takeover: no_takeover || offer.client_no_context_takeover,
                 server_max_window_bits: server_bits,
-                client_max_window_bits: match offer.client_max_window_bits {
-                    Some(Some(b)) => b,
-                    _ => 15,
-                },
+                client_max_window_bits: client_bits,
             };
             let mut response = String::from(EXTENSION);
             if params.server_no_context_takeover {
@@ -298,8 +323,14 @@ pub fn server_accept<'a>(
             if server_bits < 15 {
                 response.push_str(&format!("; server_max_window_bits={server_bits}"));
             }
-            if let Some(Some(b)) = offer.client_max_window_bits {
-                response.push_str(&format!("; client_max_window_bits={b}"));
+            match offer.client_max_window_bits {
+                Some(Some(_)) => {
+                    response.push_str(&format!("; client_max_window_bits={client_bits}"));
+                }
+                Some(None) if client_bits < 15 => {
+                    response.push_str(&format!("; client_max_window_bits={client_bits}"));
+                }
+                _ => {}
             }
             return Some((params, response));
         }
@@ -310,8 +341,16 @@ pub fn server_accept<'a>(
 /// Client side: the `Sec-WebSocket-Extensions` value that offers permessage-deflate with
 /// `config`.
 pub fn client_offer(config: &DeflateConfig) -> String {
-    if config.context_takeover {
-        format!("{EXTENSION}; client_max_window_bits={}", config.window_bits)
+    if config.context_takeover && config.window_bits < 15 {
+        // Ask the server for the same window (what we must remember of what it sends), with
+        // a fallback for a server that cannot make a smaller one.
+        let bits = config.window_bits;
+        format!(
+            "{EXTENSION}; server_max_window_bits={bits}; client_max_window_bits={bits}, \
+             {EXTENSION}; client_max_window_bits={bits}"
+        )
+    } else if config.context_takeover {
+        format!("{EXTENSION}; client_max_window_bits")
     } else {
         format!(
             "{EXTENSION}; server_no_context_takeover; client_no_context_takeover; client_max_window_bits"
@@ -378,6 +417,87 @@ impl fmt::Display for InflateError {
 
 impl std::error::Error for InflateError {}
 
+/// One direction's context under context takeover: the last `2^window_bits` bytes of the
+/// plaintext of compressed messages, which is all the LZ77 window of the other side's
+/// compressor or decompressor can refer to. Instead of a zlib stream kept per connection
+/// (over 130 KB with zlib-rs, whose hash table alone is 128 KB), a connection keeps only
+/// this, and a pooled compressor or decompressor is primed with it for each message (a preset
+/// dictionary): memory per connection is the window, paid for CPU (a compressor hashes the
+/// window again for every message; a decompressor only copies it).
+///
+/// ```
+/// use netpoll::ws::deflate::{Deflater, History, Inflater};
+///
+/// // One side compresses each message on top of what it sent before; the other inflates it on
+/// // top of what it received.
+/// let (mut sent, mut received) = (History::new(12), History::new(12));
+/// let (mut deflater, mut inflater) = (Deflater::new(12), Inflater::new());
+/// let mut sizes = Vec::new();
+/// for _ in 0..2 {
+///     let msg = br#"{"sym":"ABC","bid":101.25,"ask":101.5,"volume":1200}"#;
+///     let mut wire = Vec::new();
+///     deflater.compress_after(&mut sent, msg, &mut wire);
+///     let mut out = Vec::new();
+///     inflater.inflate_after(&mut received, &wire, &mut out, 1 << 20)?;
+///     assert_eq!(&out[..], &msg[..]);
+///     sizes.push(wire.len());
+/// }
+/// assert!(sizes[1] < sizes[0] / 2, "the second refers to the first: {sizes:?}");
+/// # Ok::<(), netpoll::ws::deflate::InflateError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct History {
+    bytes: Vec<u8>,
+    window_bits: u8,
+}
+
+impl History {
+    /// An empty history for a window of `window_bits` (9..=15, clamped): it never holds more
+    /// than `2^window_bits` bytes.
+    pub fn new(window_bits: u8) -> Self {
+        History {
+            bytes: Vec::new(),
+            window_bits: window_bits.clamp(9, 15),
+        }
+    }
+
+    /// The bytes it holds (at most the window).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// True before the first message.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The window: the most this history holds.
+    pub fn window(&self) -> usize {
+        1 << self.window_bits
+    }
+
+    /// Heap bytes held (what it costs its connection).
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Appends a message's plaintext, keeping only the last window of bytes.
+    fn record(&mut self, data: &[u8]) {
+        let window = self.window();
+        if data.len() >= window {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&data[data.len() - window..]);
+        } else {
+            let over = (self.bytes.len() + data.len()).saturating_sub(window);
+            self.bytes.drain(..over);
+            self.bytes.extend_from_slice(data);
+        }
+        if self.bytes.capacity() > window {
+            self.bytes.shrink_to(window);
+        }
+    }
+}
+
 /// A raw-deflate decompressor for messages (window 15, which inflates any smaller window).
 pub struct Inflater {
     z: Decompress,
@@ -439,6 +559,34 @@ impl Inflater {
         if last {
             self.feed(&TAIL, out, limit)?;
         }
+        Ok(())
+    }
+
+    /// Inflates one whole message sent with context takeover: the decompressor starts from
+    /// `history` (what earlier messages inflated to), and the result is added to it. Limits and
+    /// errors as for [`inflate`](Self::inflate); after an error the history is left as it was
+    /// (the connection is failed anyway).
+    ///
+    /// # Errors
+    /// As for [`inflate`](Self::inflate).
+    pub fn inflate_after(
+        &mut self,
+        history: &mut History,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), InflateError> {
+        let start = out.len();
+        self.z.reset(false);
+        if !history.is_empty() {
+            self.z
+                .set_dictionary(&history.bytes)
+                .map_err(|_| InflateError::Corrupt)?;
+        }
+        let result = self.inflate(input, true, out, limit);
+        self.z.reset(false);
+        result?;
+        history.record(&out[start..]);
         Ok(())
     }
 
@@ -530,6 +678,21 @@ impl Deflater {
         self.z.reset();
     }
 
+    /// Appends `input` compressed as one message with context takeover to `out`: the
+    /// compressor is reset and primed with `history` (what earlier messages were), so it may
+    /// refer back into them, and `input` is added to the history.
+    pub fn compress_after(&mut self, history: &mut History, input: &[u8], out: &mut Vec<u8>) {
+        self.z.reset();
+        if !history.is_empty() {
+            self.z
+                .set_dictionary(&history.bytes)
+                .expect("a dictionary right after a reset is accepted");
+        }
+        self.compress(input, out);
+        self.z.reset();
+        history.record(input);
+    }
+
     /// Appends `input` compressed as one message to `out`: a sync flush, its tail removed.
     pub fn compress(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
@@ -580,6 +743,7 @@ const KEEP: usize = 256 * 1024;
 pub(crate) fn inflate_message<R>(
     data: &[u8],
     limit: usize,
+    history: Option<&mut History>,
     f: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, InflateError> {
     let (mut inflater, mut out) = POOL.with(|p| {
@@ -590,7 +754,10 @@ pub(crate) fn inflate_message<R>(
         )
     });
     out.clear();
-    let result = inflater.inflate(data, true, &mut out, limit);
+    let result = match history {
+        Some(history) => inflater.inflate_after(history, data, &mut out, limit),
+        None => inflater.inflate(data, true, &mut out, limit),
+    };
     inflater.reset();
     let r = result.map(|()| f(&out));
     if out.capacity() > KEEP {
@@ -612,6 +779,20 @@ pub(crate) fn deflate_message<R>(
     level: u32,
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
+    with_deflater(window_bits, level, |deflater, out| {
+        deflater.compress(data, out);
+        deflater.reset();
+        f(out)
+    })
+}
+
+/// Runs `f` with this thread's compressor for `window_bits` (9..=15) at `level` and an empty
+/// output buffer (both taken out of the pool meanwhile, so `f` may compress again inside).
+pub(crate) fn with_deflater<R>(
+    window_bits: u8,
+    level: u32,
+    f: impl FnOnce(&mut Deflater, &mut Vec<u8>) -> R,
+) -> R {
     let slot = usize::from(window_bits.clamp(9, 15) - 9);
     let (made, mut out) = POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -622,9 +803,7 @@ pub(crate) fn deflate_message<R>(
         _ => Deflater::with_level(window_bits.clamp(9, 15), level),
     };
     out.clear();
-    deflater.compress(data, &mut out);
-    deflater.reset();
-    let r = f(&out);
+    let r = f(&mut deflater, &mut out);
     if out.capacity() > KEEP {
         out = Vec::new();
     }
@@ -634,6 +813,12 @@ pub(crate) fn deflate_message<R>(
         p.deflated = out;
     });
     r
+}
+
+/// The most `len` bytes can compress to (a stored block's overhead for data that does not
+/// compress, and the flush), for admitting a message before it is compressed.
+pub(crate) fn bound(len: usize) -> usize {
+    len + (len >> 10) + 64
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 
 use bytes::Bytes;
 
-use super::conn::{FRAME, Message, WsConn, compresses_with_full_window};
+use super::conn::{FRAME, Message, WsAttachment, WsConn, shares_compressed_frames};
 use super::deflate::{self, DeflateConfig};
 use super::frame::{CloseCode, MAX_HEADER, encode_header};
 use crate::core::config::OverflowPolicy;
@@ -197,11 +197,6 @@ pub(crate) struct GroupInner {
     slow_closes: AtomicU64,
 }
 
-/// The groups a connection is a member of, kept in its attachment so that its close removes it
-/// from each of them.
-#[derive(Default)]
-struct Memberships(Vec<Weak<GroupInner>>);
-
 impl GroupInner {
     fn slot(&self, poller: usize) -> Option<Arc<Slot>> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
@@ -364,9 +359,11 @@ impl GroupInner {
             }
             let result = m.conn.conn().write_gated_with(
                 &[],
-                |bits| match compressed {
-                    Some(c) if compresses_with_full_window(bits) => Payload::Fanout(c.clone()),
-                    _ => Payload::Fanout(item.frame.clone()),
+                |bits, _, _| {
+                    Ok(match compressed {
+                        Some(c) if shares_compressed_frames(bits) => Payload::Fanout(c.clone()),
+                        _ => Payload::Fanout(item.frame.clone()),
+                    })
                 },
                 FRAME,
                 Some(OverflowPolicy::Error),
@@ -477,7 +474,7 @@ impl Group {
             if !open {
                 return false;
             }
-            let groups = &mut attachment.get_or_insert_with(Memberships::default).0;
+            let groups = &mut attachment.get_or_insert_with(WsAttachment::default).groups;
             if groups
                 .iter()
                 .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)))
@@ -505,8 +502,9 @@ impl Group {
     /// Removes `conn`; false if it was not a member.
     pub fn leave(&self, conn: &WsConn) -> bool {
         conn.conn().with_layer(|_, attachment, _| {
-            if let Some(m) = attachment.get_mut::<Memberships>() {
-                m.0.retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)));
+            if let Some(m) = attachment.get_mut::<WsAttachment>() {
+                m.groups
+                    .retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(&self.inner)));
             }
         });
         self.inner.remove(conn)
@@ -686,8 +684,8 @@ fn deflate_frame(frame: &Bytes, config: &DeflateConfig) -> Option<Bytes> {
 pub(crate) fn leave_all(conn: &WsConn) {
     let groups = conn
         .conn()
-        .with_layer(|_, attachment, _| attachment.take::<Memberships>());
-    let Some(Memberships(groups)) = groups else {
+        .with_layer(|_, attachment, _| attachment.take::<WsAttachment>());
+    let Some(WsAttachment { groups, .. }) = groups else {
         return;
     };
     for g in groups {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 
 use super::client::{self, ClientHello, ConnectError};
 use super::conn::Message;
-use super::deflate::{self, InflateError};
+use super::deflate::{self, DeflateParams, History, InflateError};
 use super::frame::{CloseCode, Decoder, Event, Flow, ProtocolError, Role};
 use super::handshake::{self, HttpResponse, Parsed, Request};
 use super::{Fragment, Upgrade, WsClose, WsConfig};
@@ -51,9 +51,15 @@ pub(crate) trait Io {
     fn with_hello<R>(&mut self, f: impl FnOnce(&ClientHello) -> R) -> Option<R>;
     /// The client's upgrade completed: frames may be sent from now on.
     fn upgraded(&mut self);
-    /// permessage-deflate was agreed: this side may send compressed messages with a window
-    /// of `send_window` bits (`None`: it may not compress, an 8-bit window).
-    fn deflate_agreed(&mut self, send_window: Option<u8>);
+    /// permessage-deflate was agreed with `params` (`server`: on our side as the server):
+    /// this side may send compressed messages, with or without context takeover; where a
+    /// direction keeps context, its history starts empty.
+    fn deflate_agreed(&mut self, params: &DeflateParams, server: bool);
+    /// With context takeover inbound: the history of what the peer's compressed messages
+    /// inflated to, taken out while the session inflates (`None` if there is none).
+    fn take_received_history(&mut self) -> Option<History>;
+    /// Gives the history back after inflating.
+    fn put_received_history(&mut self, history: History);
     /// True if any of our bytes reached the socket since the last call (which clears it).
     fn take_write_progress(&mut self) -> bool;
     /// Restarts the connection's idle (read) deadline at now + `timeout`; `None` removes it.
@@ -99,6 +105,9 @@ const CLIENT: u8 = 0b100;
 const PING_OUT: u8 = 0b1000;
 /// permessage-deflate was agreed: data messages may arrive compressed (RSV1).
 const DEFLATE: u8 = 0b1_0000;
+/// The peer compresses with context takeover: each compressed message inflates on top of the
+/// connection's history of what the ones before inflated to.
+const INFLATE_CONTEXT: u8 = 0b10_0000;
 
 /// How a session ended, for the application.
 #[derive(Debug)]
@@ -270,8 +279,7 @@ impl<S> Session<S> {
                 };
                 io.send_http(101, resp.as_bytes(), &Bytes::new());
                 if let Some((params, _)) = agreed {
-                    self.set_flag(DEFLATE, true);
-                    io.deflate_agreed(params.send_window(true).map(|(bits, _)| bits));
+                    self.deflate_agreed(&params, io);
                 }
                 self.app = Some(accept.state);
                 self.open(now, config, io, app);
@@ -319,8 +327,7 @@ impl<S> Session<S> {
             Ok(client::Response::Upgraded { len, deflate, .. }) => {
                 io.upgraded();
                 if let Some(params) = deflate {
-                    self.set_flag(DEFLATE, true);
-                    io.deflate_agreed(params.send_window(false).map(|(bits, _)| bits));
+                    self.deflate_agreed(&params, io);
                 }
                 self.open(now, config, io, app);
                 return Some(len);
@@ -333,6 +340,14 @@ impl<S> Session<S> {
         }
         io.abort();
         Some(data.len())
+    }
+
+    /// permessage-deflate was agreed with `params`.
+    fn deflate_agreed(&mut self, params: &DeflateParams, io: &mut impl Io) {
+        let server = !self.is_client();
+        self.set_flag(DEFLATE, true);
+        self.set_flag(INFLATE_CONTEXT, !params.receive_resets(server));
+        io.deflate_agreed(params, server);
     }
 
     /// The handshake is done (either side): frames flow, the idle deadline becomes the
@@ -357,6 +372,11 @@ impl<S> Session<S> {
     ) -> usize {
         let role = self.role();
         let deflate = self.bits & DEFLATE != 0;
+        // The peer's context: taken out of the connection for this read's messages.
+        let mut history = (self.bits & INFLATE_CONTEXT != 0).then(|| {
+            io.take_received_history()
+                .unwrap_or_else(|| History::new(15))
+        });
         let Session {
             decoder,
             app: state,
@@ -372,7 +392,8 @@ impl<S> Session<S> {
         let on_event = |ev: Event<'_>| {
             match ev {
                 Event::Compressed { text, data } => {
-                    let delivered = deflate::inflate_message(data, limits.max_message_size, |m| {
+                    let limit = limits.max_message_size;
+                    let delivered = deflate::inflate_message(data, limit, history.as_mut(), |m| {
                         let msg = if text {
                             match std::str::from_utf8(m) {
                                 Ok(t) => Message::Text(t),
@@ -437,6 +458,9 @@ impl<S> Session<S> {
         } else {
             decoder.decode(data, role, limits, on_event)
         };
+        if let Some(history) = history {
+            io.put_received_history(history);
+        }
         let result = match (result, inflate_error) {
             (Ok(_), Some(e)) => Err(e),
             (r, _) => r,

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{CloseReason, Conn, ConnIo, Gate, Phase};
+use super::{Attachment, CloseReason, Conn, ConnIo, Gate, Phase};
 use crate::core::config::OverflowPolicy;
 use crate::core::error::WriteError;
 use crate::core::outbound::CHUNK_CHARGE;
@@ -65,17 +65,20 @@ impl Conn {
         gate: Gate,
         policy: Option<OverflowPolicy>,
     ) -> Result<(), WriteError> {
-        self.write_gated_with(head, |_| body, gate, policy)
+        self.write_gated_with(head, |_, _, _| Ok(body), gate, policy)
     }
 
-    /// [`write_gated`](Self::write_gated) with the body chosen under the connection's lock
-    /// from the protocol layer's bits (a broadcast's compressed frame for members that agreed
-    /// to compression, the plain one for the others).
+    /// [`write_gated`](Self::write_gated) with the body made under the connection's lock, once
+    /// the gate admitted it, from the protocol layer's bits and attachment (a broadcast's
+    /// compressed frame for members that agreed to compression, the plain one for the others;
+    /// a message compressed on top of the connection's context). `body` is told the room left
+    /// under `max_outbound_bytes` (besides `head`); it may refuse with the length it would
+    /// need, which is then refused as an overflow.
     #[inline(always)]
     pub(crate) fn write_gated_with<'p>(
         &self,
         head: &[u8],
-        body: impl FnOnce(u8) -> Payload<'p>,
+        body: impl FnOnce(u8, &mut Attachment<'_>, usize) -> Result<Payload<'p>, usize>,
         gate: Gate,
         policy: Option<OverflowPolicy>,
     ) -> Result<(), WriteError> {
@@ -89,33 +92,47 @@ impl Conn {
         if io.layer_bits & gate.invalid_if != 0 {
             return Err(WriteError::Invalid(gate.why));
         }
-        let body = body(io.layer_bits);
-        let len = head.len() + body.len();
-        io.layer_bits |= gate.sets;
-        if len == 0 {
-            return Ok(());
-        }
         let coded = io.coded;
         let pending = io.transport.charge(coded);
         let limit = poller.config().max_outbound_bytes;
         // Reserve what the message may cost besides its bytes (one queued chunk).
-        if pending + len + CHUNK_CHARGE > limit && !gate.past_limit {
-            count(&poller.stats.overflows, 1);
-            let err = WriteError::Overflow {
-                pending,
-                len,
-                limit,
-            };
-            let policy = policy
-                .or(io.overflow_policy)
-                .unwrap_or(poller.config().overflow_policy);
-            if policy == OverflowPolicy::Close {
-                io.phase = Phase::Closed;
-                drop(io);
-                self.request_close(CloseReason::Overflow, false);
+        let room = if gate.past_limit {
+            usize::MAX
+        } else {
+            limit.saturating_sub(pending + CHUNK_CHARGE + head.len())
+        };
+        let made = body(io.layer_bits, &mut io.transport.attachment(), room);
+        let (body, len) = match made {
+            Ok(body) => {
+                let len = head.len() + body.len();
+                (Some(body), len)
             }
-            return Err(err);
+            Err(needs) => (None, head.len() + needs),
+        };
+        io.layer_bits |= gate.sets;
+        if len == 0 {
+            return Ok(());
         }
+        let body = match body {
+            Some(body) if pending + len + CHUNK_CHARGE <= limit || gate.past_limit => body,
+            _ => {
+                count(&poller.stats.overflows, 1);
+                let err = WriteError::Overflow {
+                    pending,
+                    len,
+                    limit,
+                };
+                let policy = policy
+                    .or(io.overflow_policy)
+                    .unwrap_or(poller.config().overflow_policy);
+                if policy == OverflowPolicy::Close {
+                    io.phase = Phase::Closed;
+                    drop(io);
+                    self.request_close(CloseReason::Overflow, false);
+                }
+                return Err(err);
+            }
+        };
         // Queue behind what is already waiting (someone is due to flush it: the poller at the
         // end of this loop iteration if corked, the writable edge otherwise), while connecting,
         // or when corking on the owning poller. Corking batches small writes; a large one with

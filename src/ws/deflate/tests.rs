@@ -208,3 +208,99 @@ fn corrupt_data_is_an_error() {
         Err(InflateError::Corrupt)
     );
 }
+
+#[test]
+fn history_priming_interoperates_with_a_stream_kept_whole_both_ways() {
+    // A peer keeps one zlib stream for the connection's life (as browsers and most stacks
+    // do); netpoll keeps the window's bytes and primes pooled streams with them. Both must
+    // read each other, for every window and across messages larger than the window.
+    for bits in 9..=15u8 {
+        let (mut peer_deflater, mut peer_inflater) = (Deflater::new(bits), Inflater::new());
+        let (mut ours_deflater, mut ours_inflater) = (Deflater::new(bits), Inflater::new());
+        let (mut sent, mut received) = (History::new(bits), History::new(bits));
+        let (mut wire_total, mut plain_total) = (0, 0);
+        let count = if bits == 15 { 10_000 } else { 1_500 };
+        for n in 0..count {
+            let len = match n % 50 {
+                0 => 0,
+                1 => 3 << bits, // past the window
+                k => (k as usize * 97) % 3000,
+            };
+            let msg = text(len, n);
+            // Peer -> netpoll.
+            let mut wire = Vec::new();
+            peer_deflater.compress(&msg, &mut wire);
+            let mut out = Vec::new();
+            ours_inflater
+                .inflate_after(&mut received, &wire, &mut out, 1 << 20)
+                .unwrap_or_else(|e| panic!("bits {bits}, message {n}: {e}"));
+            assert!(out == msg, "bits {bits}, message {n} inbound");
+            assert!(received.len() <= received.window());
+            // netpoll -> peer.
+            let mut wire = Vec::new();
+            ours_deflater.compress_after(&mut sent, &msg, &mut wire);
+            let mut out = Vec::new();
+            peer_inflater
+                .inflate(&wire, true, &mut out, 1 << 20)
+                .unwrap_or_else(|e| panic!("bits {bits}, message {n}: {e}"));
+            assert!(out == msg, "bits {bits}, message {n} outbound");
+            assert!(sent.heap_bytes() <= sent.window(), "{}", sent.heap_bytes());
+            wire_total += wire.len();
+            plain_total += msg.len();
+        }
+        assert!(
+            wire_total * 3 < plain_total,
+            "bits {bits}: {wire_total} of {plain_total}"
+        );
+    }
+}
+
+#[test]
+fn a_history_makes_repeated_messages_small() {
+    let msg = text(2000, 7);
+    let mut sent = History::new(15);
+    let mut d = Deflater::new(15);
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    d.compress_after(&mut sent, &msg, &mut first);
+    d.compress_after(&mut sent, &msg, &mut second);
+    assert!(
+        second.len() * 4 < first.len(),
+        "{} then {}",
+        first.len(),
+        second.len()
+    );
+    let mut received = History::new(15);
+    let mut i = Inflater::new();
+    for wire in [&first, &second] {
+        let mut out = Vec::new();
+        i.inflate_after(&mut received, wire, &mut out, 1 << 20)
+            .unwrap();
+        assert_eq!(out, msg);
+    }
+    // Without the history the second message means nothing (or something else).
+    let mut out = Vec::new();
+    let fresh = Inflater::new().inflate(&second, true, &mut out, 1 << 20);
+    assert!(fresh.is_err() || out != msg);
+}
+
+#[test]
+fn a_bomb_against_a_history_stops_at_the_limit_and_leaves_it_unchanged() {
+    let mut bomb = Vec::new();
+    Deflater::with_level(15, 9).compress(&vec![0u8; 8 << 20], &mut bomb);
+    let mut received = History::new(10);
+    let mut i = Inflater::new();
+    let mut wire = Vec::new();
+    Deflater::new(10).compress(b"some context first", &mut wire);
+    let mut out = Vec::new();
+    i.inflate_after(&mut received, &wire, &mut out, 1 << 20)
+        .unwrap();
+    assert_eq!(received.len(), 18);
+    let before = received.clone();
+    let mut out = Vec::new();
+    assert_eq!(
+        i.inflate_after(&mut received, &bomb, &mut out, 1 << 20),
+        Err(InflateError::TooBig)
+    );
+    assert_eq!(received, before);
+    assert!(out.capacity() <= (1 << 20) + OUT_STEP);
+}

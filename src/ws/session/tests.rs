@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::ws::deflate::{DeflateParams, History};
 use crate::ws::frame::{Control, Data, OpCode, encode_frame};
 use crate::ws::{Accept, WsBuilder};
 
@@ -40,6 +41,10 @@ struct Wire {
     upgraded: bool,
     /// permessage-deflate was agreed, with the window this side may send with.
     deflate: Option<Option<u8>>,
+    /// The inbound history, kept "on the connection" (`None` while the session holds it).
+    received: Option<History>,
+    /// How often the session took the history out.
+    history_takes: usize,
     idle: Vec<Option<Duration>>,
     /// Our bytes reached the socket since the session last asked.
     progress: bool,
@@ -85,8 +90,19 @@ impl Io for Wire {
         self.upgraded = true;
         self.hello = None;
     }
-    fn deflate_agreed(&mut self, send_window: Option<u8>) {
-        self.deflate = Some(send_window);
+    fn deflate_agreed(&mut self, params: &DeflateParams, server: bool) {
+        self.deflate = Some(params.send_window(server).map(|(bits, _)| bits));
+        if !params.receive_resets(server) {
+            self.received = Some(History::new(params.receive_window(server)));
+        }
+    }
+    fn take_received_history(&mut self) -> Option<History> {
+        self.history_takes += 1;
+        self.received.take()
+    }
+    fn put_received_history(&mut self, history: History) {
+        assert!(self.received.is_none(), "given back twice");
+        self.received = Some(history);
     }
     fn take_write_progress(&mut self) -> bool {
         std::mem::take(&mut self.progress)
@@ -635,4 +651,70 @@ fn a_fragmented_compressed_message_is_assembled_then_inflated() {
         h.app.events.last().unwrap(),
         &format!("message alice {long}")
     );
+}
+
+#[test]
+fn with_context_takeover_messages_inflate_on_top_of_the_ones_before() {
+    let mut h = Harness::server();
+    h.config = WsBuilder::default()
+        .deflate(crate::ws::deflate::DeflateConfig::default().context_takeover(10))
+        .build()
+        .unwrap();
+    let upgrade = UPGRADE.replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    h.input(0, upgrade.as_bytes());
+    assert!(
+        h.wire.http[0].contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10; \
+             client_max_window_bits=10\r\n"
+        ),
+        "{}",
+        h.wire.http[0]
+    );
+    assert_eq!(h.wire.deflate, Some(Some(10)));
+    assert_eq!(h.wire.received.as_ref().map(History::window), Some(1024));
+    // The client keeps one stream with a 10-bit window for all its messages.
+    let mut client = crate::ws::deflate::Deflater::new(10);
+    let mut sizes = Vec::new();
+    for n in 0..200 {
+        let msg = format!("{{\"n\":{n},\"text\":\"the same words again and again\"}}");
+        let mut wire = Vec::new();
+        client.compress(msg.as_bytes(), &mut wire);
+        sizes.push(wire.len());
+        let mut frame = Vec::new();
+        encode_frame(
+            &mut frame,
+            OpCode::Data(Data::Text),
+            true,
+            &wire,
+            Some(MASK),
+        );
+        frame[0] |= 0x40;
+        // Two messages in some reads, one in others: the history goes back each time.
+        h.input(1 + n, &frame);
+        assert_eq!(
+            h.app.events.last().unwrap(),
+            &format!("message alice {msg}")
+        );
+        assert!(h.wire.received.is_some(), "the history went back");
+    }
+    assert!(h.wire.closes.is_empty(), "{:?}", h.wire.closes);
+    assert!(
+        sizes[199] * 2 < sizes[0],
+        "{} then {}",
+        sizes[0],
+        sizes[199]
+    );
+    assert!(h.wire.history_takes >= 200);
+    assert!(h.wire.received.as_ref().unwrap().heap_bytes() <= 1024);
+    // Without the history the next message would not inflate to the same text: a message
+    // that refers back cannot be read by a fresh decompressor.
+    let msg = b"{\"n\":200,\"text\":\"the same words again and again\"}";
+    let mut wire = Vec::new();
+    client.compress(msg, &mut wire);
+    let mut out = Vec::new();
+    let fresh = crate::ws::deflate::Inflater::new().inflate(&wire, true, &mut out, 1 << 20);
+    assert!(fresh.is_err() || out != msg);
 }
