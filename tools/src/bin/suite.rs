@@ -215,7 +215,8 @@ impl Suite {
         args
     }
 
-    /// Runs a load tool to completion and returns its last report line's fields.
+    /// Runs a load tool to completion and returns its report's fields (of every line it
+    /// printed).
     fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
         self.load_from(tool, args, 16)
     }
@@ -229,11 +230,13 @@ impl Suite {
             .output()
             .expect("load tool runs");
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("");
         if !out.status.success() {
+            let line = text.lines().last().unwrap_or("");
             eprintln!("suite: {tool} {args:?} failed: {line}");
         }
-        fields(line)
+        // The report is more than one line: `ws_load` ends with `wire_bytes_per_msg=` on a
+        // line of its own after the figures.
+        text.lines().flat_map(fields).collect()
     }
 
     fn echo(&mut self, conns: usize, size: usize) {
