@@ -1185,7 +1185,11 @@ fn deflate_tables(doc: &Value) -> String {
              {TAKEOVER_BITS}` on both), in each configuration with the same client settings \
              (`--json`, 16 source addresses). Ratios are to netpoll without compression. Bytes \
              on the wire count both directions per echoed message, frame headers included, over \
-             the whole run.\n\n",
+             the whole run. The client compresses and inflates as much as the server, on the same \
+             two cores, so messages/s is the pair's rate; server CPU per message is the server's \
+             own cost. Every message is the same JSON-like text (bar its 8-byte timestamp), so \
+             with context takeover each one refers back to the one before almost whole: the \
+             takeover wire bytes are a best case.\n\n",
             (1u32 << TAKEOVER_BITS) / 1024
         );
         let head = |what: &str| {
@@ -1259,7 +1263,9 @@ fn deflate_tables(doc: &Value) -> String {
                (bytes), connection rate\n\n\
                Each connection sent one 1 KiB JSON-like message and had its echo before the RSS \
                was read (in all three rows), so with context takeover every connection's \
-               histories hold that message, the one it received and the one it sent.\n\n";
+               histories hold that message, the one it received and the one it sent (about 1 KiB \
+               each, not a full window: a connection that has sent and received 32 KiB holds up \
+               to 2 x 32 KiB).\n\n";
         md += &table_head(
             &["conns"],
             DEFLATE_SERVERS
