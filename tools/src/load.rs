@@ -68,8 +68,11 @@ pub struct Options {
     pub tls: bool,
     /// `ws` load tools: a PEM file of the CA to trust for `wss://` (default: the public roots).
     pub ca: Option<String>,
-    /// `ws` load tools: offer permessage-deflate.
+    /// `ws` load tools: offer permessage-deflate (no context takeover).
     pub deflate: bool,
+    /// `ws` load tools: offer permessage-deflate with context takeover and a window of
+    /// 2^bits bytes (9..=15).
+    pub deflate_takeover: Option<u8>,
     /// `ws` load tools: messages carry JSON-like text (compressible like real payloads)
     /// instead of one repeated byte.
     pub json: bool,
@@ -88,7 +91,7 @@ pub struct Options {
 impl Options {
     /// Parses `--addr --conns --size --duration --pollers --sources --server-pid` (and, when
     /// `ws`, `--url ws[s]://HOST:PORT/PATH`, `--ca PEM`, `--path`, `--mode echo|broadcast`,
-    /// `--rate N`).
+    /// `--rate N`, `--deflate`, `--deflate-takeover BITS`, `--json`).
     pub fn parse(default_port: u16, ws: bool) -> Options {
         let mut o = Options {
             addr: SocketAddr::from(([127, 0, 0, 1], default_port)),
@@ -96,6 +99,7 @@ impl Options {
             tls: false,
             ca: None,
             deflate: false,
+            deflate_takeover: None,
             json: false,
             mode: "echo".into(),
             rate: 10.0,
@@ -116,6 +120,11 @@ impl Options {
                 "--rate" if ws => o.rate = val().parse().expect("--rate MSGS_PER_SEC"),
                 "--ca" if ws => o.ca = Some(val()),
                 "--deflate" if ws => o.deflate = true,
+                "--deflate-takeover" if ws => {
+                    let bits: u8 = val().parse().expect("--deflate-takeover BITS (9..=15)");
+                    assert!((9..=15).contains(&bits), "--deflate-takeover takes 9..=15");
+                    o.deflate_takeover = Some(bits);
+                }
                 "--json" if ws => o.json = true,
                 "--url" if ws => {
                     let url = val();

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p netpoll-tools --bin suite [-- --secs 3] [--rounds 2] [--quick]
-//!     [--out DIR] [--charts DIR] [--only echo,tcp,broadcast,idle,wss]
+//!     [--out DIR] [--charts DIR] [--only echo,tcp,broadcast,idle,wss,deflate]
 //! cargo run --release -p netpoll-tools --bin suite -- --charts-only target/bench/results.json
 //! ```
 //!
@@ -25,18 +25,33 @@
 //!   `echo` plus the server's CPU seconds over the window (how busy its one thread was);
 //! - `wss_idle`: server RSS growth per idle wss connection at 1000 and 10000 connections for
 //!   both servers (and netpoll over ws:// beside them); the connect time includes the TLS
-//!   handshakes.
+//!   handshakes;
+//! - `deflate_echo`: 1000 connections x 1 KiB and 16 KiB of JSON-like text (`ws_load --json`),
+//!   netpoll without compression (the reference) against netpoll with permessage-deflate
+//!   without context takeover (`ws_echo --deflate`, client `--deflate`) and with context
+//!   takeover, 32 KiB window (`--deflate-takeover 15` on both); the same figures as `wss_echo`
+//!   plus the bytes on the wire per message (`wire_bytes_per_msg`, both ways);
+//! - `deflate_idle`: server RSS growth per idle connection at 10000 connections for the same
+//!   three; each connection's one message is 1 KiB of JSON-like text, so the takeover
+//!   histories hold it when the RSS is read;
+//! - `deflate_broadcast`: 10000 receivers on `/broadcast`, 10 messages/s of 1 KiB JSON-like
+//!   text, netpoll with and without `--deflate` (no context takeover); deliveries/s, latency,
+//!   server CPU and bytes on the wire per delivery.
 //!
 //! The wss scenarios use a self-signed certificate that `gen_cert` writes once per run into
 //! `DIR/tls`; `ws_load` trusts it with `--ca`. Their client spreads sockets over 8 source
-//! addresses. `--quick` runs them at 1000 connections (and 64 B) only. `--only` runs the named
-//! scenario groups (`wss` is both wss scenarios); the summary and charts then hold only those.
+//! addresses. `--quick` runs them at 1000 connections (and 64 B) only, and the deflate idle and
+//! broadcast rows at 1000. `--only` runs the named scenario groups (`wss` is both wss
+//! scenarios, `deflate` the three deflate ones); the summary and charts then hold only those.
+//! The deflate tables are also written alone to `deflate_summary.md` in the `--charts`
+//! directory.
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
 //! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`); over wss://,
 //! `ws_echo` and `tt_echo` (default config) with `--tls-cert/--tls-key`. Each configuration
 //! runs every server back to back, so the ratios compare runs minutes apart at most. The echo,
-//! TCP and wss echo runs are repeated `--rounds` times and the summary and charts show medians.
+//! TCP, wss echo and deflate echo runs are repeated `--rounds` times and the summary and
+//! charts show medians.
 //! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
 //! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
 
@@ -64,6 +79,24 @@ const WSS_SERVERS: [&str; 3] = ["netpoll", "netpoll-wss", "tokio-tungstenite-wss
 
 /// Source addresses the wss scenarios' client spreads its sockets over.
 const WSS_SOURCES: u8 = 8;
+
+/// The permessage-deflate rows' servers: netpoll without compression (the reference; its
+/// client offers none), with permessage-deflate without context takeover (`ws_echo
+/// --deflate`), and with context takeover and a 32 KiB window (`ws_echo --deflate-takeover
+/// 15`); each with a client offering the same (`ws_load` flags of [`deflate_flags`]).
+const DEFLATE_SERVERS: [&str; 3] = ["netpoll", "netpoll-deflate", "netpoll-deflate-takeover"];
+
+/// The context takeover window of the `netpoll-deflate-takeover` rows (2^15 = 32 KiB).
+const TAKEOVER_BITS: u8 = 15;
+
+/// The client's flags for a permessage-deflate row's server: what it offers.
+fn deflate_flags(server: &str) -> Vec<String> {
+    match server {
+        "netpoll-deflate" => vec!["--deflate".into()],
+        "netpoll-deflate-takeover" => vec![format!("--deflate-takeover={TAKEOVER_BITS}")],
+        _ => Vec::new(),
+    }
+}
 
 struct Suite {
     bin: PathBuf,
@@ -112,6 +145,16 @@ fn split_flags(args: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The server's CPU time over the measured window in % of one core: below 100 it waited (on
+/// the client, which shares the two cores). Rounded to 0.1 so that the summary redrawn from
+/// results.json (`--charts-only`) is the same.
+fn busy_pct(f: &BTreeMap<String, String>) -> Value {
+    match (num(f, "server_cpu_s").as_f64(), num(f, "secs").as_f64()) {
+        (Some(cpu), Some(secs)) if secs > 0.0 => json!((1000.0 * cpu / secs).round() / 10.0),
+        _ => Value::Null,
+    }
+}
+
 /// `key=value` pairs of a report line.
 fn fields(line: &str) -> BTreeMap<String, String> {
     line.split_whitespace()
@@ -139,6 +182,17 @@ impl Suite {
             "netpoll" => {
                 let mut c = Command::new(b.join("examples/ws_echo"));
                 c.args(["--pollers", "1"]);
+                c
+            }
+            "netpoll-deflate" => {
+                let mut c = Command::new(b.join("examples/ws_echo"));
+                c.args(["--pollers", "1", "--deflate"]);
+                c
+            }
+            "netpoll-deflate-takeover" => {
+                let mut c = Command::new(b.join("examples/ws_echo"));
+                c.args(["--pollers", "1", "--deflate-takeover"])
+                    .arg(TAKEOVER_BITS.to_string());
                 c
             }
             "tokio-tungstenite" | "tokio-tungstenite-4k" => {
@@ -215,7 +269,8 @@ impl Suite {
         args
     }
 
-    /// Runs a load tool to completion and returns its last report line's fields.
+    /// Runs a load tool to completion and returns its report's fields (of every line it
+    /// printed).
     fn load(&self, tool: &str, args: &[String]) -> BTreeMap<String, String> {
         self.load_from(tool, args, 16)
     }
@@ -229,11 +284,13 @@ impl Suite {
             .output()
             .expect("load tool runs");
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("");
         if !out.status.success() {
+            let line = text.lines().last().unwrap_or("");
             eprintln!("suite: {tool} {args:?} failed: {line}");
         }
-        fields(line)
+        // The report is more than one line: `ws_load` ends with `wire_bytes_per_msg=` on a
+        // line of its own after the figures.
+        text.lines().flat_map(fields).collect()
     }
 
     fn echo(&mut self, conns: usize, size: usize) {
@@ -288,7 +345,7 @@ impl Suite {
 
     fn idle(&mut self, conns: usize) {
         for server in WS_SERVERS {
-            self.idle_one("idle", server, conns, 16);
+            self.idle_one("idle", server, conns, 16, &[]);
         }
     }
 
@@ -296,13 +353,32 @@ impl Suite {
     /// over ws:// in the same run for what TLS adds.
     fn wss_idle(&mut self, conns: usize) {
         for server in WSS_SERVERS {
-            self.idle_one("wss_idle", server, conns, WSS_SOURCES);
+            self.idle_one("wss_idle", server, conns, WSS_SOURCES, &[]);
+        }
+    }
+
+    /// Idle memory per connection with permessage-deflate, without and with context
+    /// takeover, and netpoll without compression beside them. Every connection's one message
+    /// is 1 KiB of JSON-like text (in all three rows), so with context takeover each
+    /// connection's histories hold that message both ways when the RSS is read.
+    fn deflate_idle(&mut self, conns: usize) {
+        for server in DEFLATE_SERVERS {
+            let mut client = deflate_flags(server);
+            client.extend(["--json".into(), "--size=1024".into()]);
+            self.idle_one("deflate_idle", server, conns, 16, &client);
         }
     }
 
     /// One idle run: the server's RSS growth once `conns` connections are upgraded on `/echo`
-    /// and have each echoed one message.
-    fn idle_one(&mut self, scenario: &str, server: &str, conns: usize, sources: u8) {
+    /// and have each echoed one message; `client` are further `ws_load` flags.
+    fn idle_one(
+        &mut self,
+        scenario: &str,
+        server: &str,
+        conns: usize,
+        sources: u8,
+        client: &[String],
+    ) {
         let s = self.start(server);
         std::thread::sleep(Duration::from_millis(300));
         let before = s.rss_kib();
@@ -313,6 +389,7 @@ impl Suite {
             "--duration=60".into(),
             format!("--sources={sources}"),
         ]);
+        args.extend_from_slice(client);
         let mut load = Command::new(self.bin.join("ws_load"))
             .args(split_flags(&args))
             .stdout(Stdio::piped())
@@ -357,15 +434,7 @@ impl Suite {
                 format!("--server-pid={}", s.child.id()),
             ]);
             let f = self.load_from("ws_load", &args, WSS_SOURCES);
-            // The server's CPU time over the measured window in % of one core: below 100 it
-            // waited (on the client, which shares the two cores and does TLS too). Rounded to
-            // 0.1 so that the summary redrawn from results.json (`--charts-only`) is the same.
-            let busy = match (num(&f, "server_cpu_s").as_f64(), num(&f, "secs").as_f64()) {
-                (Some(cpu), Some(secs)) if secs > 0.0 => {
-                    json!((1000.0 * cpu / secs).round() / 10.0)
-                }
-                _ => Value::Null,
-            };
+            let busy = busy_pct(&f);
             self.record(json!({
                 "scenario": "wss_echo", "server": server, "tls": s.tls,
                 "conns": conns, "size": size,
@@ -375,6 +444,66 @@ impl Suite {
                 "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
                 "server_cpu_s": num(&f, "server_cpu_s"), "server_busy_pct": busy,
                 "connect_secs": num(&f, "connect_secs"), "failed": num(&f, "failed"),
+            }));
+        }
+    }
+
+    /// Echo of JSON-like text with permessage-deflate (without and with context takeover)
+    /// against netpoll without compression in the same configuration: messages/s, server CPU
+    /// per message and the bytes on the wire per message (both ways, frame headers included).
+    fn deflate_echo(&mut self, conns: usize, size: usize) {
+        for server in DEFLATE_SERVERS {
+            let s = self.start(server);
+            let mut args = self.target(&s, "/echo");
+            args.extend([
+                format!("--conns={conns}"),
+                format!("--size={size}"),
+                format!("--duration={}", self.secs),
+                format!("--server-pid={}", s.child.id()),
+                "--json".into(),
+            ]);
+            args.extend(deflate_flags(server));
+            let f = self.load("ws_load", &args);
+            self.record(json!({
+                "scenario": "deflate_echo", "server": server, "conns": conns, "size": size,
+                "msgs_per_sec": num(&f, "msgs_per_sec"), "mb_per_sec": num(&f, "mb_per_sec"),
+                "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
+                "lat_max_us": num(&f, "lat_max_us"),
+                "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
+                "server_cpu_s": num(&f, "server_cpu_s"), "server_busy_pct": busy_pct(&f),
+                "wire_bytes_per_msg": num(&f, "wire_bytes_per_msg"),
+                "connect_secs": num(&f, "connect_secs"), "failed": num(&f, "failed"),
+            }));
+        }
+    }
+
+    /// Broadcast on `/broadcast` of 1 KiB of JSON-like text, 10 messages/s, with and without
+    /// permessage-deflate (no context takeover: a group compresses each message once for
+    /// every receiver). As `broadcast`, with the bytes on the wire per delivery.
+    fn deflate_broadcast(&mut self, receivers: usize) {
+        for server in &DEFLATE_SERVERS[..2] {
+            let s = self.start(server);
+            let mut args = self.target(&s, "/broadcast");
+            args.extend([
+                "--mode=broadcast".into(),
+                "--rate=10".into(),
+                "--size=1024".into(),
+                "--json".into(),
+                format!("--conns={receivers}"),
+                format!("--duration={}", self.secs + 2),
+                format!("--server-pid={}", s.child.id()),
+            ]);
+            args.extend(deflate_flags(server));
+            let f = self.load("ws_load", &args);
+            self.record(json!({
+                "scenario": "deflate_broadcast", "server": server, "receivers": receivers,
+                "rate": 10, "size": 1024,
+                "deliveries_per_sec": num(&f, "msgs_per_sec"),
+                "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
+                "lat_max_us": num(&f, "lat_max_us"),
+                "server_cpu_us_per_delivery": num(&f, "server_cpu_us_per_msg"),
+                "wire_bytes_per_delivery": num(&f, "wire_bytes_per_msg"),
+                "failed": num(&f, "failed"),
             }));
         }
     }
@@ -490,11 +619,12 @@ fn main() {
             serde_json::from_str(&std::fs::read_to_string(results).expect("results file"))
                 .expect("results JSON");
         draw_charts(&doc, &charts);
+        write_deflate_summary(&doc, &charts);
         print!("{}", summary(&doc));
         return;
     }
 
-    const GROUPS: [&str; 5] = ["echo", "tcp", "broadcast", "idle", "wss"];
+    const GROUPS: [&str; 6] = ["echo", "tcp", "broadcast", "idle", "wss", "deflate"];
     if let Some(g) = only
         .iter()
         .flatten()
@@ -535,6 +665,13 @@ fn main() {
     } else {
         (&[1000, 10000], &[64, 16384], &[1000, 10000])
     };
+    // The permessage-deflate rows: echo at 1,000 connections x 1 KiB and 16 KiB (quick too),
+    // idle and broadcast at 10,000 (quick: 1,000).
+    let (deflate_sizes, deflate_many): (&[usize], &[usize]) = if quick {
+        (&[1024, 16384], &[1000])
+    } else {
+        (&[1024, 16384], &[10000])
+    };
     if runs("wss") {
         suite.make_cert(&out.join("tls"));
     }
@@ -561,6 +698,11 @@ fn main() {
                 }
             }
         }
+        if runs("deflate") {
+            for &z in deflate_sizes {
+                suite.deflate_echo(1000, z);
+            }
+        }
     }
     suite.round = 1;
     if runs("broadcast") {
@@ -576,6 +718,14 @@ fn main() {
     if runs("wss") {
         for &n in wss_idle {
             suite.wss_idle(n);
+        }
+    }
+    if runs("deflate") {
+        for &n in deflate_many {
+            suite.deflate_idle(n);
+        }
+        for &n in deflate_many {
+            suite.deflate_broadcast(n);
         }
     }
     let doc = json!({
@@ -596,6 +746,7 @@ fn main() {
     let md = summary(&doc);
     std::fs::write(out.join("summary.md"), &md).expect("write summary.md");
     draw_charts(&doc, &charts);
+    write_deflate_summary(&doc, &charts);
     print!("{md}");
     println!(
         "suite: {} runs in {} s; results in {}, charts in {}",
@@ -728,24 +879,21 @@ fn table_head(lead: &[&str], columns: impl Iterator<Item = String>) -> String {
 /// The Markdown tables of BENCHMARKS.md, from the results.
 fn summary(doc: &Value) -> String {
     let mut md = String::new();
-    let m = &doc["machine"];
     let has = |scenario: &str| rows(doc, scenario).next().is_some();
-    let repeated = match (has("echo") || has("tcp_echo"), has("wss_echo")) {
-        (true, true) => "Echo, TCP and wss echo",
-        (false, true) => "wss echo",
+    let repeated = match (
+        has("echo") || has("tcp_echo"),
+        has("wss_echo"),
+        has("deflate_echo"),
+    ) {
+        (true, true, false) => "Echo, TCP and wss echo",
+        (false, true, false) => "wss echo",
+        (true, true, true) => "Echo, TCP, wss and permessage-deflate echo",
+        (false, true, true) => "wss and permessage-deflate echo",
+        (true, false, true) => "Echo, TCP and permessage-deflate echo",
+        (false, false, true) => "permessage-deflate echo",
         _ => "Echo and TCP",
     };
-    md += &format!(
-        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`. {repeated} figures are medians \
-         of {} rounds of {} s each.\n\n",
-        m["cpu"].as_str().unwrap_or("?"),
-        m["cores"],
-        m["kernel"].as_str().unwrap_or("?"),
-        m["date"].as_str().unwrap_or("?"),
-        doc["command"].as_str().unwrap_or("?"),
-        doc["rounds"].as_u64().unwrap_or(1),
-        doc["seconds_per_run"],
-    );
+    md += &summary_head(doc, repeated);
     let peers = &WS_SERVERS[1..];
 
     if has("echo") {
@@ -879,11 +1027,28 @@ fn summary(doc: &Value) -> String {
     if has("wss_idle") {
         md += &wss_idle_table(doc);
     }
+    md += &deflate_tables(doc);
     // One newline at the end, as before.
     while md.ends_with("\n\n") {
         md.pop();
     }
     md
+}
+
+/// The summary's first line: the machine, the command, and which figures are medians.
+fn summary_head(doc: &Value, repeated: &str) -> String {
+    let m = &doc["machine"];
+    format!(
+        "Machine: {} ({} cores), Linux {}, {}. Command: `{}`. {repeated} figures are medians \
+         of {} rounds of {} s each.\n\n",
+        m["cpu"].as_str().unwrap_or("?"),
+        m["cores"],
+        m["kernel"].as_str().unwrap_or("?"),
+        m["date"].as_str().unwrap_or("?"),
+        doc["command"].as_str().unwrap_or("?"),
+        doc["rounds"].as_u64().unwrap_or(1),
+        doc["seconds_per_run"],
+    )
 }
 
 /// The wss echo tables: throughput with the goals' ratios (netpoll over wss against netpoll
@@ -992,6 +1157,205 @@ fn wss_label(server: &str) -> &str {
         "netpoll-wss" => "netpoll wss",
         other => short(other),
     }
+}
+
+/// A permessage-deflate scenario's server as its tables name it.
+fn deflate_label(server: &str) -> &str {
+    match server {
+        "netpoll-deflate" => "deflate",
+        "netpoll-deflate-takeover" => "deflate takeover",
+        other => other,
+    }
+}
+
+/// The permessage-deflate tables (empty without those rows): echo throughput, server CPU per
+/// message and bytes on the wire per message, each with its ratio to netpoll without
+/// compression; latency and how busy the server was; idle memory; broadcast.
+fn deflate_tables(doc: &Value) -> String {
+    let mut md = String::new();
+    let sc = "deflate_echo";
+    let [plain, deflate, takeover] = DEFLATE_SERVERS;
+    if rows(doc, sc).next().is_some() {
+        md += &format!(
+            "### permessage-deflate echo (JSON-like text): messages per second, server CPU per \
+             message, bytes on the wire per message (one server thread)\n\n\
+             netpoll without compression (its client offers none) runs beside netpoll with \
+             permessage-deflate without context takeover (`ws_echo --deflate`, client \
+             `--deflate`) and with context takeover and a {} KiB window (`--deflate-takeover \
+             {TAKEOVER_BITS}` on both), in each configuration with the same client settings \
+             (`--json`, 16 source addresses). Ratios are to netpoll without compression. Bytes \
+             on the wire count both directions per echoed message, frame headers included, over \
+             the whole run. The client compresses and inflates as much as the server, on the same \
+             two cores, so messages/s is the pair's rate; server CPU per message is the server's \
+             own cost. Every message is the same JSON-like text (bar its 8-byte timestamp), so \
+             with context takeover each one refers back to the one before almost whole: the \
+             takeover wire bytes are a best case.\n\n",
+            (1u32 << TAKEOVER_BITS) / 1024
+        );
+        let head = |what: &str| {
+            format!(
+                "| conns | size | {what}: netpoll | {what}: deflate | {what}: deflate takeover \
+                 | deflate / netpoll | takeover / netpoll |\n|---|---|---|---|---|---|---|\n"
+            )
+        };
+        for (what, key, digits) in [
+            ("messages/s", "msgs_per_sec", 0),
+            ("server CPU µs/msg", "server_cpu_us_per_msg", 2),
+            ("wire bytes/msg", "wire_bytes_per_msg", 0),
+        ] {
+            md += &head(what);
+            for c in distinct(doc, sc, "conns") {
+                for z in distinct(doc, sc, "size") {
+                    let keys = [("conns", c), ("size", z)];
+                    let v = |s: &str| metric(doc, sc, s, &keys, key);
+                    md += &format!(
+                        "| {} | {} | {} | {} | {} | {} | {} |\n",
+                        group(c),
+                        size_label(z),
+                        cell(v(plain), digits),
+                        cell(v(deflate), digits),
+                        cell(v(takeover), digits),
+                        ratio(v(deflate), v(plain)),
+                        ratio(v(takeover), v(plain)),
+                    );
+                }
+            }
+            md += "\n";
+        }
+        md += "### permessage-deflate echo: latency p50 / p99 (ms), server busy (% of one core \
+               over the window)\n\n";
+        md += &table_head(
+            &["conns", "size"],
+            DEFLATE_SERVERS
+                .iter()
+                .map(|s| format!("{} p50/p99", deflate_label(s)))
+                .chain(
+                    DEFLATE_SERVERS
+                        .iter()
+                        .map(|s| format!("{} busy", deflate_label(s))),
+                ),
+        );
+        for c in distinct(doc, sc, "conns") {
+            for z in distinct(doc, sc, "size") {
+                let keys = [("conns", c), ("size", z)];
+                md += &format!("| {} | {} |", group(c), size_label(z));
+                for s in DEFLATE_SERVERS {
+                    let ms = |k: &str| metric(doc, sc, s, &keys, k).map(|us| us / 1000.0);
+                    md += &format!(
+                        " {} / {} |",
+                        cell(ms("lat_p50_us"), 2),
+                        cell(ms("lat_p99_us"), 2)
+                    );
+                }
+                for s in DEFLATE_SERVERS {
+                    let busy = metric(doc, sc, s, &keys, "server_busy_pct");
+                    md += &format!(" {} |", cell(busy, 0));
+                }
+                md += "\n";
+            }
+        }
+        md += "\n";
+    }
+
+    let sc = "deflate_idle";
+    if rows(doc, sc).next().is_some() {
+        md += "### Idle connections with permessage-deflate: server RSS growth per connection \
+               (bytes), connection rate\n\n\
+               Each connection sent one 1 KiB JSON-like message and had its echo before the RSS \
+               was read (in all three rows), so with context takeover every connection's \
+               histories hold that message, the one it received and the one it sent (about 1 KiB \
+               each, not a full window: a connection that has sent and received 32 KiB holds up \
+               to 2 x 32 KiB).\n\n";
+        md += &table_head(
+            &["conns"],
+            DEFLATE_SERVERS
+                .iter()
+                .map(|s| format!("{} B/conn", deflate_label(s)))
+                .chain(
+                    DEFLATE_SERVERS
+                        .iter()
+                        .map(|s| format!("{} conns/s", deflate_label(s))),
+                ),
+        );
+        for c in distinct(doc, sc, "conns") {
+            md += &format!("| {} |", group(c));
+            for k in ["bytes_per_conn", "conns_per_sec"] {
+                for s in DEFLATE_SERVERS {
+                    md += &format!(" {} |", cell(metric(doc, sc, s, &[("conns", c)], k), 0));
+                }
+            }
+            md += "\n";
+        }
+        md += "\n";
+    }
+
+    let sc = "deflate_broadcast";
+    if rows(doc, sc).next().is_some() {
+        md += "### Broadcast with permessage-deflate: 10 messages/s of 1 KiB JSON-like text to \
+               every receiver (no context takeover: each message is compressed once for all)\n\n";
+        let servers = [plain, deflate];
+        md += &table_head(
+            &["receivers"],
+            servers
+                .iter()
+                .map(|s| format!("{} deliveries/s", deflate_label(s)))
+                .chain(
+                    servers
+                        .iter()
+                        .map(|s| format!("{} p50/p99 ms", deflate_label(s))),
+                )
+                .chain(
+                    servers
+                        .iter()
+                        .map(|s| format!("{} CPU µs/delivery", deflate_label(s))),
+                )
+                .chain(
+                    servers
+                        .iter()
+                        .map(|s| format!("{} wire B/delivery", deflate_label(s))),
+                ),
+        );
+        for r in distinct(doc, sc, "receivers") {
+            let keys = [("receivers", r)];
+            let v = |s: &str, k: &str| metric(doc, sc, s, &keys, k);
+            md += &format!("| {} |", group(r));
+            for s in servers {
+                md += &format!(" {} |", cell(v(s, "deliveries_per_sec"), 0));
+            }
+            for s in servers {
+                let ms = |k: &str| v(s, k).map(|us| us / 1000.0);
+                md += &format!(
+                    " {} / {} |",
+                    cell(ms("lat_p50_us"), 2),
+                    cell(ms("lat_p99_us"), 2)
+                );
+            }
+            for s in servers {
+                md += &format!(" {} |", cell(v(s, "server_cpu_us_per_delivery"), 2));
+            }
+            for s in servers {
+                md += &format!(" {} |", cell(v(s, "wire_bytes_per_delivery"), 0));
+            }
+            md += "\n";
+        }
+        md += "\n";
+    }
+    md
+}
+
+/// `DIR/deflate_summary.md`: the permessage-deflate tables alone, under the summary's first
+/// line (as `docs/bench/wss_summary.md` holds the wss tables); nothing without those rows.
+fn write_deflate_summary(doc: &Value, dir: &Path) {
+    let tables = deflate_tables(doc);
+    if tables.is_empty() {
+        return;
+    }
+    let mut md = summary_head(doc, "permessage-deflate echo") + &tables;
+    while md.ends_with("\n\n") {
+        md.pop();
+    }
+    std::fs::create_dir_all(dir).expect("charts directory");
+    std::fs::write(dir.join("deflate_summary.md"), md).expect("write deflate_summary.md");
 }
 
 // ---------------------------------------------------------------------------------------

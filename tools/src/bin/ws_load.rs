@@ -3,12 +3,16 @@
 //! ```text
 //! cargo run --release -p netpoll-tools --bin ws_load -- --url ws://127.0.0.1:9001/echo --conns 1000 \
 //!     --size 64 --duration 10 [--mode echo|broadcast] [--rate MSGS_PER_SEC] [--pollers 1]
-//!     [--sources 8] [--server-pid PID] [--ca PEM] [--deflate] [--json]
+//!     [--sources 8] [--server-pid PID] [--ca PEM] [--deflate | --deflate-takeover BITS] [--json]
 //! ```
 //! A `wss://` URL connects over TLS (the server's certificate checked against the URL's IP
 //! address; `--ca PEM` names the CA to trust, else the public roots). `--deflate` offers
-//! permessage-deflate; `--json` sends JSON-like text instead of one repeated byte. The last
-//! line, `wire_bytes_per_msg`, is what crossed the wire per echoed message, both ways.
+//! permessage-deflate without context takeover (`DeflateConfig::default()`);
+//! `--deflate-takeover BITS` (9..=15) offers it with context takeover and a window of 2^BITS
+//! bytes (`DeflateConfig::default().context_takeover(BITS)`), which wins if both are given.
+//! `--json` sends JSON-like text instead of one repeated byte (in broadcast mode too). The
+//! last line, `wire_bytes_per_msg`, is what crossed the wire per echoed (or delivered)
+//! message, both ways.
 //!
 //! - `echo` (default): closed loop; each connection sends one binary message of `--size`
 //!   bytes, waits for its echo, and sends the next. Reports echoed messages per second and the
@@ -123,8 +127,11 @@ fn main() {
     let sender = Arc::new(Mutex::new(None));
     let size = o.size;
     let mut builder = WsServer::builder();
-    if o.deflate {
-        builder = builder.deflate(netpoll::ws::deflate::DeflateConfig::default());
+    let deflate = netpoll::ws::deflate::DeflateConfig::default();
+    if let Some(bits) = o.deflate_takeover {
+        builder = builder.deflate(deflate.context_takeover(bits));
+    } else if o.deflate {
+        builder = builder.deflate(deflate);
     }
     let body = if o.json {
         json_like(size)
@@ -186,7 +193,11 @@ fn main() {
         // The sender paces itself from this thread.
         let from = sender.lock().unwrap().clone().expect("a sender");
         let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
-        let mut msg = vec![b'b'; size];
+        let mut msg = if o.json {
+            body.clone()
+        } else {
+            vec![b'b'; size]
+        };
         std::thread::spawn(move || {
             let mut next = Instant::now();
             loop {
