@@ -501,3 +501,99 @@ fn a_broadcast_goes_plain_to_members_that_keep_context() {
         .unwrap();
     assert_eq!(out, news.as_bytes());
 }
+
+/// `n` bytes that deflate cannot shrink (at level 1 zlib-rs makes them about 5% larger).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_message_refused_after_compressing_is_not_in_the_context() {
+    // Whether a message fits under the limit is known only once it is compressed, and random
+    // bytes come out larger than they went in: such a message is refused after compressing,
+    // and must not be in the context the next message refers to.
+    for bits in [9u8, 15] {
+        let len = 70_000;
+        // Room for the plain bytes and the frame's header, not for deflate's expansion.
+        let limit = 64 + 14 + len + 500;
+        let (_server, addr, conns) = takeover_server(bits, limit);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let offer = format!("permessage-deflate; server_max_window_bits={bits}");
+        let req = ws_common::upgrade_request("/echo").replace(
+            "\r\n\r\n",
+            &format!("\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"),
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        assert!(read_http_head(&mut s).starts_with("HTTP/1.1 101"));
+        let conn = conns.recv_timeout(WAIT).unwrap();
+        let refused = noise(len, u64::from(bits));
+        assert!(
+            matches!(
+                conn.send_binary(&refused),
+                Err(netpoll::WriteError::Overflow { len, .. }) if len > 70_000 + 14
+            ),
+            "bits {bits}: refused once compressed"
+        );
+        // The next message repeats part of the refused one: had the refused one entered the
+        // context, this would refer back to bytes the peer never got.
+        let mut inflater = Inflater::new();
+        for part in [&refused[len - 300..], &refused[len - 300..]] {
+            conn.send_binary(part).unwrap();
+            let (b0, payload) = read_server_frame_raw(&mut s);
+            assert_eq!(b0, 0xc2, "bits {bits}: compressed binary");
+            let mut out = Vec::new();
+            inflater.inflate(&payload, true, &mut out, 1 << 20).unwrap();
+            assert!(out == part, "bits {bits}: the peer reads what was sent");
+        }
+    }
+}
+
+#[test]
+fn takeover_on_one_side_only_falls_back_to_what_the_other_allows() {
+    // A netpoll client that keeps context, against a server that does not (it answers
+    // no_context_takeover both ways), and the other way round: both ends follow the answer.
+    for (server_takeover, client_takeover) in [(false, true), (true, false)] {
+        let config = |takeover: bool| {
+            if takeover {
+                DeflateConfig::default().context_takeover(11)
+            } else {
+                DeflateConfig::default()
+            }
+        };
+        let ws = WsServer::builder().deflate(config(server_takeover));
+        let (_server, addr, _srx) = start_ws(ws, Engine::builder().pollers(1));
+        let (tx, rx) = mpsc::channel();
+        let client = WsClient::builder()
+            .deflate(config(client_takeover))
+            .start(Engine::builder().pollers(1), |_| ClientSide(tx.clone()))
+            .unwrap();
+        let conn = client
+            .connect(&format!("ws://{addr}/echo"), Connect::new(()))
+            .unwrap();
+        assert!(matches!(rx.recv_timeout(WAIT).unwrap(), Ev::Open));
+        for n in 0..300usize {
+            let msg = if n % 5 == 0 {
+                noise(100 + n * 7, n as u64)
+            } else {
+                json_like(64 + n * 13 % 3_000).into_bytes()
+            };
+            conn.send_binary(&msg).unwrap();
+            match rx.recv_timeout(WAIT).unwrap() {
+                Ev::Msg(got, false) => assert!(
+                    got == msg,
+                    "server takeover {server_takeover}, client {client_takeover}, message {n}"
+                ),
+                e => panic!("{e:?}"),
+            }
+        }
+    }
+}

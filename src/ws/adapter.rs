@@ -91,11 +91,12 @@ impl Io for ConnIo<'_> {
             *bits |= super::conn::deflate_bits(send.map(|(w, _)| w), send_takeover);
             if send_takeover || !params.receive_resets(server) {
                 let ws = attachment.get_or_insert_with(WsAttachment::default);
+                let contexts = ws.contexts.get_or_insert_with(Default::default);
                 if let Some((window, false)) = send {
-                    ws.sent = Some(History::new(window));
+                    contexts.sent = Some(History::new(window));
                 }
                 if !params.receive_resets(server) {
-                    ws.received = Some(History::new(params.receive_window(server)));
+                    contexts.received = Some(History::new(params.receive_window(server)));
                 }
             }
         });
@@ -103,18 +104,16 @@ impl Io for ConnIo<'_> {
 
     fn take_received_history(&mut self) -> Option<History> {
         self.ws.conn().with_layer(|_, attachment, _| {
-            attachment
-                .get_mut::<WsAttachment>()
-                .and_then(|ws| ws.received.take())
+            let ws = attachment.get_mut::<WsAttachment>()?;
+            ws.contexts.as_mut()?.received.take()
         })
     }
 
     fn put_received_history(&mut self, history: History) {
         self.ws.conn().with_layer(|_, attachment, open| {
             if open {
-                attachment
-                    .get_or_insert_with(WsAttachment::default)
-                    .received = Some(history);
+                let ws = attachment.get_or_insert_with(WsAttachment::default);
+                ws.contexts.get_or_insert_with(Default::default).received = Some(history);
             }
         });
     }

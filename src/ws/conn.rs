@@ -56,16 +56,31 @@ fn send_window(bits: u8) -> Option<u8> {
 
 /// What a WebSocket connection keeps under its lock besides its bits, in the core's
 /// attachment (made when first needed): the groups it joined and, with permessage-deflate's
-/// context takeover, the context of each direction.
+/// context takeover, the context of each direction (boxed: a group member without it pays
+/// one pointer).
 #[derive(Debug, Default)]
 pub(crate) struct WsAttachment {
     /// The groups it is a member of, so that its close removes it from each.
     pub(crate) groups: Vec<std::sync::Weak<super::group::GroupInner>>,
-    /// What this side compressed so far (context takeover outbound).
+    pub(crate) contexts: Option<Box<Contexts>>,
+}
+
+/// The two directions' context under context takeover.
+#[derive(Debug, Default)]
+pub(crate) struct Contexts {
+    /// What this side sent compressed so far.
     pub(crate) sent: Option<History>,
-    /// What the peer's compressed messages inflated to so far (context takeover inbound):
-    /// taken out by the poller while it inflates.
+    /// What the peer's compressed messages inflated to so far: taken out by the poller while
+    /// it inflates.
     pub(crate) received: Option<History>,
+}
+
+impl WsAttachment {
+    /// The context of what this side sends, made empty for `window` bits if there is none.
+    fn sent_history(&mut self, window: u8) -> &mut History {
+        let contexts = self.contexts.get_or_insert_with(Default::default);
+        contexts.sent.get_or_insert_with(|| History::new(window))
+    }
 }
 
 const NOT_OPEN: &str = "the WebSocket handshake is not complete";
@@ -478,8 +493,10 @@ impl WsConn {
     /// Sends one compressed message with context takeover. The compression runs under the
     /// connection's lock, after the gate admitted the message and before it is queued: the
     /// context must advance exactly with what the peer receives, in the order it receives it,
-    /// whichever threads send. A message is admitted against the outbound limit by the most
-    /// it can compress to, so that a message compressed is never refused.
+    /// whichever threads send. The message joins the history only once it is certain to be
+    /// queued: one refused for the outbound limit (known only once compressed) is not in it.
+    // Kept out of line: inlined, it made every plain send slower (callgrind).
+    #[inline(never)]
     fn frame_in_context(
         &self,
         opcode: OpCode,
@@ -493,12 +510,8 @@ impl WsConn {
             self.conn.write_gated_with(
                 &[],
                 move |_, attachment, room| {
-                    let most = MAX_HEADER + deflate::bound(data.len());
-                    if most > room {
-                        return Err(most);
-                    }
                     let ws = attachment.get_or_insert_with(WsAttachment::default);
-                    let history = ws.sent.get_or_insert_with(|| History::new(window));
+                    let history = ws.sent_history(window);
                     // The frame is built in one buffer: room for the longest header, then
                     // the compressed payload; the header is written right before it.
                     out.resize(MAX_HEADER, 0);
@@ -507,6 +520,10 @@ impl WsConn {
                     let mut head = [0u8; MAX_HEADER];
                     let mask = client.then(rand::random::<[u8; 4]>);
                     let n = encode_header(&mut head, opcode, true, len, mask);
+                    if n + len > room {
+                        return Err(n + len); // refused: the history stays as it was
+                    }
+                    history.record(data);
                     head[0] |= 0x40; // RSV1: compressed
                     if let Some(mask) = mask {
                         apply_mask(&mut out[MAX_HEADER..], mask, 0);

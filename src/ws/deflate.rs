@@ -436,7 +436,8 @@ impl std::error::Error for InflateError {}
 /// for _ in 0..2 {
 ///     let msg = br#"{"sym":"ABC","bid":101.25,"ask":101.5,"volume":1200}"#;
 ///     let mut wire = Vec::new();
-///     deflater.compress_after(&mut sent, msg, &mut wire);
+///     deflater.compress_after(&sent, msg, &mut wire);
+///     sent.record(msg); // sent: now in the context
 ///     let mut out = Vec::new();
 ///     inflater.inflate_after(&mut received, &wire, &mut out, 1 << 20)?;
 ///     assert_eq!(&out[..], &msg[..]);
@@ -481,8 +482,9 @@ impl History {
         self.bytes.capacity()
     }
 
-    /// Appends a message's plaintext, keeping only the last window of bytes.
-    fn record(&mut self, data: &[u8]) {
+    /// Appends a message's plaintext (one that reached, or will reach, the other side),
+    /// keeping only the last window of bytes.
+    pub fn record(&mut self, data: &[u8]) {
         let window = self.window();
         if data.len() >= window {
             self.bytes.clear();
@@ -583,9 +585,7 @@ impl Inflater {
                 .set_dictionary(&history.bytes)
                 .map_err(|_| InflateError::Corrupt)?;
         }
-        let result = self.inflate(input, true, out, limit);
-        self.z.reset(false);
-        result?;
+        self.inflate(input, true, out, limit)?;
         history.record(&out[start..]);
         Ok(())
     }
@@ -680,8 +680,10 @@ impl Deflater {
 
     /// Appends `input` compressed as one message with context takeover to `out`: the
     /// compressor is reset and primed with `history` (what earlier messages were), so it may
-    /// refer back into them, and `input` is added to the history.
-    pub fn compress_after(&mut self, history: &mut History, input: &[u8], out: &mut Vec<u8>) {
+    /// refer back into them. The history is not changed: once the message is certain to reach
+    /// the peer, [`History::record`] adds it (a message compressed but never sent must not be
+    /// in it, or the next ones would refer to bytes the peer does not have).
+    pub fn compress_after(&mut self, history: &History, input: &[u8], out: &mut Vec<u8>) {
         self.z.reset();
         if !history.is_empty() {
             self.z
@@ -689,11 +691,11 @@ impl Deflater {
                 .expect("a dictionary right after a reset is accepted");
         }
         self.compress(input, out);
-        self.z.reset();
-        history.record(input);
     }
 
     /// Appends `input` compressed as one message to `out`: a sync flush, its tail removed.
+    /// The context of earlier messages is kept (call [`reset`](Self::reset) before, for a
+    /// message on its own).
     pub fn compress(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
         loop {
@@ -754,11 +756,14 @@ pub(crate) fn inflate_message<R>(
         )
     });
     out.clear();
+    // One reset per message, before it (`inflate_after` resets itself).
     let result = match history {
         Some(history) => inflater.inflate_after(history, data, &mut out, limit),
-        None => inflater.inflate(data, true, &mut out, limit),
+        None => {
+            inflater.reset();
+            inflater.inflate(data, true, &mut out, limit)
+        }
     };
-    inflater.reset();
     let r = result.map(|()| f(&out));
     if out.capacity() > KEEP {
         out = Vec::new();
@@ -780,8 +785,10 @@ pub(crate) fn deflate_message<R>(
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
     with_deflater(window_bits, level, |deflater, out| {
-        deflater.compress(data, out);
+        // One reset per message, before it: a pooled compressor may come from a message
+        // compressed with context (`compress_after` resets before, not after).
         deflater.reset();
+        deflater.compress(data, out);
         f(out)
     })
 }
@@ -813,12 +820,6 @@ pub(crate) fn with_deflater<R>(
         p.deflated = out;
     });
     r
-}
-
-/// The most `len` bytes can compress to (a stored block's overhead for data that does not
-/// compress, and the flush), for admitting a message before it is compressed.
-pub(crate) fn bound(len: usize) -> usize {
-    len + (len >> 10) + 64
 }
 
 #[cfg(test)]

@@ -372,11 +372,10 @@ impl<S> Session<S> {
     ) -> usize {
         let role = self.role();
         let deflate = self.bits & DEFLATE != 0;
-        // The peer's context: taken out of the connection for this read's messages.
-        let mut history = (self.bits & INFLATE_CONTEXT != 0).then(|| {
-            io.take_received_history()
-                .unwrap_or_else(|| History::new(15))
-        });
+        let inflate_context = self.bits & INFLATE_CONTEXT != 0;
+        // The peer's context: taken out of the connection at this read's first compressed
+        // message, given back after the read.
+        let mut history: Option<History> = None;
         let Session {
             decoder,
             app: state,
@@ -392,6 +391,13 @@ impl<S> Session<S> {
         let on_event = |ev: Event<'_>| {
             match ev {
                 Event::Compressed { text, data } => {
+                    if inflate_context && history.is_none() {
+                        // Always there while the connection is open: lost, the message
+                        // inflates against an empty context and fails (1007) if it refers back.
+                        let taken = io.take_received_history();
+                        debug_assert!(taken.is_some(), "the inbound context is missing");
+                        history = Some(taken.unwrap_or_else(|| History::new(15)));
+                    }
                     let limit = limits.max_message_size;
                     let delivered = deflate::inflate_message(data, limit, history.as_mut(), |m| {
                         let msg = if text {

@@ -105,14 +105,14 @@ impl Conn {
         let (body, len) = match made {
             Ok(body) => {
                 let len = head.len() + body.len();
+                io.layer_bits |= gate.sets;
+                if len == 0 {
+                    return Ok(());
+                }
                 (Some(body), len)
             }
             Err(needs) => (None, head.len() + needs),
         };
-        io.layer_bits |= gate.sets;
-        if len == 0 {
-            return Ok(());
-        }
         let body = match body {
             Some(body) if pending + len + CHUNK_CHARGE <= limit || gate.past_limit => body,
             _ => {
