@@ -38,11 +38,13 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the layers, the threads and the flow of reads and writes.
 //! The modules point one way: `os` (sockets) -> `core` (connections, pollers, timers; no
-//! protocol) -> `engine` (the [`Engine`] facade) -> protocols ([`ws`]).
+//! protocol) -> `engine` (the [`Engine`] facade) -> protocols ([`ws`], [`tls`], and [`bus`],
+//! which carries `ws` groups' broadcasts between nodes).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod bus;
 mod core;
 mod engine;
 #[cfg(any(test, feature = "internals"))]

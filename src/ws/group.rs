@@ -187,8 +187,17 @@ impl Slot {
 /// [`Group::on_missed`]).
 type MissedNotice = Arc<dyn Fn(&WsConn, u64) + Send + Sync>;
 
+/// Carries a group's broadcasts beyond this process (a bus, `crate::bus`): told every
+/// message broadcast here, after its local delivery was queued. Messages that come back from
+/// other nodes are delivered with [`Group::deliver_local`], which does not relay them.
+pub(crate) trait Relay: Send + Sync {
+    fn publish(&self, msg: Message<'_>);
+}
+
 pub(crate) struct GroupInner {
     policy: SlowPolicy,
+    /// Set once, when the group is bound to a bus channel.
+    relay: OnceLock<Arc<dyn Relay>>,
     on_missed: Option<MissedNotice>,
     /// Indexed by poller; filled in as members of each poller join.
     slots: RwLock<Vec<Option<Arc<Slot>>>>,
@@ -416,6 +425,7 @@ impl Group {
         Group {
             inner: Arc::new(GroupInner {
                 policy,
+                relay: OnceLock::new(),
                 on_missed: None,
                 slots: RwLock::new(Vec::new()),
                 len: AtomicUsize::new(0),
@@ -586,21 +596,45 @@ impl Group {
     /// # }
     /// ```
     pub fn broadcast_batch<'a>(&self, msgs: impl IntoIterator<Item = Message<'a>>) {
-        if self.is_empty() {
+        let relay = self.inner.relay.get();
+        let local = !self.is_empty();
+        if !local && relay.is_none() {
             return;
         }
         let mut frames = Vec::new();
         let mut n = 0;
         for msg in msgs {
-            append_frame(&mut frames, msg);
+            if local {
+                append_frame(&mut frames, msg);
+            }
+            if let Some(relay) = relay {
+                relay.publish(msg); // one by one: other nodes deliver them as they come
+            }
             n += 1;
         }
-        if n > 0 {
+        if local && n > 0 {
             self.enqueue_all(&Bytes::from(frames), n, None, false);
         }
     }
 
     fn send(&self, msg: Message<'_>, except: Option<ConnId>) {
+        self.deliver(msg, except);
+        if let Some(relay) = self.inner.relay.get() {
+            relay.publish(msg);
+        }
+    }
+
+    /// Binds the group to `relay` (once; false if it was bound already).
+    pub(crate) fn set_relay(&self, relay: Arc<dyn Relay>) -> bool {
+        self.inner.relay.set(relay).is_ok()
+    }
+
+    /// Delivers `msg` to this process's members only: a message that came from another node.
+    pub(crate) fn deliver_local(&self, msg: Message<'_>) {
+        self.deliver(msg, None);
+    }
+
+    fn deliver(&self, msg: Message<'_>, except: Option<ConnId>) {
         if self.is_empty() {
             return; // nothing to encode for nobody
         }

@@ -41,7 +41,7 @@ mod conn;
 pub mod deflate;
 mod engine;
 pub mod frame;
-mod group;
+pub(crate) mod group;
 pub(crate) mod handshake;
 mod session;
 mod stats;
