@@ -101,13 +101,17 @@ struct Node {
 }
 
 fn node(url: &str, channel: &str) -> Node {
+    node_with(Bus::builder(), url, channel)
+}
+
+fn node_with(bus: netpoll::bus::BusBuilder, url: &str, channel: &str) -> Node {
     let group = Group::new(SlowPolicy::Drop);
     let server = WsServer::builder()
         .start(Engine::builder().pollers(2).listen("127.0.0.1:0"), |_| {
             Joiner(group.clone())
         })
         .unwrap();
-    let bus = Bus::builder().redis(url).unwrap();
+    let bus = bus.redis(url).unwrap();
     bus.bind(&group, channel).unwrap();
     Node {
         addr: server.local_addrs()[0],
@@ -234,5 +238,176 @@ fn three_nodes_deliver_every_message_once_in_each_senders_order() {
         let s = n.bus.stats();
         assert_eq!(s.dropped, 0, "{s:?}");
         assert!(s.skipped_own > 0, "{s:?}");
+    }
+}
+
+/// This process's CPU time so far (user + system).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and
+    // 13th of those, in clock ticks (100 per second on Linux).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+fn texts(inbox: &Inbox, id: u64) -> Vec<String> {
+    inbox.lock().unwrap().get(&id).cloned().unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs redis-server (.ci/run installs it)"]
+fn a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes() {
+    let mut redis = Redis::start(&[]);
+    let fast = || Bus::builder().backoff(Duration::from_millis(50), Duration::from_millis(400));
+    let a = node_with(fast(), &redis.url(), "ticks");
+    let b = node_with(fast(), &redis.url(), "ticks");
+    wait_connected(&[&a, &b]);
+    let (inbox, _client, ids) = listeners(&[&a, &b], 5);
+    let (on_a, on_b) = (ids[0][0], ids[1][0]);
+    let phase = |name: &str| {
+        for i in 0..100 {
+            a.group.broadcast(Message::Text(&format!("{name}{i}")));
+        }
+    };
+    phase("before");
+    assert!(common::eventually(WAIT, || texts(&inbox, on_b).len() == 100));
+
+    redis.stop();
+    assert!(common::eventually(WAIT, || !a.bus.is_connected() && !b.bus.is_connected()));
+    let cpu = cpu_time();
+    let started = std::time::Instant::now();
+    phase("during");
+    // Local delivery does not wait for the broker.
+    assert!(common::eventually(WAIT, || texts(&inbox, on_a).len() == 200));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (spent, wall) = (cpu_time() - cpu, started.elapsed());
+    assert!(
+        spent < wall / 4,
+        "nothing spins while the broker is down: {spent:?} of CPU in {wall:?}"
+    );
+    assert!(a.bus.last_error().is_some());
+    assert_eq!(a.bus.stats().buffered, 100, "{:?}", a.bus.stats());
+
+    redis.run();
+    wait_connected(&[&a, &b]);
+    phase("after");
+    assert!(common::eventually(WAIT, || {
+        texts(&inbox, on_b)
+            .iter()
+            .filter(|t| t.starts_with("after"))
+            .count()
+            == 100
+    }));
+    // Every A listener got all 300 in order; B's got every "before" and "after" one in order,
+    // and of the outage's, those that reached the broker once B had subscribed again.
+    for id in &ids[0] {
+        let got = texts(&inbox, *id);
+        let want: Vec<String> = ["before", "during", "after"]
+            .iter()
+            .flat_map(|p| (0..100).map(move |i| format!("{p}{i}")))
+            .collect();
+        assert_eq!(got, want, "listener {id} on the publishing node");
+    }
+    for id in &ids[1] {
+        let got = texts(&inbox, *id);
+        let by = |p: &str| {
+            got.iter()
+                .filter(|t| t.starts_with(p))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let want = |p: &str| (0..100).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+        assert_eq!(by("before"), want("before"));
+        assert_eq!(by("after"), want("after"));
+        let during: Vec<u32> = by("during")
+            .iter()
+            .map(|t| t["during".len()..].parse().unwrap())
+            .collect();
+        assert!(
+            during.windows(2).all(|w| w[0] < w[1]),
+            "the outage's that arrived, in order, once each: {during:?}"
+        );
+    }
+    let s = a.bus.stats();
+    assert_eq!(
+        s.published + s.dropped,
+        300,
+        "every message published or dropped: {s:?}"
+    );
+    assert_eq!(s.buffered, 0);
+    assert!(
+        s.reconnects >= 2,
+        "publisher and subscriber came back: {s:?}"
+    );
+    assert!(b.bus.stats().reconnects >= 2);
+}
+
+#[test]
+#[ignore = "needs redis-server (.ci/run installs it)"]
+fn a_wrong_password_and_a_peer_that_is_not_a_broker_are_clear_errors() {
+    let redis = Redis::start(&["--requirepass", "secret"]);
+    let fast = || Bus::builder().backoff(Duration::from_millis(50), Duration::from_millis(200));
+    let wrong = fast()
+        .redis(&format!("redis://:wrong@127.0.0.1:{}", redis.port))
+        .unwrap();
+    let said = common::eventually(WAIT, || {
+        wrong
+            .last_error()
+            .is_some_and(|e| e.contains("WRONGPASS") || e.contains("invalid password"))
+    });
+    assert!(said, "{:?}", wrong.last_error());
+    let before = wrong.stats().reconnects;
+    std::thread::sleep(Duration::from_secs(1));
+    let tries = wrong.stats().reconnects - before;
+    assert!(
+        (1..=25).contains(&tries),
+        "it keeps trying, with backoff: {tries} reconnects in 1 s"
+    );
+    assert!(!wrong.is_connected());
+    // The right one connects.
+    let right = node_with(
+        fast(),
+        &format!("redis://:secret@127.0.0.1:{}", redis.port),
+        "x",
+    );
+    wait_connected(&[&right]);
+
+    // Not a broker: garbage for every connection, or a close at once.
+    for (reply, expect) in [
+        (&b"?garbage\r\n"[..], "bad reply"),
+        (&b""[..], "lost the broker"),
+    ] {
+        let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = peer.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in peer.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = std::io::Write::write_all(&mut s, reply);
+                if reply.is_empty() {
+                    drop(s); // closes at once
+                } else {
+                    std::thread::spawn(move || {
+                        std::thread::sleep(Duration::from_secs(30));
+                        drop(s);
+                    });
+                }
+            }
+        });
+        let bus = fast().redis(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let said = common::eventually(WAIT, || {
+            bus.last_error().is_some_and(|e| e.contains(expect))
+        });
+        assert!(said, "{expect}: {:?}", bus.last_error());
+        assert!(!bus.is_connected());
+        assert!(
+            common::eventually(WAIT, || bus.stats().reconnects >= 2),
+            "{expect}: it retries"
+        );
     }
 }

@@ -92,7 +92,6 @@ pub(crate) struct Links {
     backoff: [Backoff; 2],
 }
 
-
 /// Makes both connections (on the bus's poller, so that a connection's role is recorded
 /// before its first callback can run).
 pub(crate) fn connect_both(inner: &Arc<Inner>) {
