@@ -225,6 +225,18 @@ pub fn deflate(data: &[u8]) {
     if a == Err(InflateError::TooBig) {
         assert!(b.is_err());
     }
+    // With context takeover: the first `cut` bytes are what earlier messages inflated to, the
+    // rest is the message. The history stays within its window, and is unchanged by a
+    // message that fails.
+    let mut history = deflate::History::new(9 + split % 7);
+    history.record(&input[..cut]);
+    let before = history.clone();
+    let mut out = Vec::new();
+    let c = Inflater::new().inflate_after(&mut history, &input[cut..], &mut out, limit);
+    assert!(out.len() <= limit && history.len() <= history.window());
+    if c.is_err() {
+        assert_eq!(history, before, "a failed message left the context alone");
+    }
     if let Ok(header) = std::str::from_utf8(input) {
         let config = DeflateConfig::default();
         if let Some((params, response)) = deflate::server_accept([header], &config) {
@@ -238,6 +250,32 @@ pub fn deflate(data: &[u8]) {
             }
         }
         let _ = deflate::client_check(header, &config);
+    }
+}
+
+/// The bus's RESP reader on arbitrary bytes: it never panics, never claims more bytes than
+/// it was given, and a reply read from a buffer reads the same from any longer one (the rest
+/// of a stream may follow); every shorter prefix is incomplete or the same error.
+pub fn resp(data: &[u8]) {
+    use crate::bus::resp::read_reply;
+    let max = 1024;
+    let whole = read_reply(data, max);
+    if let Ok(Some((_, used))) = &whole {
+        assert!(*used <= data.len() && *used > 0);
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"+more\r\n");
+        assert_eq!(
+            read_reply(&longer, max).map(|r| r.map(|(_, n)| n)),
+            Ok(Some(*used))
+        );
+    }
+    for n in [0, data.len() / 2, data.len().saturating_sub(1)] {
+        match (read_reply(&data[..n], max), &whole) {
+            (Ok(None), _) => {}
+            (Err(e), Err(w)) => assert_eq!(&e, w, "a prefix fails as the whole"),
+            (Err(_), Ok(_)) => panic!("a prefix of a valid reply is an error"),
+            (Ok(Some((_, used))), _) => assert!(used <= n),
+        }
     }
 }
 
