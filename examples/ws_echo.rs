@@ -5,7 +5,7 @@
 //!     [--max-message BYTES] [--max-write-buffer BYTES] [--max-connections N] [--write-timeout SECS]
 //!     [--idle-timeout SECS] [--pong-timeout SECS] [--handshake-timeout SECS] [--stats]
 //!     [--send-buffer BYTES] [--events N] [--control] [--tls-cert PEM --tls-key PEM] [--deflate]
-//!     [--deflate-takeover BITS] [--redis redis://HOST:PORT]
+//!     [--deflate-takeover BITS] [--redis redis://HOST:PORT | --nats nats://HOST:PORT]
 //! ```
 //!
 //! - `/echo`: every message comes back unchanged (text as text, binary as binary).
@@ -20,9 +20,9 @@
 //! `--deflate-takeover BITS` (9..=15) it keeps context between messages both ways, with
 //! windows of 2^BITS bytes.
 //!
-//! With `--redis URL` the `/broadcast` group is bound to the channel `netpoll:broadcast` on
-//! that Redis server (`netpoll::bus`): every ws_echo on the same server delivers what is
-//! broadcast on any of them to its own `/broadcast` clients too.
+//! With `--redis URL` (or `--nats URL`) the `/broadcast` group is bound to the channel
+//! `netpoll:broadcast` on that Redis (or NATS) server (`netpoll::bus`): every ws_echo on the
+//! same server delivers what is broadcast on any of them to its own `/broadcast` clients too.
 //!
 //! With `--tls-cert` and `--tls-key` (PEM files) it serves `wss://` instead of `ws://` on the
 //! same paths (`cargo run -p netpoll-tools --bin gen_cert -- --out DIR` makes a test pair).
@@ -120,7 +120,7 @@ fn main() {
     let mut events = None;
     let mut deflate = None;
     let mut tls_cert = None;
-    let mut redis = None;
+    let mut broker = None;
     let mut tls_key = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -153,7 +153,7 @@ fn main() {
             "--send-buffer" => send_buffer = Some(number_flag(args.next(), "--send-buffer")),
             "--events" => events = Some(number_flag(args.next(), "--events")),
             "--tls-cert" => tls_cert = Some(args.next().expect("--tls-cert needs a PEM file")),
-            "--redis" => redis = Some(args.next().expect("--redis needs a redis:// URL")),
+            "--redis" | "--nats" => broker = Some(args.next().expect("--redis/--nats need a URL")),
             "--tls-key" => tls_key = Some(args.next().expect("--tls-key needs a PEM file")),
             other => panic!("unknown flag {other}"),
         }
@@ -187,10 +187,10 @@ fn main() {
     }
     let broadcast = Group::new(SlowPolicy::Drop);
     // Kept for the process's life: dropping it would stop the bus.
-    let _bus = redis.map(|url| {
+    let _bus = broker.map(|url| {
         let bus = netpoll::bus::Bus::builder()
             .max_message_size(max_message)
-            .redis(&url)
+            .connect(&url)
             .unwrap_or_else(|e| panic!("{e}"));
         bus.bind(&broadcast, "netpoll:broadcast")
             .expect("a new group binds");

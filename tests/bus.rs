@@ -1,10 +1,10 @@
-//! Cross-node broadcast through a real `redis-server`: groups on several engines (nodes) bound
-//! to one channel, WebSocket listeners on each, the broker restarted mid-stream, a wrong
-//! password and a peer that is not a broker.
+//! Cross-node broadcast through a real `redis-server` and a real `nats-server`: groups on
+//! several engines (nodes) bound to one channel, WebSocket listeners on each, the broker
+//! restarted mid-stream, a wrong password and a peer that is not a broker, a stuck member.
 //!
-//! Ignored by default (they need `redis-server` on the PATH): `.ci/run` installs Debian's
-//! `redis-server` and runs them with `cargo test --test bus -- --ignored`. Each test starts
-//! its own server on a free port and stops it.
+//! Ignored by default (they need `redis-server` and `nats-server` on the PATH): `.ci/run`
+//! installs Debian's packages and runs them with `cargo test --test bus -- --ignored`. Each
+//! test starts its own server on a free port and stops it.
 
 mod common;
 mod ws_common;
@@ -32,42 +32,72 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A `redis-server` of this test's own, on a free port; killed when dropped.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    extra: Vec<String>,
+/// Which broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redis,
+    Nats,
 }
 
-impl Redis {
-    fn start(extra: &[&str]) -> Redis {
+/// A broker server of this test's own (`redis-server` or `nats-server`), on a free port;
+/// killed when dropped.
+struct Broker {
+    kind: Kind,
+    child: Option<Child>,
+    port: u16,
+    /// A password it requires (user "u" for NATS).
+    password: Option<String>,
+}
+
+impl Broker {
+    fn start(kind: Kind, password: Option<&str>) -> Broker {
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut r = Redis {
+        let mut r = Broker {
+            kind,
             child: None,
             port,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            password: password.map(str::to_string),
         };
         r.run();
         r
     }
 
     fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .args(&self.extra)
+        let port = self.port.to_string();
+        let mut cmd = match self.kind {
+            Kind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args(["--port", &port, "--bind", "127.0.0.1"]);
+                c.args(["--save", "", "--appendonly", "no", "--protected-mode", "no"]);
+                if let Some(p) = &self.password {
+                    c.args(["--requirepass", p]);
+                }
+                c
+            }
+            Kind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-p", &port, "-a", "127.0.0.1"]);
+                if let Some(p) = &self.password {
+                    c.args(["--user", "u", "--pass", p]);
+                }
+                c
+            }
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server on the PATH (.ci/run installs Debian's redis-server)");
+            .expect(
+                "the broker on the PATH (.ci/run installs Debian's redis-server and nats-server)",
+            );
         self.child = Some(child);
         let up = common::eventually(WAIT, || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
         });
-        assert!(up, "redis-server did not start on port {}", self.port);
+        assert!(up, "{:?} did not start on port {}", self.kind, self.port);
     }
 
     fn stop(&mut self) {
@@ -77,12 +107,22 @@ impl Redis {
         }
     }
 
+    /// The URL with `password` (and NATS's user), if given.
+    fn url_with(&self, password: Option<&str>) -> String {
+        match (self.kind, password) {
+            (Kind::Redis, None) => format!("redis://127.0.0.1:{}", self.port),
+            (Kind::Redis, Some(p)) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            (Kind::Nats, None) => format!("nats://127.0.0.1:{}", self.port),
+            (Kind::Nats, Some(p)) => format!("nats://u:{p}@127.0.0.1:{}", self.port),
+        }
+    }
+
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url_with(self.password.as_deref())
     }
 }
 
-impl Drop for Redis {
+impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
     }
@@ -129,7 +169,7 @@ fn node_on(
             Joiner(group.clone())
         })
         .unwrap();
-    let bus = bus.redis(url).unwrap();
+    let bus = bus.connect(url).unwrap();
     bus.bind(&group, channel).unwrap();
     Node {
         addr: server.local_addrs()[0],
@@ -200,9 +240,19 @@ fn wait_connected(nodes: &[&Node]) {
 
 #[test]
 #[ignore = "needs redis-server (.ci/run installs it)"]
-fn three_nodes_deliver_every_message_once_in_each_senders_order() {
+fn redis_three_nodes_deliver_every_message_once_in_each_senders_order() {
+    three_nodes_deliver_every_message_once_in_each_senders_order(Kind::Redis);
+}
+
+#[test]
+#[ignore = "needs nats-server (.ci/run installs it)"]
+fn nats_three_nodes_deliver_every_message_once_in_each_senders_order() {
+    three_nodes_deliver_every_message_once_in_each_senders_order(Kind::Nats);
+}
+
+fn three_nodes_deliver_every_message_once_in_each_senders_order(kind: Kind) {
     let _serial = serial();
-    let redis = Redis::start(&[]);
+    let redis = Broker::start(kind, None);
     let nodes: Vec<Node> = (0..3).map(|_| node(&redis.url(), "room")).collect();
     wait_connected(&nodes.iter().collect::<Vec<_>>());
     let (inbox, _client, ids) = listeners(&nodes.iter().collect::<Vec<_>>(), 100);
@@ -281,9 +331,19 @@ fn texts(inbox: &Inbox, id: u64) -> Vec<String> {
 
 #[test]
 #[ignore = "needs redis-server (.ci/run installs it)"]
-fn a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes() {
+fn redis_a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes() {
+    a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes(Kind::Redis);
+}
+
+#[test]
+#[ignore = "needs nats-server (.ci/run installs it)"]
+fn nats_a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes() {
+    a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes(Kind::Nats);
+}
+
+fn a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes(kind: Kind) {
     let _serial = serial();
-    let mut redis = Redis::start(&[]);
+    let mut redis = Broker::start(kind, None);
     let fast = || Bus::builder().backoff(Duration::from_millis(50), Duration::from_millis(400));
     let a = node_with(fast(), &redis.url(), "ticks");
     let b = node_with(fast(), &redis.url(), "ticks");
@@ -369,35 +429,37 @@ fn a_broker_restart_never_stops_local_delivery_and_cross_node_delivery_resumes()
 }
 
 #[test]
-#[ignore = "needs redis-server (.ci/run installs it)"]
+#[ignore = "needs redis-server and nats-server (.ci/run installs them)"]
 fn a_wrong_password_and_a_peer_that_is_not_a_broker_are_clear_errors() {
     let _serial = serial();
-    let redis = Redis::start(&["--requirepass", "secret"]);
     let fast = || Bus::builder().backoff(Duration::from_millis(50), Duration::from_millis(200));
-    let wrong = fast()
-        .redis(&format!("redis://:wrong@127.0.0.1:{}", redis.port))
-        .unwrap();
-    let said = common::eventually(WAIT, || {
-        wrong
-            .last_error()
-            .is_some_and(|e| e.contains("WRONGPASS") || e.contains("invalid password"))
-    });
-    assert!(said, "{:?}", wrong.last_error());
-    let before = wrong.stats().reconnects;
-    std::thread::sleep(Duration::from_secs(1));
-    let tries = wrong.stats().reconnects - before;
-    assert!(
-        (1..=25).contains(&tries),
-        "it keeps trying, with backoff: {tries} reconnects in 1 s"
-    );
-    assert!(!wrong.is_connected());
-    // The right one connects.
-    let right = node_with(
-        fast(),
-        &format!("redis://:secret@127.0.0.1:{}", redis.port),
-        "x",
-    );
-    wait_connected(&[&right]);
+    for (kind, refusal) in [
+        (Kind::Redis, ["WRONGPASS", "invalid password"]),
+        (
+            Kind::Nats,
+            ["Authorization Violation", "Authorization Violation"],
+        ),
+    ] {
+        let broker = Broker::start(kind, Some("secret"));
+        let wrong = fast().connect(&broker.url_with(Some("wrong"))).unwrap();
+        let said = common::eventually(WAIT, || {
+            wrong
+                .last_error()
+                .is_some_and(|e| refusal.iter().any(|r| e.contains(r)))
+        });
+        assert!(said, "{kind:?}: {:?}", wrong.last_error());
+        let before = wrong.stats().reconnects;
+        std::thread::sleep(Duration::from_secs(1));
+        let tries = wrong.stats().reconnects - before;
+        assert!(
+            (1..=25).contains(&tries),
+            "{kind:?}: it keeps trying, with backoff: {tries} reconnects in 1 s"
+        );
+        assert!(!wrong.is_connected());
+        // The right one connects.
+        let right = node_with(fast(), &broker.url(), "x");
+        wait_connected(&[&right]);
+    }
 
     // Not a broker: garbage for every connection, or a close at once.
     for (reply, expect) in [
@@ -420,7 +482,9 @@ fn a_wrong_password_and_a_peer_that_is_not_a_broker_are_clear_errors() {
                 }
             }
         });
-        let bus = fast().redis(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let bus = fast()
+            .connect(&format!("redis://127.0.0.1:{port}"))
+            .unwrap();
         let said = common::eventually(WAIT, || {
             bus.last_error().is_some_and(|e| e.contains(expect))
         });
@@ -437,7 +501,7 @@ fn a_wrong_password_and_a_peer_that_is_not_a_broker_are_clear_errors() {
 #[ignore = "needs redis-server (.ci/run installs it)"]
 fn a_stuck_member_on_one_node_delays_neither_that_nodes_others_nor_the_bus() {
     let _serial = serial();
-    let redis = Redis::start(&[]);
+    let redis = Broker::start(Kind::Redis, None);
     // Small kernel send buffers, so that the stuck member's bytes pile up in A's queue.
     let a = node_on(
         Engine::builder()

@@ -1,13 +1,14 @@
-//! Broadcast across nodes: a [`Group`] bound to a channel of a message broker (Redis pub/sub)
-//! delivers each broadcast to its local members, then publishes it once to the broker; every
-//! other node bound to that channel delivers it to its own members as a local broadcast
+//! Broadcast across nodes: a [`Group`] bound to a channel of a message broker (Redis pub/sub
+//! or NATS core pub/sub) delivers each broadcast to its local members, then publishes it once
+//! to the broker; every other node bound to that channel delivers it to its own members as a
+//! local broadcast
 //! (encoded once, fanned out per poller, under the group's slow-member policy). A node skips
 //! its own messages when they come back.
 //!
 //! Delivery across nodes is at most once, as pub/sub is: a message published while a node's
 //! subscriber connection is down never reaches that node's members. Each publisher's messages
-//! arrive in the order it broadcast them (one publisher connection per bus, and Redis keeps a
-//! connection's order). While the broker is unreachable, published messages wait in a bounded
+//! arrive in the order it broadcast them (one publisher connection per bus, and both brokers
+//! keep a connection's order). While the broker is unreachable, published messages wait in a bounded
 //! buffer (`BusBuilder::max_buffered_bytes`) and go out in order when the publisher connection
 //! is back; past the bound they are dropped and counted. Local delivery never waits for the
 //! broker.
@@ -29,9 +30,9 @@
 //! # Ok::<(), netpoll::bus::BusError>(())
 //! ```
 
+mod link;
+pub mod nats;
 pub mod resp;
-
-mod redis;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -54,6 +55,8 @@ pub enum BusError {
     Engine(crate::Error),
     /// The group is bound to a channel already, or the channel to another group.
     AlreadyBound,
+    /// A channel name the broker cannot carry.
+    BadChannel,
 }
 
 impl fmt::Display for BusError {
@@ -62,6 +65,7 @@ impl fmt::Display for BusError {
             BusError::Url(why) => write!(f, "bad broker URL: {why}"),
             BusError::Engine(e) => write!(f, "bus engine: {e}"),
             BusError::AlreadyBound => f.write_str("group or channel already bound"),
+            BusError::BadChannel => f.write_str("a channel name the broker cannot carry"),
         }
     }
 }
@@ -157,16 +161,39 @@ impl BusBuilder {
     }
 
     /// Starts a bus on the Redis server at `url`:
-    /// `redis://[[user]:password@]host:port[/db]` (`AUTH` when a password is given; the
+    /// `redis://[[user]:password@]host[:port][/db]` (`AUTH` when a password is given; the
     /// database number is accepted and ignored, as pub/sub channels span databases). The
     /// host is resolved once, here. Returns at once; the connections are made in the
     /// background (see [`Bus::is_connected`]).
     ///
     /// # Errors
-    /// [`BusError::Url`] for a URL that cannot be parsed or resolved; [`BusError::Engine`] if
-    /// the bus's engine cannot start.
+    /// [`BusError::Url`] for a URL that is not `redis://` or cannot be parsed or resolved;
+    /// [`BusError::Engine`] if the bus's engine cannot start.
     pub fn redis(self, url: &str) -> Result<Bus, BusError> {
-        let target = redis::Target::parse(url)?;
+        if !url.starts_with("redis://") {
+            return Err(BusError::Url(format!("{url}: not redis://")));
+        }
+        self.connect(url)
+    }
+
+    /// Starts a bus on the NATS server at `url`: `nats://[user:password@]host[:port]` (core
+    /// NATS pub/sub; subjects are the channels). As for [`redis`](Self::redis) otherwise.
+    ///
+    /// # Errors
+    /// As for [`redis`](Self::redis).
+    pub fn nats(self, url: &str) -> Result<Bus, BusError> {
+        if !url.starts_with("nats://") {
+            return Err(BusError::Url(format!("{url}: not nats://")));
+        }
+        self.connect(url)
+    }
+
+    /// Starts a bus on the broker `url` names: `redis://...` or `nats://...`.
+    ///
+    /// # Errors
+    /// As for [`redis`](Self::redis).
+    pub fn connect(self, url: &str) -> Result<Bus, BusError> {
+        let target = link::Target::parse(url)?;
         Bus::start(self, target)
     }
 }
@@ -207,7 +234,7 @@ impl Bus {
         BusBuilder::default()
     }
 
-    fn start(config: BusBuilder, target: redis::Target) -> Result<Bus, BusError> {
+    fn start(config: BusBuilder, target: link::Target) -> Result<Bus, BusError> {
         let inner = Arc::new(Inner {
             node: config.node_id.unwrap_or_else(rand::random),
             config,
@@ -215,7 +242,7 @@ impl Bus {
             engine: std::sync::OnceLock::new(),
             publisher: Mutex::new(Publisher::default()),
             channels: RwLock::new(HashMap::new()),
-            links: Mutex::new(redis::Links::default()),
+            links: Mutex::new(link::Links::default()),
             stats: Counters::default(),
             last_error: Mutex::new(None),
             stopped: AtomicBool::new(false),
@@ -229,11 +256,11 @@ impl Bus {
             .connect_timeout(Duration::from_secs(5))
             .start({
                 let inner = inner.clone();
-                move |_| redis::BusHandler::new(inner.clone())
+                move |_| link::BusHandler::new(inner.clone())
             })
             .map_err(BusError::Engine)?;
         let _ = inner.engine.set(engine.handle());
-        redis::connect_both(&inner);
+        link::connect_both(&inner);
         Ok(Bus {
             owner: Arc::new(Owner {
                 inner,
@@ -251,9 +278,14 @@ impl Bus {
     /// one channel, a channel to one group of this bus.
     ///
     /// # Errors
-    /// [`BusError::AlreadyBound`] if the group or the channel is bound already.
+    /// [`BusError::AlreadyBound`] if the group or the channel is bound already;
+    /// [`BusError::BadChannel`] for a name the broker cannot carry (NATS: empty, whitespace
+    /// or a wildcard).
     pub fn bind(&self, group: &Group, channel: &str) -> Result<(), BusError> {
         let inner = self.inner();
+        if !inner.target.valid_channel(channel.as_bytes()) {
+            return Err(BusError::BadChannel);
+        }
         {
             let mut channels = inner.channels.write().unwrap_or_else(|p| p.into_inner());
             if channels.contains_key(channel.as_bytes()) {
@@ -268,7 +300,7 @@ impl Bus {
             }
             channels.insert(channel.as_bytes().to_vec(), group.clone());
         }
-        redis::subscribe(inner, channel.as_bytes());
+        link::subscribe(inner, channel.as_bytes());
         Ok(())
     }
 
@@ -280,7 +312,7 @@ impl Bus {
     /// True while both broker connections are up (the subscriber has subscribed, the
     /// publisher is ready).
     pub fn is_connected(&self) -> bool {
-        redis::is_connected(self.inner())
+        link::is_connected(self.inner())
     }
 
     /// The last error from the broker or its connections (a refused connection, a wrong
@@ -309,13 +341,13 @@ impl Bus {
 pub(crate) struct Inner {
     node: u64,
     config: BusBuilder,
-    target: redis::Target,
+    target: link::Target,
     engine: std::sync::OnceLock<EngineHandle>,
     publisher: Mutex<Publisher>,
     /// Bound channels and their groups.
     channels: RwLock<HashMap<Vec<u8>, Group>>,
     /// The broker connections and their reconnection state.
-    links: Mutex<redis::Links>,
+    links: Mutex<link::Links>,
     stats: Counters,
     last_error: Mutex<Option<String>>,
     /// The bus was dropped: publish nothing more.
@@ -336,7 +368,7 @@ struct Counters {
 #[derive(Default)]
 struct Publisher {
     conn: Option<Conn>,
-    /// Encoded `PUBLISH` commands waiting for the connection, oldest first.
+    /// Encoded publishes waiting for the connection, oldest first.
     buffer: VecDeque<Vec<u8>>,
     buffered_bytes: usize,
 }
@@ -356,9 +388,10 @@ impl Inner {
         SCRATCH.with(|scratch| {
             let mut command = scratch.borrow_mut();
             command.clear();
-            resp::encode_command_head(&mut command, &[b"PUBLISH", channel], HEADER + msg.len());
+            let target = &self.target;
+            target.publish_head(&mut command, channel, HEADER + msg.len());
             encode_envelope(&mut command, self.node, msg);
-            resp::end_arg(&mut command);
+            target.end_publish(&mut command);
             self.send(&command);
             if command.capacity() > 64 * 1024 {
                 *command = Vec::new(); // do not keep a large buffer per thread
