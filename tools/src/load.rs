@@ -85,7 +85,11 @@ pub struct Options {
     pub secs: u64,
     pub pollers: usize,
     pub sources: u8,
-    pub server_pid: Option<u32>,
+    /// The server processes whose CPU time is reported (summed): `--server-pid`, repeatable.
+    pub server_pids: Vec<u32>,
+    /// `ws` load tools: a second server (`--url2`, same path): every other connection goes
+    /// there (a broadcast across two nodes of a bus).
+    pub addr2: Option<SocketAddr>,
 }
 
 impl Options {
@@ -108,7 +112,8 @@ impl Options {
             secs: 10,
             pollers: 1,
             sources: 1,
-            server_pid: None,
+            server_pids: Vec::new(),
+            addr2: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -145,7 +150,15 @@ impl Options {
                 "--duration" => o.secs = val().parse().expect("--duration SECS"),
                 "--pollers" => o.pollers = val().parse().expect("--pollers N"),
                 "--sources" => o.sources = val().parse().expect("--sources N (1..=254)"),
-                "--server-pid" => o.server_pid = Some(val().parse().expect("--server-pid PID")),
+                "--server-pid" => o.server_pids.push(val().parse().expect("--server-pid PID")),
+                "--url2" if ws => {
+                    let url = val();
+                    let rest = url
+                        .strip_prefix("ws://")
+                        .expect("--url2 ws://HOST:PORT[/PATH] (the path is --url's)");
+                    let authority = rest.split('/').next().unwrap_or(rest);
+                    o.addr2 = Some(authority.parse().expect("--url2 needs an IP:PORT authority"));
+                }
                 other => {
                     eprintln!("unknown argument {other:?}");
                     std::process::exit(2);
@@ -207,7 +220,12 @@ pub fn wait_all_open(o: &Options, counters: &Counters) {
 /// Warms up, measures `o.secs` seconds and prints the report line.
 pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
     std::thread::sleep(Duration::from_millis(500));
-    let cpu_start = o.server_pid.and_then(cpu_seconds);
+    let server_cpu = || -> Option<f64> {
+        (!o.server_pids.is_empty())
+            .then(|| o.server_pids.iter().map(|&p| cpu_seconds(p)).sum::<Option<f64>>())
+            .flatten()
+    };
+    let cpu_start = server_cpu();
     let start_count = counters.echoed.load(Ordering::Relaxed);
     let start = Instant::now();
     counters.measuring.store(true, Ordering::Relaxed);
@@ -225,7 +243,7 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
         (Some(a), Some(b), Some(c)) => format!(" lat_p50_us={a} lat_p99_us={b} lat_max_us={c}"),
         _ => String::new(),
     };
-    let cpu = match (cpu_start, o.server_pid.and_then(cpu_seconds)) {
+    let cpu = match (cpu_start, server_cpu()) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };

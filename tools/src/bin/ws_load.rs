@@ -28,8 +28,10 @@
 //!
 //! Messages carry their send time in the first 8 bytes (`--size` is at least 8). Sockets are
 //! spread over source addresses 127.0.0.1..=127.0.0.N with `--sources N`. With
-//! `--server-pid` the server's CPU time over the measured window is reported too. `--addr`
-//! and `--path` may be given instead of `--url`.
+//! `--server-pid` the server's CPU time over the measured window is reported too (repeat it
+//! to sum several servers). `--url2 ws://HOST:PORT` sends every other connection to a second
+//! server on the same path (two nodes of a bus; the sender is the first to open). `--addr` and
+//! `--path` may be given instead of `--url`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -156,6 +158,8 @@ fn main() {
         .expect("start client engine");
     let scheme = if o.tls { "wss" } else { "ws" };
     let url = format!("{scheme}://{}{}", o.addr, o.path);
+    // With --url2, every other connection goes to the second server.
+    let url2 = o.addr2.map(|a| format!("{scheme}://{a}{}", o.path));
     let tls = match &o.ca {
         Some(path) => {
             let pem = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -169,7 +173,11 @@ fn main() {
             .local_addr(load::source_addr(&o, i))
             .timeout(Duration::from_secs(30))
             .tls(tls.clone());
-        ws.connect(&url, opts).expect("connect");
+        let to = match &url2 {
+            Some(second) if i % 2 == 1 => second,
+            _ => &url,
+        };
+        ws.connect(to, opts).expect("connect");
     }
     load::wait_all_open(&o, &counters);
     if mode == Mode::Idle {
