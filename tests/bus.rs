@@ -559,3 +559,56 @@ fn a_stuck_member_on_one_node_delays_neither_that_nodes_others_nor_the_bus() {
     assert_eq!(a.bus.stats().dropped, 0, "{:?}", a.bus.stats());
     assert_eq!(b.bus.stats().received, 2_000);
 }
+
+#[test]
+#[ignore = "needs redis-server and nats-server (.ci/run installs them)"]
+fn raw_channels_carry_messages_to_subscribers_on_other_nodes_only() {
+    let _serial = serial();
+    for kind in [Kind::Redis, Kind::Nats] {
+        let broker = Broker::start(kind, None);
+        let (a, b) = (
+            Bus::builder().connect(&broker.url()).unwrap(),
+            Bus::builder().connect(&broker.url()).unwrap(),
+        );
+        let got: Arc<Mutex<Vec<(char, String)>>> = Arc::default();
+        for (name, bus) in [('a', &a), ('b', &b)] {
+            let got = got.clone();
+            bus.subscribe("ctl", move |m| {
+                if let Message::Text(t) = m {
+                    got.lock().unwrap().push((name, t.to_string()));
+                }
+            })
+            .unwrap();
+        }
+        assert!(matches!(
+            a.subscribe("ctl", |_| {}),
+            Err(netpoll::bus::BusError::AlreadyBound)
+        ));
+        assert!(common::eventually(WAIT, || a.is_connected() && b.is_connected()));
+        for i in 0..50 {
+            a.publish("ctl", Message::Text(&format!("from a {i}")))
+                .unwrap();
+        }
+        b.publish("ctl", Message::Text("from b")).unwrap();
+        assert!(common::eventually(WAIT, || got.lock().unwrap().len() == 51));
+        std::thread::sleep(Duration::from_millis(100));
+        let got = got.lock().unwrap().clone();
+        let want: Vec<(char, String)> = (0..50)
+            .map(|i| ('b', format!("from a {i}")))
+            .chain([('a', "from b".to_string())])
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort_by_key(|(n, _)| *n == 'a');
+        assert_eq!(
+            sorted, want,
+            "{kind:?}: each node gets the other's, in order, not its own"
+        );
+        assert_eq!(a.stats().skipped_own, 50);
+        if kind == Kind::Nats {
+            assert!(matches!(
+                a.publish("a b", Message::Text("x")),
+                Err(netpoll::bus::BusError::BadChannel)
+            ));
+        }
+    }
+}

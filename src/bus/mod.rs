@@ -282,6 +282,50 @@ impl Bus {
     /// [`BusError::BadChannel`] for a name the broker cannot carry (NATS: empty, whitespace
     /// or a wildcard).
     pub fn bind(&self, group: &Group, channel: &str) -> Result<(), BusError> {
+        self.add(channel, Sink::Group(group.clone()))
+    }
+
+    /// Calls `f` with every message other nodes publish on `channel` (with
+    /// [`publish`](Self::publish), or a group bound to it elsewhere): presence, control
+    /// messages, anything that is not a group's broadcast. `f` runs on the bus's thread: keep
+    /// it short.
+    ///
+    /// ```no_run
+    /// # fn demo(bus: &netpoll::bus::Bus) -> Result<(), netpoll::bus::BusError> {
+    /// use netpoll::ws::Message;
+    /// bus.subscribe("presence", |msg| {
+    ///     if let Message::Text(t) = msg {
+    ///         println!("a node says {t}");
+    ///     }
+    /// })?;
+    /// bus.publish("presence", Message::Text("node 7: 120 online"))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`bind`](Self::bind).
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        f: impl Fn(Message<'_>) + Send + Sync + 'static,
+    ) -> Result<(), BusError> {
+        self.add(channel, Sink::Callback(Arc::new(f)))
+    }
+
+    /// Publishes `msg` on `channel` for the other nodes (nothing is delivered here), in order
+    /// with everything else this bus publishes.
+    ///
+    /// # Errors
+    /// [`BusError::BadChannel`] for a name the broker cannot carry.
+    pub fn publish(&self, channel: &str, msg: Message<'_>) -> Result<(), BusError> {
+        if !self.inner().target.valid_channel(channel.as_bytes()) {
+            return Err(BusError::BadChannel);
+        }
+        self.inner().publish(channel.as_bytes(), msg);
+        Ok(())
+    }
+
+    fn add(&self, channel: &str, sink: Sink) -> Result<(), BusError> {
         let inner = self.inner();
         if !inner.target.valid_channel(channel.as_bytes()) {
             return Err(BusError::BadChannel);
@@ -291,14 +335,16 @@ impl Bus {
             if channels.contains_key(channel.as_bytes()) {
                 return Err(BusError::AlreadyBound);
             }
-            let relay = Arc::new(Binding {
-                inner: inner.clone(),
-                channel: channel.as_bytes().to_vec(),
-            });
-            if !group.set_relay(relay) {
-                return Err(BusError::AlreadyBound);
+            if let Sink::Group(group) = &sink {
+                let relay = Arc::new(Binding {
+                    inner: inner.clone(),
+                    channel: channel.as_bytes().to_vec(),
+                });
+                if !group.set_relay(relay) {
+                    return Err(BusError::AlreadyBound);
+                }
             }
-            channels.insert(channel.as_bytes().to_vec(), group.clone());
+            channels.insert(channel.as_bytes().to_vec(), sink);
         }
         link::subscribe(inner, channel.as_bytes());
         Ok(())
@@ -344,8 +390,8 @@ pub(crate) struct Inner {
     target: link::Target,
     engine: std::sync::OnceLock<EngineHandle>,
     publisher: Mutex<Publisher>,
-    /// Bound channels and their groups.
-    channels: RwLock<HashMap<Vec<u8>, Group>>,
+    /// Bound or subscribed channels and where their messages go.
+    channels: RwLock<HashMap<Vec<u8>, Sink>>,
     /// The broker connections and their reconnection state.
     links: Mutex<link::Links>,
     stats: Counters,
@@ -457,17 +503,34 @@ impl Inner {
             self.stats.skipped_own.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(group) = channels.get(channel) {
-            group.deliver_local(msg);
-            self.stats.received.fetch_add(1, Ordering::Relaxed);
+        // Taken out of the map first: a subscriber's function may bind or subscribe.
+        let sink = {
+            let channels = self.channels.read().unwrap_or_else(|p| p.into_inner());
+            match channels.get(channel) {
+                Some(Sink::Group(group)) => Sink::Group(group.clone()),
+                Some(Sink::Callback(f)) => Sink::Callback(f.clone()),
+                None => return,
+            }
+        };
+        match sink {
+            Sink::Group(group) => group.deliver_local(msg),
+            Sink::Callback(f) => f(msg),
         }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 thread_local! {
     /// Where a thread encodes what it publishes: no allocation per message.
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Where a channel's messages from other nodes go.
+enum Sink {
+    /// A bound group's members.
+    Group(Group),
+    /// A subscriber's function.
+    Callback(Arc<dyn Fn(Message<'_>) + Send + Sync>),
 }
 
 /// A group's link to its channel.

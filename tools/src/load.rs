@@ -157,7 +157,11 @@ impl Options {
                         .strip_prefix("ws://")
                         .expect("--url2 ws://HOST:PORT[/PATH] (the path is --url's)");
                     let authority = rest.split('/').next().unwrap_or(rest);
-                    o.addr2 = Some(authority.parse().expect("--url2 needs an IP:PORT authority"));
+                    o.addr2 = Some(
+                        authority
+                            .parse()
+                            .expect("--url2 needs an IP:PORT authority"),
+                    );
                 }
                 other => {
                     eprintln!("unknown argument {other:?}");
@@ -222,7 +226,12 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
     std::thread::sleep(Duration::from_millis(500));
     let server_cpu = || -> Option<f64> {
         (!o.server_pids.is_empty())
-            .then(|| o.server_pids.iter().map(|&p| cpu_seconds(p)).sum::<Option<f64>>())
+            .then(|| {
+                o.server_pids
+                    .iter()
+                    .map(|&p| cpu_seconds(p))
+                    .sum::<Option<f64>>()
+            })
             .flatten()
     };
     let cpu_start = server_cpu();
