@@ -3,8 +3,13 @@
 //! ```text
 //! cargo run --release --example chat [-- --addr 127.0.0.1:8080 --history 50
 //!     --history-bytes 262144 --rate 5 --burst 10 --origin https://chat.example ...
-//!     --tls-cert cert.pem --tls-key key.pem]
+//!     --tls-cert cert.pem --tls-key key.pem --redis redis://127.0.0.1:6379]
 //! ```
+//! With `--redis URL` (or `--nats URL`) several chat processes share the room through that
+//! broker (`netpoll::bus`): messages and join/leave notices reach every node's members, and
+//! the online count is the sum over the nodes (each node publishes its own count every 2 s
+//! and on every join and leave; a node not heard from for 6 s no longer counts). The history
+//! a newcomer gets is its own node's.
 //! With `--tls-cert` and `--tls-key` the page is served over https:// and the chat over
 //! wss:// on the same port.
 //! Open <http://127.0.0.1:8080/> in two browser tabs, pick nicknames, and talk. The page is
@@ -32,7 +37,7 @@
 //! `{"type":"join"|"leave","nick":..,"online":N}`, `{"type":"notice","text":..}`. Client to
 //! server: the text of a message.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +67,8 @@ struct Options {
     /// PEM files of the certificate chain and key: serve https:// and wss://.
     tls_cert: Option<String>,
     tls_key: Option<String>,
+    /// A broker (`redis://...`, `nats://...`) that joins this node's room to others'.
+    broker: Option<String>,
 }
 
 impl Default for Options {
@@ -75,6 +82,7 @@ impl Default for Options {
             origins: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            broker: None,
             max_outbound: 1 << 20,
         }
     }
@@ -85,7 +93,22 @@ struct Room {
     members: Group,
     history: Mutex<History>,
     opts: Options,
+    /// With a broker: the other nodes' counts of members.
+    nodes: Option<Nodes>,
 }
+
+/// The room across nodes: the bus it is bound on, and what other nodes last said their
+/// member counts were.
+struct Nodes {
+    bus: netpoll::bus::Bus,
+    counts: Mutex<HashMap<u64, (usize, Instant)>>,
+}
+
+/// The channels the room uses on a broker.
+const ROOM_CHANNEL: &str = "netpoll-chat:room";
+const PRESENCE_CHANNEL: &str = "netpoll-chat:presence";
+/// How long another node's count is believed without news (three of its reports).
+const PRESENCE_TTL: Duration = Duration::from_secs(6);
 
 /// Recent messages, bounded by count and by bytes.
 #[derive(Default)]
@@ -95,6 +118,42 @@ struct History {
 }
 
 impl Room {
+    /// Members online: this node's, plus the other nodes' last reported counts.
+    fn online(&self) -> usize {
+        let local = self.members.len();
+        let Some(nodes) = &self.nodes else {
+            return local;
+        };
+        let now = Instant::now();
+        let mut counts = nodes.counts.lock().unwrap();
+        counts.retain(|_, (_, at)| now.duration_since(*at) < PRESENCE_TTL);
+        local + counts.values().map(|(n, _)| n).sum::<usize>()
+    }
+
+    /// Tells the other nodes how many members this node has ("NODE COUNT").
+    fn report_presence(&self) {
+        if let Some(nodes) = &self.nodes {
+            let report = format!("{} {}", nodes.bus.node_id(), self.members.len());
+            let _ = nodes.bus.publish(PRESENCE_CHANNEL, Message::Text(&report));
+        }
+    }
+
+    /// Another node's report.
+    fn presence(&self, report: &str) {
+        let Some(nodes) = &self.nodes else { return };
+        let mut parts = report.split(' ');
+        if let (Some(Ok(node)), Some(Ok(count))) = (
+            parts.next().map(str::parse::<u64>),
+            parts.next().map(str::parse::<usize>),
+        ) {
+            nodes
+                .counts
+                .lock()
+                .unwrap()
+                .insert(node, (count, Instant::now()));
+        }
+    }
+
     fn remember(&self, event: &str) {
         let mut h = self.history.lock().unwrap();
         h.events.push_back(event.to_string());
@@ -212,7 +271,8 @@ impl WsHandler for Chat {
             }
         }
         self.room.members.join(conn);
-        let online = self.room.members.len();
+        self.room.report_presence();
+        let online = self.room.online();
         let event = format!(
             r#"{{"type":"join","nick":{},"online":{online}}}"#,
             json_string(&member.nick)
@@ -259,7 +319,8 @@ impl WsHandler for Chat {
 
     fn on_close(&mut self, _: &WsConn, member: Member, _: WsClose) {
         // The connection has already left the group.
-        let online = self.room.members.len();
+        self.room.report_presence();
+        let online = self.room.online();
         let event = format!(
             r#"{{"type":"leave","nick":{},"online":{online}}}"#,
             json_string(&member.nick)
@@ -325,13 +386,38 @@ fn start(opts: Options) -> WsEngine<Chat> {
         opts.history_bytes < opts.max_outbound / 2,
         "--history-bytes must be under half the outbound limit, so the replay always fits"
     );
+    let members = Group::new(SlowPolicy::Close {
+        code: CloseCode::Policy,
+    });
+    let nodes = opts.broker.as_ref().map(|url| {
+        let bus = netpoll::bus::Bus::builder()
+            .connect(url)
+            .unwrap_or_else(|e| panic!("{e}"));
+        bus.bind(&members, ROOM_CHANNEL)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Nodes {
+            bus,
+            counts: Mutex::new(HashMap::new()),
+        }
+    });
     let room = Arc::new(Room {
-        members: Group::new(SlowPolicy::Close {
-            code: CloseCode::Policy,
-        }),
+        members,
         history: Mutex::new(History::default()),
         opts: opts.clone(),
+        nodes,
     });
+    if let Some(nodes) = &room.nodes {
+        // Weak: the bus keeps its subscribers, and the room keeps the bus.
+        let weak = Arc::downgrade(&room);
+        nodes
+            .bus
+            .subscribe(PRESENCE_CHANNEL, move |msg| {
+                if let (Some(room), Message::Text(report)) = (weak.upgrade(), msg) {
+                    room.presence(report);
+                }
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
     let mut engine = Engine::builder()
         .listen(opts.addr.clone())
         .max_connections(10_000)
@@ -353,7 +439,20 @@ fn start(opts: Options) -> WsEngine<Chat> {
         .max_message_size(4096)
         .idle_timeout(Some(Duration::from_secs(30)))
         .pong_timeout(Duration::from_secs(10))
-        .start(engine, |_| Chat { room: room.clone() })
+        .start(engine, {
+            let room = room.clone();
+            move |_| Chat { room: room.clone() }
+        })
+        .inspect(|server| {
+            if room.nodes.is_some() {
+                let weak = Arc::downgrade(&room);
+                server.every(Duration::from_secs(2), move || {
+                    if let Some(room) = weak.upgrade() {
+                        room.report_presence();
+                    }
+                });
+            }
+        })
         .unwrap_or_else(|e| panic!("cannot start: {e}"))
 }
 
@@ -371,6 +470,7 @@ fn main() {
             "--origin" => opts.origins.push(v),
             "--tls-cert" => opts.tls_cert = Some(v),
             "--tls-key" => opts.tls_key = Some(v),
+            "--redis" | "--nats" => opts.broker = Some(v),
             other => panic!("unknown flag {other}"),
         }
     }

@@ -1,7 +1,9 @@
 //! End to end: the chat demo (`examples/chat`) driven in headless Chromium through the Chrome
 //! DevTools Protocol (spoken over tungstenite's WebSocket client). Two tabs join, exchange
 //! messages, both see them; one leaves and the other sees the notice; a third tab joins and
-//! gets the history. A screenshot of the
+//! gets the history. Two chat processes sharing a room through a real `redis-server`, one tab
+//! on each, see each other's messages, notices and the online count across both. A
+//! screenshot of the
 //! remaining tab is written to `target/chat-e2e.png` (the README's `docs/chat.png` is a copy).
 //!
 //! Needs Chromium (`/usr/bin/chromium`, or `CHROMIUM`) and the example built, so it is
@@ -175,21 +177,10 @@ fn target_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-#[test]
-#[ignore = "needs Chromium and the chat example built; .ci/run runs it"]
-fn two_browser_tabs_chat_and_see_each_other_leave() {
-    let chat_bin = target_dir().join("examples").join("chat");
-    assert!(
-        chat_bin.exists(),
-        "{} missing: cargo build --example chat",
-        chat_bin.display()
-    );
-    let mut chat = Command::new(&chat_bin);
-    chat.args(["--addr", "127.0.0.1:0"]);
-    let (_chat, addr) = spawn_until(chat, "listening on ", false);
-
+/// Headless Chromium with a profile of its own (removed by the caller), and a CDP client.
+fn browser(tag: &str) -> (Reaper, Cdp, PathBuf) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let profile = std::env::temp_dir().join(format!("netpoll-e2e-{}", std::process::id()));
+    let profile = std::env::temp_dir().join(format!("netpoll-e2e-{tag}-{}", std::process::id()));
     let mut browser = Command::new(&chromium);
     browser.args([
         "--headless=new",
@@ -204,9 +195,102 @@ fn two_browser_tabs_chat_and_see_each_other_leave() {
         &format!("--user-data-dir={}", profile.display()),
         "about:blank",
     ]);
-    let (_browser, devtools) = spawn_until(browser, "DevTools listening on ", true);
+    let (reaper, devtools) = spawn_until(browser, "DevTools listening on ", true);
+    (reaper, Cdp::connect(&devtools), profile)
+}
 
-    let mut cdp = Cdp::connect(&devtools);
+fn chat_binary() -> PathBuf {
+    let chat_bin = target_dir().join("examples").join("chat");
+    assert!(
+        chat_bin.exists(),
+        "{} missing: cargo build --example chat",
+        chat_bin.display()
+    );
+    chat_bin
+}
+
+#[test]
+#[ignore = "needs Chromium, redis-server and the chat example built; .ci/run runs it"]
+fn two_chat_nodes_share_the_room_through_redis() {
+    // A redis-server of the test's own, on a free port.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let redis = Reaper(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on the PATH (.ci/run installs it)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("redis://127.0.0.1:{port}");
+    let node = || {
+        let mut chat = Command::new(chat_binary());
+        chat.args(["--addr", "127.0.0.1:0", "--redis", &url]);
+        spawn_until(chat, "listening on ", false)
+    };
+    let ((_a, addr_a), (_b, addr_b)) = (node(), node());
+
+    let (_browser, mut cdp, profile) = browser("nodes");
+    let (_, alice) = cdp.open_tab(&format!("http://{addr_a}/"));
+    cdp.join(&alice, "alice");
+    cdp.page_has(&alice, "1 online", "the online count on node A");
+    let (bob_target, bob) = cdp.open_tab(&format!("http://{addr_b}/"));
+    cdp.join(&bob, "bob");
+    cdp.page_has(
+        &alice,
+        "bob joined",
+        "bob's join on node B, in alice's tab on node A",
+    );
+    cdp.page_has(
+        &bob,
+        "2 online",
+        "the count across both nodes, in bob's tab",
+    );
+    cdp.page_has(
+        &alice,
+        "2 online",
+        "the count across both nodes, in alice's tab",
+    );
+
+    cdp.say(&alice, "hello from node A");
+    cdp.page_has(&bob, "alice: hello from node A", "A's message on node B");
+    cdp.say(&bob, "and back from node B");
+    cdp.page_has(&alice, "bob: and back from node B", "B's message on node A");
+
+    cdp.call(
+        None,
+        "Target.closeTarget",
+        json!({ "targetId": bob_target }),
+    );
+    cdp.page_has(&alice, "bob left", "the leave notice from node B");
+    cdp.page_has(&alice, "1 online", "the count after bob left");
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[test]
+#[ignore = "needs Chromium and the chat example built; .ci/run runs it"]
+fn two_browser_tabs_chat_and_see_each_other_leave() {
+    let mut chat = Command::new(chat_binary());
+    chat.args(["--addr", "127.0.0.1:0"]);
+    let (_chat, addr) = spawn_until(chat, "listening on ", false);
+
+    let (_browser, mut cdp, profile) = browser("one");
     let url = format!("http://{addr}/");
     let (_, alice) = cdp.open_tab(&url);
     cdp.call(
