@@ -612,3 +612,72 @@ fn raw_channels_carry_messages_to_subscribers_on_other_nodes_only() {
         }
     }
 }
+
+#[test]
+#[ignore = "needs redis-server and nats-server (.ci/run installs them)"]
+fn the_outage_buffer_and_the_message_limit_are_crossed() {
+    let _serial = serial();
+    for kind in [Kind::Redis, Kind::Nats] {
+        let mut broker = Broker::start(kind, None);
+        let fast = || Bus::builder().backoff(Duration::from_millis(50), Duration::from_millis(200));
+        // The outage buffer: 4 KiB of 100-byte messages while the broker is down.
+        let a = fast()
+            .max_buffered_bytes(4096)
+            .connect(&broker.url())
+            .unwrap();
+        let got: Arc<Mutex<Vec<String>>> = Arc::default();
+        let b = fast()
+            .max_message_size(1000)
+            .connect(&broker.url())
+            .unwrap();
+        {
+            let got = got.clone();
+            b.subscribe("t", move |m| {
+                if let Message::Text(t) = m {
+                    got.lock().unwrap().push(t.to_string());
+                }
+            })
+            .unwrap();
+        }
+        assert!(common::eventually(WAIT, || a.is_connected() && b.is_connected()));
+        broker.stop();
+        assert!(common::eventually(WAIT, || !a.is_connected()));
+        for i in 0..100 {
+            a.publish("t", Message::Text(&format!("{i:03}{}", "x".repeat(97))))
+                .unwrap();
+        }
+        let s = a.stats();
+        assert!(s.buffered > 0 && s.dropped > 0, "{kind:?}: {s:?}");
+        assert_eq!(s.buffered + s.dropped, 100);
+        assert!(
+            s.buffered * 100 <= 4096,
+            "{kind:?}: within the bound: {s:?}"
+        );
+        let kept = s.buffered;
+        broker.run();
+        assert!(common::eventually(WAIT, || a.is_connected() && b.is_connected()));
+        assert!(common::eventually(WAIT, || a.stats().buffered == 0));
+        assert_eq!(
+            a.stats().published,
+            kept,
+            "the kept ones went out after the outage"
+        );
+        // The message limit: B refuses a 5,000-byte message (its connection is made again),
+        // then takes small ones again.
+        let before = b.stats().reconnects;
+        a.publish("t", Message::Text(&"y".repeat(5_000))).unwrap();
+        let said = common::eventually(WAIT, || {
+            b.last_error().is_some_and(|e| e.contains("over the limit"))
+        });
+        assert!(said, "{kind:?}: {:?}", b.last_error());
+        assert!(common::eventually(WAIT, || b.stats().reconnects > before && b.is_connected()));
+        got.lock().unwrap().clear();
+        a.publish("t", Message::Text("small again")).unwrap();
+        assert!(common::eventually(WAIT, || got
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t == "small again")));
+        assert!(got.lock().unwrap().iter().all(|t| t.len() < 1000));
+    }
+}
