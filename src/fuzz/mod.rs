@@ -279,6 +279,30 @@ pub fn resp(data: &[u8]) {
     }
 }
 
+/// The bus's NATS reader on arbitrary bytes: the same promises as [`resp`].
+pub fn nats(data: &[u8]) {
+    use crate::bus::nats::read_op;
+    let max = 1024;
+    let whole = read_op(data, max);
+    if let Ok(Some((_, used))) = &whole {
+        assert!(*used <= data.len() && *used > 0);
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"PING\r\n");
+        assert_eq!(
+            read_op(&longer, max).map(|r| r.map(|(_, n)| n)),
+            Ok(Some(*used))
+        );
+    }
+    for n in [0, data.len() / 2, data.len().saturating_sub(1)] {
+        match (read_op(&data[..n], max), &whole) {
+            (Ok(None), _) => {}
+            (Err(e), Err(w)) => assert_eq!(&e, w, "a prefix fails as the whole"),
+            (Err(_), Ok(_)) => panic!("a prefix of a valid operation is an error"),
+            (Ok(Some((_, used))), _) => assert!(used <= n),
+        }
+    }
+}
+
 /// A writer that takes at most `cap` bytes per call (a socket with that much room), or
 /// reports `WouldBlock` when `cap` is 0.
 struct Sink {

@@ -175,3 +175,32 @@ fn the_bus_resp_reader_never_panics_and_agrees_with_its_prefixes() {
         fuzz::resp(&input);
     }
 }
+
+#[test]
+fn the_bus_nats_reader_never_panics_and_agrees_with_its_prefixes() {
+    let mut rng = Rng(13);
+    let valid: [&[u8]; 5] = [
+        b"MSG room 1 5\r\nhello\r\n",
+        b"MSG a.b 7 inbox 3\r\nabc\r\n",
+        b"PING\r\n",
+        b"-ERR 'Authorization Violation'\r\n",
+        b"INFO {\"server_id\":\"x\"}\r\n",
+    ];
+    for case in 0..CASES {
+        let mut input = match case % 2 {
+            0 => valid[case as usize % valid.len()].to_vec(),
+            _ => {
+                let n = rng.below(64) as usize;
+                rng.bytes(n)
+            }
+        };
+        for _ in 0..rng.below(3) {
+            if input.is_empty() {
+                break;
+            }
+            let i = rng.below(input.len() as u64) as usize;
+            input[i] = rng.next() as u8;
+        }
+        fuzz::nats(&input);
+    }
+}
