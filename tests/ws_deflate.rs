@@ -117,17 +117,23 @@ fn either_side_alone_falls_back_to_plain_messages() {
     }
 }
 
-/// A raw client that offers permessage-deflate and has read the 101 (returned).
-fn raw_deflate_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
+/// A raw client on `path` that offers `offer` (a `Sec-WebSocket-Extensions` value) and has
+/// read the response's head (returned).
+fn raw_client_offering(addr: std::net::SocketAddr, path: &str, offer: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    let req = ws_common::upgrade_request("/echo").replace(
+    let req = ws_common::upgrade_request(path).replace(
         "\r\n\r\n",
-        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+        &format!("\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"),
     );
     s.write_all(req.as_bytes()).unwrap();
     let head = read_http_head(&mut s);
     (s, head)
+}
+
+/// A raw client that offers permessage-deflate (the default way) and has read the 101.
+fn raw_deflate_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
+    raw_client_offering(addr, "/echo", "permessage-deflate; client_max_window_bits")
 }
 
 #[test]
@@ -278,15 +284,7 @@ fn takeover_server(
 
 /// A raw client that offers permessage-deflate with context takeover and a 15-bit window.
 fn raw_takeover_client(addr: std::net::SocketAddr) -> (TcpStream, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let req = ws_common::upgrade_request("/echo").replace(
-        "\r\n\r\n",
-        "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let head = read_http_head(&mut s);
-    (s, head)
+    raw_client_offering(addr, "/echo", "permessage-deflate")
 }
 
 #[test]
@@ -475,14 +473,9 @@ fn a_broadcast_goes_plain_to_members_that_keep_context() {
     let (mut keeps, head) = raw_takeover_client(addr);
     assert!(head.contains("permessage-deflate\r\n"), "{head}");
     // This one asks the server not to keep context: it shares the compressed frame.
-    let mut resets = TcpStream::connect(addr).unwrap();
-    resets.set_read_timeout(Some(WAIT)).unwrap();
-    let req = ws_common::upgrade_request("/").replace(
-        "\r\n\r\n",
-        "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
-    );
-    resets.write_all(req.as_bytes()).unwrap();
-    assert!(read_http_head(&mut resets).contains("server_no_context_takeover"));
+    let (mut resets, head) =
+        raw_client_offering(addr, "/", "permessage-deflate; server_no_context_takeover");
+    assert!(head.contains("server_no_context_takeover"));
     for _ in 0..2 {
         joined.recv_timeout(WAIT).unwrap();
     }
@@ -525,15 +518,9 @@ fn a_message_refused_after_compressing_is_not_in_the_context() {
         // Room for the plain bytes and the frame's header, not for deflate's expansion.
         let limit = 64 + 14 + len + 500;
         let (_server, addr, conns) = takeover_server(bits, limit);
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
         let offer = format!("permessage-deflate; server_max_window_bits={bits}");
-        let req = ws_common::upgrade_request("/echo").replace(
-            "\r\n\r\n",
-            &format!("\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"),
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        assert!(read_http_head(&mut s).starts_with("HTTP/1.1 101"));
+        let (mut s, head) = raw_client_offering(addr, "/echo", &offer);
+        assert!(head.starts_with("HTTP/1.1 101"));
         let conn = conns.recv_timeout(WAIT).unwrap();
         let refused = noise(len, u64::from(bits));
         assert!(

@@ -180,19 +180,7 @@ pub(crate) fn encode_pub_head(out: &mut Vec<u8>, subject: &[u8], len: usize) {
     out.extend_from_slice(b"PUB ");
     out.extend_from_slice(subject);
     out.push(b' ');
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = len;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-    out.extend_from_slice(b"\r\n");
+    super::resp::push_len(out, len);
 }
 
 /// Ends what [`encode_pub_head`] began.

@@ -250,7 +250,9 @@ pub(crate) fn end_arg(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_len(out: &mut Vec<u8>, n: usize) {
+/// Appends `n` in decimal and a CRLF (both protocols' lengths end a line), without
+/// allocating.
+pub(crate) fn push_len(out: &mut Vec<u8>, n: usize) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;

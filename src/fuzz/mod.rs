@@ -257,48 +257,38 @@ pub fn deflate(data: &[u8]) {
 /// it was given, and a reply read from a buffer reads the same from any longer one (the rest
 /// of a stream may follow); every shorter prefix is incomplete or the same error.
 pub fn resp(data: &[u8]) {
-    use crate::bus::resp::read_reply;
-    let max = 1024;
-    let whole = read_reply(data, max);
-    if let Ok(Some((_, used))) = &whole {
-        assert!(*used <= data.len() && *used > 0);
-        let mut longer = data.to_vec();
-        longer.extend_from_slice(b"+more\r\n");
-        assert_eq!(
-            read_reply(&longer, max).map(|r| r.map(|(_, n)| n)),
-            Ok(Some(*used))
-        );
-    }
-    for n in [0, data.len() / 2, data.len().saturating_sub(1)] {
-        match (read_reply(&data[..n], max), &whole) {
-            (Ok(None), _) => {}
-            (Err(e), Err(w)) => assert_eq!(&e, w, "a prefix fails as the whole"),
-            (Err(_), Ok(_)) => panic!("a prefix of a valid reply is an error"),
-            (Ok(Some((_, used))), _) => assert!(used <= n),
-        }
-    }
+    stream_reader(data, b"+more\r\n", |b| {
+        crate::bus::resp::read_reply(b, 1024).map(|r| r.map(|(_, used)| used))
+    });
 }
 
 /// The bus's NATS reader on arbitrary bytes: the same promises as [`resp`].
 pub fn nats(data: &[u8]) {
-    use crate::bus::nats::read_op;
-    let max = 1024;
-    let whole = read_op(data, max);
-    if let Ok(Some((_, used))) = &whole {
-        assert!(*used <= data.len() && *used > 0);
+    stream_reader(data, b"PING\r\n", |b| {
+        crate::bus::nats::read_op(b, 1024).map(|r| r.map(|(_, used)| used))
+    });
+}
+
+/// What a reader of a byte stream must keep: see [`resp`]; `read` says how many bytes the
+/// first item took, `next` is a valid item that may follow in the stream.
+fn stream_reader<E: PartialEq + std::fmt::Debug>(
+    data: &[u8],
+    next: &[u8],
+    read: impl Fn(&[u8]) -> Result<Option<usize>, E>,
+) {
+    let whole = read(data);
+    if let Ok(Some(used)) = whole {
+        assert!(used <= data.len() && used > 0);
         let mut longer = data.to_vec();
-        longer.extend_from_slice(b"PING\r\n");
-        assert_eq!(
-            read_op(&longer, max).map(|r| r.map(|(_, n)| n)),
-            Ok(Some(*used))
-        );
+        longer.extend_from_slice(next);
+        assert_eq!(read(&longer), Ok(Some(used)));
     }
     for n in [0, data.len() / 2, data.len().saturating_sub(1)] {
-        match (read_op(&data[..n], max), &whole) {
+        match (read(&data[..n]), &whole) {
             (Ok(None), _) => {}
             (Err(e), Err(w)) => assert_eq!(&e, w, "a prefix fails as the whole"),
-            (Err(_), Ok(_)) => panic!("a prefix of a valid operation is an error"),
-            (Ok(Some((_, used))), _) => assert!(used <= n),
+            (Err(_), Ok(_)) => panic!("a prefix of a valid item is an error"),
+            (Ok(Some(used)), _) => assert!(used <= n),
         }
     }
 }
