@@ -1127,30 +1127,33 @@ fn wss_idle_table(doc: &Value) -> String {
         "### Idle wss connections: server RSS growth per connection (bytes), connection rate \
          (TLS and WebSocket handshakes)\n\n",
     );
-    md += &table_head(
+    md += &idle_rows(doc, sc, &WSS_SERVERS, wss_label);
+    md + "\n"
+}
+
+/// A wss scenario's server as its tables name it.
+/// An idle-memory table's head and rows for `servers` of scenario `sc`: bytes per connection,
+/// then connections per second, by connection count.
+fn idle_rows(doc: &Value, sc: &str, servers: &[&str], label: fn(&str) -> &str) -> String {
+    let mut md = table_head(
         &["conns"],
-        WSS_SERVERS
+        servers
             .iter()
-            .map(|s| format!("{} B/conn", wss_label(s)))
-            .chain(
-                WSS_SERVERS
-                    .iter()
-                    .map(|s| format!("{} conns/s", wss_label(s))),
-            ),
+            .map(|s| format!("{} B/conn", label(s)))
+            .chain(servers.iter().map(|s| format!("{} conns/s", label(s)))),
     );
     for c in distinct(doc, sc, "conns") {
         md += &format!("| {} |", group(c));
         for k in ["bytes_per_conn", "conns_per_sec"] {
-            for s in WSS_SERVERS {
+            for s in servers {
                 md += &format!(" {} |", cell(metric(doc, sc, s, &[("conns", c)], k), 0));
             }
         }
         md += "\n";
     }
-    md + "\n"
+    md
 }
 
-/// A wss scenario's server as its tables name it.
 fn wss_label(server: &str) -> &str {
     match server {
         "netpoll" => "netpoll ws://",
@@ -1266,26 +1269,7 @@ fn deflate_tables(doc: &Value) -> String {
                histories hold that message, the one it received and the one it sent (about 1 KiB \
                each, not a full window: a connection that has sent and received 32 KiB holds up \
                to 2 x 32 KiB).\n\n";
-        md += &table_head(
-            &["conns"],
-            DEFLATE_SERVERS
-                .iter()
-                .map(|s| format!("{} B/conn", deflate_label(s)))
-                .chain(
-                    DEFLATE_SERVERS
-                        .iter()
-                        .map(|s| format!("{} conns/s", deflate_label(s))),
-                ),
-        );
-        for c in distinct(doc, sc, "conns") {
-            md += &format!("| {} |", group(c));
-            for k in ["bytes_per_conn", "conns_per_sec"] {
-                for s in DEFLATE_SERVERS {
-                    md += &format!(" {} |", cell(metric(doc, sc, s, &[("conns", c)], k), 0));
-                }
-            }
-            md += "\n";
-        }
+        md += &idle_rows(doc, sc, &DEFLATE_SERVERS, deflate_label);
         md += "\n";
     }
 
