@@ -127,7 +127,9 @@ impl Room {
         let now = Instant::now();
         let mut counts = nodes.counts.lock().unwrap();
         counts.retain(|_, (_, at)| now.duration_since(*at) < PRESENCE_TTL);
-        local + counts.values().map(|(n, _)| n).sum::<usize>()
+        counts
+            .values()
+            .fold(local, |sum, (n, _)| sum.saturating_add(*n))
     }
 
     /// Tells the other nodes how many members this node has ("NODE COUNT").

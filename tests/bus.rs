@@ -681,3 +681,84 @@ fn the_outage_buffer_and_the_message_limit_are_crossed() {
         assert!(got.lock().unwrap().iter().all(|t| t.len() < 1000));
     }
 }
+
+#[test]
+#[ignore = "needs redis-server and nats-server (.ci/run installs them)"]
+fn reconnects_back_off_quiet_buses_stay_up_and_big_messages_stay_home() {
+    let _serial = serial();
+    // A peer that accepts and closes at once: the delays grow (50 ms doubling to 2 s), for
+    // both connections, instead of redialling at the first delay forever.
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = peer.local_addr().unwrap().port();
+    let accepts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let accepts = accepts.clone();
+        std::thread::spawn(move || {
+            for s in peer.incoming() {
+                accepts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                drop(s);
+            }
+        });
+    }
+    let bus = Bus::builder()
+        .backoff(Duration::from_millis(50), Duration::from_secs(2))
+        .connect(&format!("redis://127.0.0.1:{port}"))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let n = accepts.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (4..=24).contains(&n),
+        "two connections backing off over 3 s: {n} accepts"
+    );
+    drop(bus);
+
+    for kind in [Kind::Redis, Kind::Nats] {
+        let broker = Broker::start(kind, None);
+        // A bus that only publishes (no channel) keeps its connections across keepalives.
+        let quiet = Bus::builder()
+            .keepalive(Duration::from_millis(200))
+            .connect(&broker.url())
+            .unwrap();
+        assert!(common::eventually(WAIT, || quiet.is_connected()));
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            quiet.stats().reconnects,
+            0,
+            "{kind:?}: {:?}",
+            quiet.last_error()
+        );
+        // A message over max_message_size is dropped and counted, not published.
+        let (a, b) = (
+            Bus::builder()
+                .max_message_size(10_000)
+                .connect(&broker.url())
+                .unwrap(),
+            Bus::builder().connect(&broker.url()).unwrap(),
+        );
+        let got = Arc::new(Mutex::new(Vec::new()));
+        {
+            let got = got.clone();
+            b.subscribe("big", move |m| got.lock().unwrap().push(m.len()))
+                .unwrap();
+        }
+        assert!(common::eventually(WAIT, || a.is_connected() && b.is_connected()));
+        a.publish("big", Message::Binary(&vec![1; 20_000])).unwrap();
+        a.publish("big", Message::Binary(&[2; 100])).unwrap();
+        assert!(common::eventually(WAIT, || !got.lock().unwrap().is_empty()));
+        assert_eq!(*got.lock().unwrap(), [100], "{kind:?}");
+        assert_eq!(a.stats().dropped, 1);
+        assert_eq!(b.stats().reconnects, 0);
+    }
+    // NATS: subjects with an empty token are refused at bind, not sent.
+    let broker = Broker::start(Kind::Nats, None);
+    let bus = Bus::builder().connect(&broker.url()).unwrap();
+    for bad in ["a..b", ".a", "a.", "a b", "a.*"] {
+        assert!(
+            matches!(
+                bus.subscribe(bad, |_| {}),
+                Err(netpoll::bus::BusError::BadChannel)
+            ),
+            "{bad}"
+        );
+    }
+}

@@ -220,8 +220,10 @@ fn dial(inner: &Arc<Inner>, role: Role) {
         }
         links.subscribed.clear();
         links.pongs.clear();
+        // A ping after the subscriptions: its answer says the broker is there (the backoff is
+        // reset only then), and for NATS that it has the subscriptions.
+        target.ping(&mut out);
         if target.proto == Proto::Nats {
-            target.ping(&mut out);
             links
                 .pongs
                 .push_back(names.iter().map(|c| c.to_vec()).collect());
@@ -245,9 +247,7 @@ fn retry(inner: &Arc<Inner>, role: Role) {
 
 /// Subscribes the subscriber connection to `channel` (if it is down, its next connection
 /// subscribes to every bound channel).
-pub(crate) fn subscribe(inner: &Arc<Inner>, channel: &[u8]) {
-    let mut links = lock(&inner.links);
-    let links = &mut *links;
+pub(crate) fn subscribe(inner: &Arc<Inner>, links: &mut Links, channel: &[u8]) {
     if let Some(conn) = &links.conns[Role::Subscriber as usize] {
         let mut out = Vec::new();
         inner
@@ -326,12 +326,16 @@ impl BusHandler {
     fn refused(&self, link: &Link, e: &[u8]) -> bool {
         let e = String::from_utf8_lossy(e);
         self.inner.error(format!("the broker refused: {e}"));
-        // A refused login or subscription leaves the connection useless: made again after
-        // the backoff. A refused publish (out of memory, say) is only counted.
-        if link.handshake > 0 || link.role == Role::Subscriber {
+        // A refused login leaves the connection useless: made again after the backoff. Once
+        // ready, a refusal concerns one command (a publish, or one channel's subscription:
+        // permissions, a bad name): counted or reported, and the connection kept for the
+        // others (a broker that means to end it closes it).
+        if link.handshake > 0 {
             return false;
         }
-        self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if link.role == Role::Publisher {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         true
     }
 
@@ -340,12 +344,19 @@ impl BusHandler {
         if let Reply::Error(e) = reply {
             return self.refused(link, e);
         }
-        if link.handshake > 0 {
-            self.handshake_step(conn, link); // the login's OK, the publisher's PONG
+        if link.role == Role::Publisher {
+            // The login's OK and the ping's PONG end the handshake; then a PUBLISH's receiver
+            // count, a keepalive's PONG.
+            self.handshake_step(conn, link);
             return true;
         }
-        if link.role == Role::Publisher {
-            return true; // a PUBLISH's receiver count, a keepalive's PONG
+        // A PING is answered +PONG outside subscribe mode (no channel yet) and
+        // ["pong", ""] in it.
+        let pong = matches!(reply, Reply::Simple(s) if s.eq_ignore_ascii_case(b"PONG"))
+            || matches!(reply.items(), [kind, ..] if kind.bytes() == Some(b"pong"));
+        if pong || matches!(reply, Reply::Simple(b"OK")) {
+            self.handshake_step(conn, link); // the login's OK, the first ping's pong
+            return true;
         }
         match reply.items() {
             [kind, channel, payload] if kind.bytes() == Some(b"message") => {
@@ -360,8 +371,6 @@ impl BusHandler {
                 }
                 true
             }
-            // The keepalive's pong.
-            [kind, ..] if kind.bytes() == Some(b"pong") => true,
             _ => {
                 self.inner
                     .error(format!("unexpected reply on the subscriber: {reply:?}"));
@@ -402,18 +411,12 @@ impl Handler for BusHandler {
     fn on_open(&mut self, conn: &Conn) -> Link {
         let role = self.role_of(conn).unwrap_or(Role::Publisher);
         let login = self.inner.target.login(&mut Vec::new());
-        let handshake = match (self.inner.target.proto, role) {
-            (Proto::Redis, Role::Subscriber) => login,
-            _ => login + 1, // the ping
-        };
+        let handshake = login + 1; // the ping's answer
         {
             let mut links = lock(&self.inner.links);
             if std::mem::replace(&mut links.opened_before[role as usize], true) {
                 self.inner.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        if handshake == 0 {
-            self.ready(conn, role);
         }
         Link {
             role,

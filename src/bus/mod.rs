@@ -8,7 +8,8 @@
 //! Delivery across nodes is at most once, as pub/sub is: a message published while a node's
 //! subscriber connection is down never reaches that node's members. Each publisher's messages
 //! arrive in the order it broadcast them (one publisher connection per bus, and both brokers
-//! keep a connection's order). While the broker is unreachable, published messages wait in a bounded
+//! keep a connection's order): the order of each thread that broadcasts (two threads
+//! broadcasting to one group at once may be seen in one order here and the other elsewhere). While the broker is unreachable, published messages wait in a bounded
 //! buffer (`BusBuilder::max_buffered_bytes`) and go out in order when the publisher connection
 //! is back; past the bound they are dropped and counted. Local delivery never waits for the
 //! broker.
@@ -288,7 +289,8 @@ impl Bus {
     /// Calls `f` with every message other nodes publish on `channel` (with
     /// [`publish`](Self::publish), or a group bound to it elsewhere): presence, control
     /// messages, anything that is not a group's broadcast. `f` runs on the bus's thread: keep
-    /// it short.
+    /// it short, and do not let it own the `Bus` (a clone kept in it keeps the bus running
+    /// after every other is dropped; capture a `Weak` of your own state instead).
     ///
     /// ```no_run
     /// # fn demo(bus: &netpoll::bus::Bus) -> Result<(), netpoll::bus::BusError> {
@@ -330,6 +332,10 @@ impl Bus {
         if !inner.target.valid_channel(channel.as_bytes()) {
             return Err(BusError::BadChannel);
         }
+        // The links' lock first and across both steps (the order a dial takes them in): a
+        // subscriber connection being made sends either all channels including this one, or
+        // those before it and then this one, never this one twice.
+        let mut links = lock(&inner.links);
         {
             let mut channels = inner.channels.write().unwrap_or_else(|p| p.into_inner());
             if channels.contains_key(channel.as_bytes()) {
@@ -337,7 +343,7 @@ impl Bus {
             }
             if let Sink::Group(group) = &sink {
                 let relay = Arc::new(Binding {
-                    inner: inner.clone(),
+                    inner: Arc::downgrade(inner),
                     channel: channel.as_bytes().to_vec(),
                 });
                 if !group.set_relay(relay) {
@@ -346,7 +352,7 @@ impl Bus {
             }
             channels.insert(channel.as_bytes().to_vec(), sink);
         }
-        link::subscribe(inner, channel.as_bytes());
+        link::subscribe(inner, &mut links, channel.as_bytes());
         Ok(())
     }
 
@@ -431,6 +437,14 @@ impl Inner {
         if self.stopped.load(Ordering::Acquire) {
             return;
         }
+        // Larger than a node takes (its max_message_size): it would fail every receiving
+        // node's subscriber (and NATS refuses payloads over its max_payload, 1 MiB by
+        // default). Dropped and counted here instead.
+        if HEADER + msg.len() > self.config.max_message_size {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target: "netpoll::bus", len = msg.len(), "message over max_message_size not published");
+            return;
+        }
         SCRATCH.with(|scratch| {
             let mut command = scratch.borrow_mut();
             command.clear();
@@ -476,11 +490,21 @@ impl Inner {
     fn publisher_ready(&self, conn: &Conn) {
         let mut p = lock(&self.publisher);
         while let Some(command) = p.buffer.pop_front() {
-            p.buffered_bytes -= command.len();
             match conn.write_slice(&command) {
-                Ok(()) => self.stats.published.fetch_add(1, Ordering::Relaxed),
-                Err(_) => self.stats.dropped.fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(()) => {
+                    p.buffered_bytes -= command.len();
+                    self.stats.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(crate::WriteError::Overflow { .. }) => {
+                    p.buffered_bytes -= command.len();
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    // Closed meanwhile: the rest waits for the next connection, in order.
+                    p.buffer.push_front(command);
+                    return;
+                }
+            }
         }
         p.conn = Some(conn.clone());
     }
@@ -533,15 +557,18 @@ enum Sink {
     Callback(Arc<dyn Fn(Message<'_>) + Send + Sync>),
 }
 
-/// A group's link to its channel.
+/// A group's link to its channel (weak: the bus keeps its groups, not the other way round;
+/// once the bus is gone the group delivers locally only).
 struct Binding {
-    inner: Arc<Inner>,
+    inner: std::sync::Weak<Inner>,
     channel: Vec<u8>,
 }
 
 impl Relay for Binding {
     fn publish(&self, msg: Message<'_>) {
-        self.inner.publish(&self.channel, msg);
+        if let Some(inner) = self.inner.upgrade() {
+            inner.publish(&self.channel, msg);
+        }
     }
 }
 

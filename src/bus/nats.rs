@@ -89,9 +89,9 @@ pub fn read_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op<'_>, usize)>
             (Some(s), Some(i)) => (s, i),
             _ => return Err(NatsError::Malformed("MSG without subject and sid")),
         };
-        let rest: Vec<&[u8]> = parts.take(3).collect();
-        let len = match rest.as_slice() {
-            [len] | [_, len] => std::str::from_utf8(len)
+        // The size is the last argument, after an optional reply subject.
+        let len = match (parts.next(), parts.next(), parts.next()) {
+            (Some(len), None, None) | (Some(_), Some(len), None) => std::str::from_utf8(len)
                 .ok()
                 .and_then(|s| s.parse::<usize>().ok())
                 .ok_or(NatsError::Malformed("MSG size is not a number"))?,
@@ -129,12 +129,15 @@ pub fn read_op(buf: &[u8], max_payload: usize) -> Result<Option<(Op<'_>, usize)>
     Ok(Some((op, next)))
 }
 
-/// True for a subject a bus may use: not empty, no whitespace, no wildcard.
+/// True for a subject a bus may use: dot-separated tokens, none empty, no whitespace, no
+/// wildcard.
 pub fn valid_subject(subject: &[u8]) -> bool {
-    !subject.is_empty()
-        && !subject
-            .iter()
-            .any(|b| b.is_ascii_whitespace() || *b == b'*' || *b == b'>')
+    subject.split(|&b| b == b'.').all(|token| {
+        !token.is_empty()
+            && !token
+                .iter()
+                .any(|b| b.is_ascii_whitespace() || *b == b'*' || *b == b'>')
+    })
 }
 
 /// Appends `CONNECT` (not verbose, no headers; credentials if any).
@@ -267,5 +270,8 @@ mod tests {
         assert_eq!(out, b"SUB room 3\r\nPUB room 5\r\nhello\r\n");
         assert!(valid_subject(b"chat.lobby") && valid_subject(b"netpoll:broadcast"));
         assert!(!valid_subject(b"a b") && !valid_subject(b"") && !valid_subject(b"a.*"));
+        for empty_token in [&b"a..b"[..], b".a", b"a."] {
+            assert!(!valid_subject(empty_token));
+        }
     }
 }
