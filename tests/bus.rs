@@ -18,9 +18,9 @@ use std::time::Duration;
 use netpoll::Engine;
 use netpoll::bus::Bus;
 use netpoll::ws::{
-    Accept, Connect, Group, Message, Request, SlowPolicy, Upgrade, WsClient, WsConn, WsEngine,
-    WsHandler, WsServer,
+    Connect, Group, Message, SlowPolicy, WsClient, WsConn, WsEngine, WsHandler, WsServer,
 };
+use ws_common::Joiner;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -128,20 +128,6 @@ impl Drop for Broker {
     }
 }
 
-/// A node's server: every WebSocket joins the node's group.
-struct Joiner(Group);
-
-impl WsHandler for Joiner {
-    type State = ();
-    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
-        Accept::new(()).into()
-    }
-    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
-        self.0.join(conn);
-    }
-    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
-}
-
 struct Node {
     group: Group,
     bus: Bus,
@@ -165,8 +151,9 @@ fn node_on(
 ) -> Node {
     let group = Group::new(SlowPolicy::Drop);
     let server = WsServer::builder()
-        .start(engine.pollers(2).listen("127.0.0.1:0"), |_| {
-            Joiner(group.clone())
+        .start(engine.pollers(2).listen("127.0.0.1:0"), |_| Joiner {
+            group: group.clone(),
+            opened: None,
         })
         .unwrap();
     let bus = bus.connect(url).unwrap();

@@ -192,32 +192,36 @@ fn a_compression_bomb_is_closed_with_1009_without_inflating_it() {
     assert!(common::eventually(WAIT, || server.stats().open() == 0));
 }
 
-/// Joins every connection to one group.
-struct Joiner(netpoll::ws::Group, Sender<()>);
-
-impl WsHandler for Joiner {
-    type State = ();
-    fn on_request(&mut self, _: &netpoll::ws::Request<'_>) -> netpoll::ws::Upgrade<()> {
-        netpoll::ws::Accept::new(()).into()
-    }
-    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
-        self.0.join(conn);
-        let _ = self.1.send(());
-    }
-    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
+/// A server with `deflate` whose connections all join one group; the group, the server, its
+/// address and who joined.
+fn group_server(
+    deflate: DeflateConfig,
+    pollers: usize,
+) -> (
+    netpoll::ws::Group,
+    WsEngine<ws_common::Joiner>,
+    std::net::SocketAddr,
+    Receiver<WsConn>,
+) {
+    let group = netpoll::ws::Group::new(netpoll::ws::SlowPolicy::Drop);
+    let (tx, joined) = mpsc::channel();
+    let server = WsServer::builder()
+        .deflate(deflate)
+        .start(
+            Engine::builder().pollers(pollers).listen("127.0.0.1:0"),
+            |_| ws_common::Joiner {
+                group: group.clone(),
+                opened: Some(tx.clone()),
+            },
+        )
+        .unwrap();
+    let addr = server.local_addrs()[0];
+    (group, server, addr, joined)
 }
 
 #[test]
 fn a_broadcast_goes_compressed_to_members_that_agreed_and_plain_to_the_others() {
-    let group = netpoll::ws::Group::new(netpoll::ws::SlowPolicy::Drop);
-    let (tx, joined) = mpsc::channel();
-    let server = WsServer::builder()
-        .deflate(DeflateConfig::default())
-        .start(Engine::builder().pollers(2).listen("127.0.0.1:0"), |_| {
-            Joiner(group.clone(), tx.clone())
-        })
-        .unwrap();
-    let addr = server.local_addrs()[0];
+    let (group, _server, addr, joined) = group_server(DeflateConfig::default(), 2);
     let (mut a, head) = raw_deflate_client(addr);
     assert!(head.contains("permessage-deflate"), "{head}");
     let mut b = ws_common::raw_upgraded(addr, "/");
@@ -461,15 +465,8 @@ fn a_refused_send_leaves_the_context_intact() {
 
 #[test]
 fn a_broadcast_goes_plain_to_members_that_keep_context() {
-    let group = netpoll::ws::Group::new(netpoll::ws::SlowPolicy::Drop);
-    let (tx, joined) = mpsc::channel();
-    let server = WsServer::builder()
-        .deflate(DeflateConfig::default().context_takeover(15))
-        .start(Engine::builder().pollers(1).listen("127.0.0.1:0"), |_| {
-            Joiner(group.clone(), tx.clone())
-        })
-        .unwrap();
-    let addr = server.local_addrs()[0];
+    let (group, _server, addr, joined) =
+        group_server(DeflateConfig::default().context_takeover(15), 1);
     let (mut keeps, head) = raw_takeover_client(addr);
     assert!(head.contains("permessage-deflate\r\n"), "{head}");
     // This one asks the server not to keep context: it shares the compressed frame.

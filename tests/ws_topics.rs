@@ -193,18 +193,6 @@ fn a_member_that_missed_messages_is_told_how_many_before_the_next() {
         let _ = conn.send_text(&format!("gap {n}"));
     });
     let (tx, rx) = mpsc::channel();
-    struct Joiner(Group, mpsc::Sender<WsConn>);
-    impl WsHandler for Joiner {
-        type State = ();
-        fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
-            Accept::new(()).into()
-        }
-        fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
-            self.0.join(conn);
-            let _ = self.1.send(conn.clone());
-        }
-        fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
-    }
     let g = group.clone();
     let ws = WsServer::builder()
         .start(
@@ -213,7 +201,10 @@ fn a_member_that_missed_messages_is_told_how_many_before_the_next() {
                 .send_buffer_size(4096)
                 .max_outbound_bytes(64 * 1024)
                 .listen("127.0.0.1:0"),
-            move |_| Joiner(g.clone(), tx.clone()),
+            move |_| ws_common::Joiner {
+                group: g.clone(),
+                opened: Some(tx.clone()),
+            },
         )
         .unwrap();
     let addr = ws.local_addrs()[0];

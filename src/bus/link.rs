@@ -78,25 +78,24 @@ impl Target {
         })
     }
 
-    /// Appends what opens a connection (Redis: `AUTH` if there is a password; NATS:
-    /// `CONNECT`); returns how many replies it brings before the connection is usable.
-    fn login(&self, out: &mut Vec<u8>) -> u8 {
+    /// Appends what opens a connection: Redis `AUTH` if there is a password, NATS `CONNECT`.
+    fn login(&self, out: &mut Vec<u8>) {
         let (user, password) = (self.user.as_deref(), self.password.as_deref());
         match (self.proto, user, password) {
-            (Proto::Nats, ..) => {
-                nats::encode_connect(out, user, password);
-                0 // CONNECT is not answered unless verbose; errors come as -ERR
-            }
+            (Proto::Nats, ..) => nats::encode_connect(out, user, password),
             (Proto::Redis, Some(u), Some(p)) => {
                 resp::encode_command(out, &[b"AUTH", u.as_bytes(), p.as_bytes()]);
-                1
             }
-            (Proto::Redis, None, Some(p)) => {
-                resp::encode_command(out, &[b"AUTH", p.as_bytes()]);
-                1
-            }
-            _ => 0,
+            (Proto::Redis, None, Some(p)) => resp::encode_command(out, &[b"AUTH", p.as_bytes()]),
+            _ => {}
         }
+    }
+
+    /// The replies a new connection waits for before it is ready: the login's (Redis `AUTH`;
+    /// NATS answers `CONNECT` only when verbose, and its errors come as `-ERR`) and the
+    /// ping's that [`dial`] sends after it.
+    fn handshake_replies(&self) -> u8 {
+        u8::from(self.proto == Proto::Redis && self.password.is_some()) + 1
     }
 
     fn ping(&self, out: &mut Vec<u8>) {
@@ -410,8 +409,7 @@ impl Handler for BusHandler {
 
     fn on_open(&mut self, conn: &Conn) -> Link {
         let role = self.role_of(conn).unwrap_or(Role::Publisher);
-        let login = self.inner.target.login(&mut Vec::new());
-        let handshake = login + 1; // the ping's answer
+        let handshake = self.inner.target.handshake_replies();
         {
             let mut links = lock(&self.inner.links);
             if std::mem::replace(&mut links.opened_before[role as usize], true) {

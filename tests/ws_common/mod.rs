@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use netpoll::ws::frame::{OpCode, encode_frame};
 use netpoll::ws::{
-    Accept, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsEngine,
+    Accept, Group, HttpResponse, Message, Request, Upgrade, WsBuilder, WsClose, WsConn, WsEngine,
     WsHandler,
 };
 use netpoll::{ConnId, EngineBuilder};
@@ -23,6 +23,27 @@ pub enum WsEvent {
     Message(ConnId, Vec<u8>, bool),
     Pong(ConnId),
     Close(ConnId, WsClose),
+}
+
+/// A server that accepts every upgrade and joins each connection to its group, telling
+/// `opened` (if any) once it has.
+pub struct Joiner {
+    pub group: Group,
+    pub opened: Option<Sender<WsConn>>,
+}
+
+impl WsHandler for Joiner {
+    type State = ();
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+        Accept::new(()).into()
+    }
+    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+        self.group.join(conn);
+        if let Some(tx) = &self.opened {
+            let _ = tx.send(conn.clone());
+        }
+    }
+    fn on_message(&mut self, _: &WsConn, _: &mut (), _: Message<'_>) {}
 }
 
 /// Paths: `/echo` echoes, `/record` reports messages, `/origin` accepts only
