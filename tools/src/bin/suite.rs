@@ -1084,39 +1084,7 @@ fn wss_echo_tables(doc: &Value) -> String {
 
     md += "\n### wss echo: latency p50 / p99 (ms), server CPU per message (µs), server busy (% of \
            one core over the window)\n\n";
-    md += &table_head(
-        &["conns", "size"],
-        WSS_SERVERS
-            .iter()
-            .map(|s| format!("{} p50/p99", wss_label(s)))
-            .chain(WSS_SERVERS.iter().map(|s| format!("{} CPU", wss_label(s))))
-            .chain(WSS_SERVERS.iter().map(|s| format!("{} busy", wss_label(s)))),
-    );
-    for c in distinct(doc, sc, "conns") {
-        for z in distinct(doc, sc, "size") {
-            let keys = [("conns", c), ("size", z)];
-            md += &format!("| {} | {} |", group(c), size_label(z));
-            for s in WSS_SERVERS {
-                let ms = |k: &str| metric(doc, sc, s, &keys, k).map(|us| us / 1000.0);
-                md += &format!(
-                    " {} / {} |",
-                    cell(ms("lat_p50_us"), 2),
-                    cell(ms("lat_p99_us"), 2)
-                );
-            }
-            for s in WSS_SERVERS {
-                let cpu = metric(doc, sc, s, &keys, "server_cpu_us_per_msg");
-                md += &format!(" {} |", cell(cpu, 2));
-            }
-            for s in WSS_SERVERS {
-                md += &format!(
-                    " {} |",
-                    cell(metric(doc, sc, s, &keys, "server_busy_pct"), 0)
-                );
-            }
-            md += "\n";
-        }
-    }
+    md += &latency_rows(doc, sc, &WSS_SERVERS, wss_label, true);
     md + "\n"
 }
 
@@ -1132,6 +1100,49 @@ fn wss_idle_table(doc: &Value) -> String {
 }
 
 /// A wss scenario's server as its tables name it.
+/// An echo latency table's head and rows for `servers` of scenario `sc`, by connections and
+/// size: p50 / p99 (ms), server CPU per message (µs, if `cpu`), server busy (%).
+fn latency_rows(
+    doc: &Value,
+    sc: &str,
+    servers: &[&str],
+    label: fn(&str) -> &str,
+    cpu: bool,
+) -> String {
+    let columns = |what: &'static str| servers.iter().map(move |s| format!("{} {what}", label(s)));
+    let cpu_columns = if cpu { servers.len() } else { 0 };
+    let mut md = table_head(
+        &["conns", "size"],
+        columns("p50/p99")
+            .chain(columns("CPU").take(cpu_columns))
+            .chain(columns("busy")),
+    );
+    for c in distinct(doc, sc, "conns") {
+        for z in distinct(doc, sc, "size") {
+            let keys = [("conns", c), ("size", z)];
+            md += &format!("| {} | {} |", group(c), size_label(z));
+            for s in servers {
+                let ms = |k: &str| metric(doc, sc, s, &keys, k).map(|us| us / 1000.0);
+                md += &format!(
+                    " {} / {} |",
+                    cell(ms("lat_p50_us"), 2),
+                    cell(ms("lat_p99_us"), 2)
+                );
+            }
+            for s in servers.iter().take(cpu_columns) {
+                let cpu = metric(doc, sc, s, &keys, "server_cpu_us_per_msg");
+                md += &format!(" {} |", cell(cpu, 2));
+            }
+            for s in servers {
+                let busy = metric(doc, sc, s, &keys, "server_busy_pct");
+                md += &format!(" {} |", cell(busy, 0));
+            }
+            md += "\n";
+        }
+    }
+    md
+}
+
 /// An idle-memory table's head and rows for `servers` of scenario `sc`: bytes per connection,
 /// then connections per second, by connection count.
 fn idle_rows(doc: &Value, sc: &str, servers: &[&str], label: fn(&str) -> &str) -> String {
@@ -1227,36 +1238,7 @@ fn deflate_tables(doc: &Value) -> String {
         }
         md += "### permessage-deflate echo: latency p50 / p99 (ms), server busy (% of one core \
                over the window)\n\n";
-        md += &table_head(
-            &["conns", "size"],
-            DEFLATE_SERVERS
-                .iter()
-                .map(|s| format!("{} p50/p99", deflate_label(s)))
-                .chain(
-                    DEFLATE_SERVERS
-                        .iter()
-                        .map(|s| format!("{} busy", deflate_label(s))),
-                ),
-        );
-        for c in distinct(doc, sc, "conns") {
-            for z in distinct(doc, sc, "size") {
-                let keys = [("conns", c), ("size", z)];
-                md += &format!("| {} | {} |", group(c), size_label(z));
-                for s in DEFLATE_SERVERS {
-                    let ms = |k: &str| metric(doc, sc, s, &keys, k).map(|us| us / 1000.0);
-                    md += &format!(
-                        " {} / {} |",
-                        cell(ms("lat_p50_us"), 2),
-                        cell(ms("lat_p99_us"), 2)
-                    );
-                }
-                for s in DEFLATE_SERVERS {
-                    let busy = metric(doc, sc, s, &keys, "server_busy_pct");
-                    md += &format!(" {} |", cell(busy, 0));
-                }
-                md += "\n";
-            }
-        }
+        md += &latency_rows(doc, sc, &DEFLATE_SERVERS, deflate_label, false);
         md += "\n";
     }
 
