@@ -749,3 +749,48 @@ fn reconnects_back_off_quiet_buses_stay_up_and_big_messages_stay_home() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs redis-server (.ci/run installs it)"]
+fn a_broker_that_stops_reading_fills_the_publishers_queue_to_its_bound_then_drops() {
+    let _serial = serial();
+    let broker = Broker::start(Kind::Redis, None);
+    let a = Bus::builder()
+        .max_outbound_bytes(64 * 1024)
+        .connect(&broker.url())
+        .unwrap();
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let b = Bus::builder().connect(&broker.url()).unwrap();
+    {
+        let got = got.clone();
+        b.subscribe("q", move |_| {
+            got.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .unwrap();
+    }
+    assert!(common::eventually(WAIT, || a.is_connected() && b.is_connected()));
+    // The real broker stops reading (SIGSTOP): the kernel's buffers fill, then the publisher
+    // connection's queue up to its 64 KiB bound; past it messages are dropped and counted.
+    let pid = broker.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    let payload = "z".repeat(1024);
+    for _ in 0..20_000 {
+        a.publish("q", Message::Text(&payload)).unwrap();
+    }
+    let s = a.stats();
+    signal("-CONT");
+    assert!(s.dropped > 0, "the bound was reached: {s:?}");
+    assert_eq!(s.published + s.dropped, 20_000, "{s:?}");
+    // Once the broker reads again, what was published (not dropped) arrives, and more flows.
+    assert!(common::eventually(WAIT, || {
+        got.load(std::sync::atomic::Ordering::Relaxed) as u64 == s.published
+    }));
+    a.publish("q", Message::Text("after")).unwrap();
+    assert!(common::eventually(WAIT, || {
+        got.load(std::sync::atomic::Ordering::Relaxed) as u64 == s.published + 1
+    }));
+}
