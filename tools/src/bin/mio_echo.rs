@@ -46,6 +46,7 @@ fn write_out(p: &mut Peer, data: &[u8]) -> io::Result<()> {
         match p.stream.write(&data[off..]) {
             Ok(n) => off += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
@@ -60,6 +61,7 @@ fn flush(p: &mut Peer) -> io::Result<()> {
                 p.backlog.drain(..n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
@@ -75,7 +77,12 @@ fn serve(mut listener: TcpListener) -> io::Result<()> {
     let mut peers: Slab<Peer> = Slab::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        poll.poll(&mut events, None)?;
+        // A signal (strace attaching, SIGSTOP/SIGCONT, a profiler) interrupts epoll_wait with
+        // EINTR: nothing failed, wait again.
+        match poll.poll(&mut events, None) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => r?,
+        }
         for ev in events.iter() {
             if ev.token() == LISTENER {
                 while let Ok((mut stream, _)) = listener.accept() {
@@ -113,6 +120,7 @@ fn serve(mut listener: TcpListener) -> io::Result<()> {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => dead = true,
                 }
             }
