@@ -159,6 +159,8 @@ pub struct EngineConfig {
     pub(crate) timer_tick: Duration,
     pub(crate) events_capacity: usize,
     pub(crate) thread_name: String,
+    /// Receive and flush through io_uring (Linux) instead of epoll readiness alone.
+    pub(crate) io_uring: bool,
     /// The codec every accepted connection gets (a protocol layer's: TLS), if any.
     pub(crate) accept_codec: Option<CodecFactory>,
     /// A protocol layer's engine-wide settings that its connection handles need on any
@@ -197,6 +199,8 @@ impl EngineConfig {
             timer_tick: Duration::from_millis(50),
             events_capacity: 1024,
             thread_name: "netpoll".to_string(),
+            // The environment switch lets a whole test suite run on the io_uring backend.
+            io_uring: std::env::var("NETPOLL_BACKEND").is_ok_and(|v| v == "io_uring"),
             accept_codec: None,
             layer_settings: None,
         }

@@ -160,6 +160,25 @@ impl OutboundBuffer {
         Ok((n, n < offered))
     }
 
+    /// Fills `dst` with the queue's first chunks, in order, and returns how many (the io_uring
+    /// backend sends them from where they are; the queue must not change until it is done).
+    pub(crate) fn gather<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
+        if self.chunks.is_empty() {
+            if self.tail.is_empty() || dst.is_empty() {
+                return 0;
+            }
+            dst[0] = IoSlice::new(&self.tail);
+            return 1;
+        }
+        self.seal_tail();
+        let mut count = 0;
+        for (slot, chunk) in dst.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        count
+    }
+
     /// Drops the first `n` queued bytes.
     #[inline]
     pub fn consume(&mut self, mut n: usize) {

@@ -165,6 +165,9 @@ pub(crate) struct Transport {
     /// What the poller's queued-bytes gauge counts for this connection: the queue's charge
     /// when last accounted (saturating; it fills the padding after the descriptor).
     accounted: u32,
+    /// Bytes handed to the io_uring backend's sends and not yet completed: still owed to the
+    /// socket, so they count as pending (nobody writes past them) and against the limit.
+    in_flight: u32,
     out: OutboundBuffer,
     /// The codec (TLS) and the protocol layer's attachment, boxed together and allocated only
     /// when one of them is used: plain connections pay one null pointer for both.
@@ -177,6 +180,7 @@ impl Transport {
         Transport {
             socket: Some(socket),
             accounted: 0,
+            in_flight: 0,
             out: OutboundBuffer::new(),
             extras: None,
         }
@@ -220,7 +224,34 @@ impl Transport {
     /// Wire bytes queued and not yet taken by the kernel.
     #[inline]
     pub(crate) fn pending(&self) -> usize {
-        self.out.len()
+        self.out.len() + self.in_flight as usize
+    }
+
+    /// Moves everything queued out to be sent by the io_uring backend, which keeps it until
+    /// the send completes; `None` if nothing is queued or a send is already in flight (one at a
+    /// time keeps the bytes in order).
+    pub(crate) fn take_for_send(&mut self) -> Option<OutboundBuffer> {
+        if self.in_flight != 0 || self.out.is_empty() || self.socket.is_none() {
+            return None;
+        }
+        let out = std::mem::take(&mut self.out);
+        self.in_flight = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        Some(out)
+    }
+
+    /// `n` bytes of the send in flight completed; `done` when all of it has.
+    pub(crate) fn sent(&mut self, n: usize, done: bool) {
+        self.in_flight = if done {
+            0
+        } else {
+            self.in_flight.saturating_sub(n as u32)
+        };
+    }
+
+    /// The descriptor, while the socket is open.
+    pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.socket.as_ref().map(|s| s.as_raw_fd())
     }
 
     /// What the queue counts against the outbound limit: its bytes and its bookkeeping (and
@@ -230,13 +261,13 @@ impl Transport {
         if coded {
             self.charge_coded()
         } else {
-            self.out.charge()
+            self.out.charge() + self.in_flight as usize
         }
     }
 
     #[inline(never)]
     fn charge_coded(&self) -> usize {
-        self.out.charge() + self.extras.as_ref().map_or(0, |e| held_back(e))
+        self.out.charge() + self.in_flight as usize + self.extras.as_ref().map_or(0, |e| held_back(e))
     }
 
     /// Brings this connection's share of the queued-bytes gauge up to date: returns the change
@@ -246,10 +277,10 @@ impl Transport {
     /// iteration, so the echo path pays one comparison.)
     #[inline]
     pub(crate) fn account(&mut self) -> i64 {
-        if self.accounted == 0 && self.out.is_empty() {
+        if self.accounted == 0 && self.out.is_empty() && self.in_flight == 0 {
             return 0; // nothing queued before or now: the common case
         }
-        let now = self.out.charge().min(u32::MAX as usize) as u32;
+        let now = (self.out.charge() + self.in_flight as usize).min(u32::MAX as usize) as u32;
         let delta = i64::from(now) - i64::from(self.accounted);
         self.accounted = now;
         delta
@@ -522,6 +553,9 @@ impl Transport {
     #[must_use = "the gauge must be told: add the returned delta"]
     pub(crate) fn release(&mut self) -> i64 {
         self.out.clear();
+        // A send in flight still holds its bytes (the poller frees them at its completion),
+        // but the connection no longer counts them.
+        self.in_flight = 0;
         self.socket = None;
         self.account()
     }

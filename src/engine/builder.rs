@@ -99,6 +99,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Experimental: receive and flush through io_uring on Linux (multishot receives into a
+    /// per-poller buffer ring, the poller's writes as ring sends, one `io_uring_enter` per
+    /// loop iteration); epoll still reports accepts, connects and writability. Where io_uring
+    /// is unavailable (an old kernel, a seccomp profile, `kernel.io_uring_disabled`) a poller
+    /// logs a warning and uses epoll. Default: off, or on when the environment variable
+    /// `NETPOLL_BACKEND` is `io_uring`. Connections with TLS read through epoll either way.
+    pub fn io_uring(mut self, on: bool) -> Self {
+        self.config.io_uring = on;
+        self
+    }
+
     /// Size of each poller's shared read buffer, the most one read can return. Default 64 KiB;
     /// must be 1 KiB..=64 MiB, and at least 33,280 B (two records) for TLS.
     pub fn read_buffer_size(mut self, bytes: usize) -> Self {

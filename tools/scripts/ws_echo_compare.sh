@@ -4,7 +4,8 @@
 # client (tools ws_load), same machine, in one run, alternating servers each round.
 #
 # Usage: tools/scripts/ws_echo_compare.sh [DURATION_SECS] [ROUNDS]
-#   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"), CONNS (default
+#   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"; also netpoll-uring:
+#   ws_echo on the io_uring backend), CONNS (default
 #   "100 5000"), SIZES (default "64 4096"), THREADS (server threads, default 1),
 #   CLIENT_POLLERS (default 1). On a 2-core machine: one core for the server, one for the
 #   client.
@@ -28,6 +29,7 @@ run() { # server-name conns size
   port=$((port + 1))
   case $name in
     netpoll) "$bin/examples/ws_echo" --addr "127.0.0.1:$port" --pollers "$threads" > /dev/null & ;;
+    netpoll-uring) NETPOLL_BACKEND=io_uring "$bin/examples/ws_echo" --addr "127.0.0.1:$port" --pollers "$threads" > /dev/null & ;;
     tokio-tungstenite) "$bin/tt_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
     fastwebsockets) "$bin/fws_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
     *) echo "unknown server $name"; exit 2 ;;
@@ -35,7 +37,7 @@ run() { # server-name conns size
   pid=$!
   sleep 0.5
   line=$("$bin/ws_load" --addr "127.0.0.1:$port" --path /echo --conns "$conns" \
-         --size "$size" --duration "$dur" --pollers "$cpollers" --sources 8 --server-pid "$pid")
+         --size "$size" --duration "$dur" --pollers "$cpollers" --sources 8 --server-pid "$pid" | tr '\n' ' ')
   kill "$pid"; wait "$pid" 2>/dev/null || true
   echo "server=$name $line" | tee -a "$out"
 }

@@ -5,6 +5,7 @@ use super::{Poller, Stage, TimerKind, context};
 use crate::core::conn::CloseReason;
 use crate::core::handler::Handler;
 use crate::core::stats::count;
+use crate::core::transport::Flushed;
 
 impl<H: Handler> Poller<H> {
     pub(super) fn on_writable(&mut self, token: usize) {
@@ -22,6 +23,10 @@ impl<H: Handler> Poller<H> {
             return;
         };
         let open = c.stage == Stage::Open;
+        #[cfg(target_os = "linux")]
+        let by_ring = self.uring.is_some();
+        #[cfg(not(target_os = "linux"))]
+        let by_ring = false;
         let (drained_notice, empty, watch, error) = {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;
@@ -32,9 +37,14 @@ impl<H: Handler> Poller<H> {
                 return;
             }
             io.corked = false;
-            let (flushed, error) = match io.transport.flush() {
-                Ok(f) => (f, None),
-                Err((f, kind)) => (f, Some(kind)),
+            let (flushed, error) = if by_ring {
+                // Sent by the ring after this block: no bytes moved yet.
+                (Flushed { written: 0, calls: 0 }, None)
+            } else {
+                match io.transport.flush() {
+                    Ok(f) => (f, None),
+                    Err((f, kind)) => (f, Some(kind)),
+                }
             };
             if flushed.calls > 0 {
                 let stats = &self.shared.stats;
@@ -51,7 +61,7 @@ impl<H: Handler> Poller<H> {
             };
             let empty = context::with_tail_pool(|pool| {
                 io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
-            });
+            }) && !pending;
             self.queued_delta += io.transport.account();
             let notice = io.above_low_water && io.transport.charge(io.coded) <= low_watermark;
             if notice {
@@ -65,6 +75,10 @@ impl<H: Handler> Poller<H> {
         }
         if let Some(at) = watch {
             self.wheel.insert(at, (token, TimerKind::Write, at));
+        }
+        #[cfg(target_os = "linux")]
+        if by_ring && !empty {
+            self.submit_send(token);
         }
         let c = self.conns.get_mut(token).expect("checked above");
         match c.stage {

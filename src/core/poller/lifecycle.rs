@@ -40,17 +40,24 @@ impl<H: Handler> Poller<H> {
             return;
         };
         conn.shared.token.store(token, Ordering::Relaxed);
-        let registered = match conn.shared.lock().transport.socket_mut() {
-            Some(socket) => self.poll.registry().register(
-                socket,
-                Token(token),
-                Interest::READABLE | Interest::WRITABLE,
-            ),
+        let mut io = conn.shared.lock();
+        // A connection the io_uring backend receives for needs epoll only for writability.
+        let interest = if self.ring_reads(io.coded) {
+            Interest::WRITABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let registered = match io.transport.socket_mut() {
+            Some(socket) => self
+                .poll
+                .registry()
+                .register(socket, Token(token), interest),
             None => Err(io::Error::new(
                 io::ErrorKind::NotConnected,
                 "socket already freed",
             )),
         };
+        drop(io);
         if let Err(e) = registered {
             warn!(conn = %conn.id(), error = %e, "cannot register connection");
             self.conns.remove(token);
@@ -63,6 +70,17 @@ impl<H: Handler> Poller<H> {
             }
             _ => self.open(token),
         }
+    }
+
+    /// True if a connection (with a codec or not) receives through the io_uring backend.
+    fn ring_reads(&self, coded: bool) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.reads_by_ring(coded);
+        #[cfg(not(target_os = "linux"))]
+        return {
+            let _ = coded;
+            false
+        };
     }
 
     /// A connection that never gets registered: undo its count and tell the dialer.
@@ -99,6 +117,10 @@ impl<H: Handler> Poller<H> {
             Some(state) => {
                 c.user = Some(state);
                 self.flush(token);
+                #[cfg(target_os = "linux")]
+                if self.stage(token) == Some(Stage::Open) && self.reads_by_ring_token(token) {
+                    self.arm_recv(token);
+                }
             }
             // No state to hand to on_close: the close is counted and the socket freed.
             None => self.begin_close(token, CloseReason::HandlerPanic, false),
@@ -134,6 +156,8 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.remove(token) else {
             return;
         };
+        #[cfg(target_os = "linux")]
+        self.cancel_recv(token);
         self.queued_delta += c.conn.shared.lock().release();
         let stats = &self.shared.stats;
         count(&stats.connect_failed, 1);

@@ -23,6 +23,8 @@ mod read;
 mod shared;
 pub(crate) mod slots;
 mod timers;
+#[cfg(target_os = "linux")]
+mod uring;
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -114,6 +116,9 @@ pub(crate) struct Poller<H: Handler> {
     now: u64,
     /// This iteration's change of the queued-bytes gauge, published once at its end.
     queued_delta: i64,
+    /// The io_uring backend's ring, when it is on.
+    #[cfg(target_os = "linux")]
+    uring: Option<Box<uring::UringState>>,
 }
 
 impl<H: Handler> Poller<H> {
@@ -148,6 +153,8 @@ impl<H: Handler> Poller<H> {
             shutdown_deadline: None,
             now,
             queued_delta: 0,
+            #[cfg(target_os = "linux")]
+            uring: None,
         }
     }
 
@@ -158,9 +165,22 @@ impl<H: Handler> Poller<H> {
     /// Runs until shutdown completes.
     pub(crate) fn run(mut self) {
         context::enter(&self.shared);
+        self.start_uring();
         let mut events = Events::with_capacity(0);
         loop {
             let timeout = self.poll_timeout();
+            #[cfg(target_os = "linux")]
+            if self.uring.is_some() {
+                if let Err(e) = self.wait_uring(timeout) {
+                    tracing::error!(poller = self.shared.index, error = %e, "io_uring wait failed; poller stops");
+                    break;
+                }
+                self.after_wait();
+                if self.shutdown_done() {
+                    break;
+                }
+                continue;
+            }
             if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -175,26 +195,61 @@ impl<H: Handler> Poller<H> {
                 self.dispatch(ev);
             }
             std::mem::swap(&mut events, &mut self.events);
-            self.continue_backlog();
-            self.run_commands();
-            self.expire_timers();
-            self.flush_corked();
-            self.publish_queued();
-            if let Some(deadline) = self.shutdown_deadline {
-                if self.conns.is_empty() {
-                    break;
-                }
-                if self.now >= deadline {
-                    self.free_all();
-                    break;
-                }
+            self.after_wait();
+            if self.shutdown_done() {
+                break;
             }
         }
         self.free_all();
         self.publish_queued();
+        #[cfg(target_os = "linux")]
+        self.drain_uring();
         self.drop_timers();
         context::leave();
         debug!(poller = self.shared.index, "poller stopped");
+    }
+
+    /// Turns the io_uring backend on if configured, or says why it cannot.
+    fn start_uring(&mut self) {
+        if !self.config().io_uring {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        match uring::UringState::new(&self.poll) {
+            Ok(u) => self.uring = Some(u),
+            Err(e) => {
+                tracing::warn!(poller = self.shared.index, error = %e, "io_uring unavailable; using epoll")
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        tracing::warn!(poller = self.shared.index, "io_uring is Linux only; using epoll");
+    }
+
+    /// The loop iteration's work after the wait: continue cut-short reads, run commands,
+    /// expire timers, flush what callbacks wrote.
+    fn after_wait(&mut self) {
+        self.continue_backlog();
+        self.run_commands();
+        self.expire_timers();
+        self.flush_corked();
+        #[cfg(target_os = "linux")]
+        self.rearm_starved();
+        self.publish_queued();
+    }
+
+    /// True once a shutdown has finished (freeing what is left if its deadline passed).
+    fn shutdown_done(&mut self) -> bool {
+        let Some(deadline) = self.shutdown_deadline else {
+            return false;
+        };
+        if self.conns.is_empty() {
+            return true;
+        }
+        if self.now >= deadline {
+            self.free_all();
+            return true;
+        }
+        false
     }
 
     fn publish_queued(&mut self) {
@@ -231,6 +286,15 @@ impl<H: Handler> Poller<H> {
         }
         if !self.conns.contains(token) {
             return; // stale event for a freed connection
+        }
+        #[cfg(target_os = "linux")]
+        if self.uring.is_some() && self.reads_by_ring_token(token) {
+            // The ring receives (and sees end of stream and errors); epoll reports only
+            // writability (and hang-ups, which the receive reports too).
+            if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                self.on_writable(token);
+            }
+            return;
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.on_writable(token);

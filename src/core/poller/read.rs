@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use tracing::warn;
 
+use super::slots::Slots;
 use super::{Connection, Poller, Stage, guarded};
 use crate::core::conn::{CloseReason, Phase};
 use crate::core::handler::Handler;
@@ -28,6 +29,12 @@ impl<H: Handler> Poller<H> {
             let Some(token) = self.backlog.pop_front() else {
                 break;
             };
+            #[cfg(target_os = "linux")]
+            if self.uring.is_some() && self.reads_by_ring_token(token) {
+                // Resumed (ReadAgain): the ring receives again, after what was kept.
+                self.resume_recv(token);
+                continue;
+            }
             // The edge that started this read is spent; only WouldBlock proves we are done.
             self.on_readable(token, true);
         }
@@ -144,65 +151,33 @@ impl<H: Handler> Poller<H> {
     #[inline(always)] // the hot path; out of line it costs ~40 instructions per message
     fn deliver(&mut self, token: usize, plain: Range<usize>) {
         let max_inbound = self.config().max_inbound_bytes;
-        let Some(c) = self.conns.get_mut(token) else {
-            return;
-        };
-        let Connection {
-            conn,
-            user,
-            inbound,
-            ..
-        } = c;
-        let Some(state) = user.as_mut() else { return };
-        let fresh = &mut self.read_buf[plain];
-        let n = fresh.len();
-        let handler = &mut self.handler;
-        let mut panicked = false;
-        let overflow = if inbound.is_empty() {
-            match guarded("on_data", conn, || handler.on_data(conn, state, fresh)) {
-                None => {
-                    panicked = true;
-                    false
-                }
-                Some(used) => {
-                    let rest = &fresh[used.min(n)..];
-                    if rest.len() > max_inbound {
-                        true
-                    } else {
-                        inbound.extend_from_slice(rest);
-                        false
-                    }
-                }
-            }
-        } else if inbound.len() + n > max_inbound {
-            true
-        } else {
-            inbound.extend_from_slice(fresh);
-            let kept: &mut [u8] = inbound;
-            match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
-                None => panicked = true,
-                Some(used) => {
-                    let used = used.min(inbound.len());
-                    if used == inbound.len() {
-                        *inbound = Vec::new();
-                    } else {
-                        inbound.drain(..used);
-                        if inbound.capacity() > INBOUND_SHRINK_ABOVE
-                            && inbound.capacity() > 4 * inbound.len()
-                        {
-                            inbound.shrink_to_fit();
-                        }
-                    }
-                }
-            }
-            false
-        };
-        if panicked {
-            self.begin_close(token, CloseReason::HandlerPanic, false);
-        } else if overflow {
-            warn!(conn = %conn.id(), limit = max_inbound, "unconsumed inbound bytes over the limit; closing");
-            self.begin_close(token, CloseReason::InboundOverflow, false);
+        let outcome = deliver_to(
+            &mut self.conns,
+            &mut self.handler,
+            token,
+            &mut self.read_buf[plain],
+            max_inbound,
+        );
+        self.after_deliver(token, outcome);
+    }
+
+    /// Closes the connection if its input panicked the handler or overflowed.
+    #[inline(always)]
+    pub(super) fn after_deliver(&mut self, token: usize, outcome: Delivered) {
+        match outcome {
+            Delivered::Ok => {}
+            Delivered::Panicked => self.begin_close(token, CloseReason::HandlerPanic, false),
+            Delivered::Overflow => self.inbound_overflow(token),
         }
+    }
+
+    #[cold]
+    fn inbound_overflow(&mut self, token: usize) {
+        let max_inbound = self.config().max_inbound_bytes;
+        if let Some(c) = self.conns.get(token) {
+            warn!(conn = %c.conn.id(), limit = max_inbound, "unconsumed inbound bytes over the limit; closing");
+        }
+        self.begin_close(token, CloseReason::InboundOverflow, false);
     }
 
     /// Reads and drops input of a connection that is closing, to notice the peer's FIN or
@@ -243,6 +218,74 @@ impl<H: Handler> Poller<H> {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// How a delivery went.
+pub(super) enum Delivered {
+    Ok,
+    Panicked,
+    Overflow,
+}
+
+/// Hands `fresh` (behind any kept remainder) to the handler of `token`, keeping what it left
+/// unconsumed. Borrows only the connections and the handler, so the bytes may live in the
+/// poller's read buffer or in a ring buffer.
+#[inline(always)]
+pub(super) fn deliver_to<H: Handler>(
+    conns: &mut Slots<Connection<H::State>>,
+    handler: &mut H,
+    token: usize,
+    fresh: &mut [u8],
+    max_inbound: usize,
+) -> Delivered {
+    let Some(c) = conns.get_mut(token) else {
+        return Delivered::Ok;
+    };
+    let Connection {
+        conn,
+        user,
+        inbound,
+        ..
+    } = c;
+    let Some(state) = user.as_mut() else {
+        return Delivered::Ok;
+    };
+    let n = fresh.len();
+    if inbound.is_empty() {
+        return match guarded("on_data", conn, || handler.on_data(conn, state, fresh)) {
+            None => Delivered::Panicked,
+            Some(used) => {
+                let rest = &fresh[used.min(n)..];
+                if rest.len() > max_inbound {
+                    Delivered::Overflow
+                } else {
+                    inbound.extend_from_slice(rest);
+                    Delivered::Ok
+                }
+            }
+        };
+    }
+    if inbound.len() + n > max_inbound {
+        return Delivered::Overflow;
+    }
+    inbound.extend_from_slice(fresh);
+    let kept: &mut [u8] = inbound;
+    match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
+        None => Delivered::Panicked,
+        Some(used) => {
+            let used = used.min(inbound.len());
+            if used == inbound.len() {
+                *inbound = Vec::new();
+            } else {
+                inbound.drain(..used);
+                if inbound.capacity() > INBOUND_SHRINK_ABOVE && inbound.capacity() > 4 * inbound.len()
+                {
+                    inbound.shrink_to_fit();
+                }
+            }
+            Delivered::Ok
         }
     }
 }

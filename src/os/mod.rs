@@ -4,6 +4,11 @@
 //! errors into the classes the core acts on. Error numbers come from `libc`, so they are right
 //! on Linux and on BSD/macOS alike. Readiness itself is mio's (epoll or kqueue).
 
+// The one module allowed `unsafe` code: io_uring hands the kernel addresses.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) mod uring;
+
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
