@@ -162,6 +162,7 @@ impl OutboundBuffer {
 
     /// Fills `dst` with the queue's first chunks, in order, and returns how many (the io_uring
     /// backend sends them from where they are; the queue must not change until it is done).
+    #[cfg(netpoll_uring)]
     pub(crate) fn gather<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
         if self.chunks.is_empty() {
             if self.tail.is_empty() || dst.is_empty() {

@@ -167,6 +167,7 @@ pub(crate) struct Transport {
     accounted: u32,
     /// Bytes handed to the io_uring backend's sends and not yet completed: still owed to the
     /// socket, so they count as pending (nobody writes past them) and against the limit.
+    #[cfg(netpoll_uring)]
     in_flight: u32,
     out: OutboundBuffer,
     /// The codec (TLS) and the protocol layer's attachment, boxed together and allocated only
@@ -180,6 +181,7 @@ impl Transport {
         Transport {
             socket: Some(socket),
             accounted: 0,
+            #[cfg(netpoll_uring)]
             in_flight: 0,
             out: OutboundBuffer::new(),
             extras: None,
@@ -224,12 +226,22 @@ impl Transport {
     /// Wire bytes queued and not yet taken by the kernel.
     #[inline]
     pub(crate) fn pending(&self) -> usize {
-        self.out.len() + self.in_flight as usize
+        self.out.len() + self.in_flight()
+    }
+
+    /// Bytes in the io_uring backend's send in flight (none without the backend).
+    #[inline(always)]
+    fn in_flight(&self) -> usize {
+        #[cfg(netpoll_uring)]
+        return self.in_flight as usize;
+        #[cfg(not(netpoll_uring))]
+        return 0;
     }
 
     /// Moves everything queued out to be sent by the io_uring backend, which keeps it until
     /// the send completes; `None` if nothing is queued or a send is already in flight (one at a
     /// time keeps the bytes in order).
+    #[cfg(netpoll_uring)]
     pub(crate) fn take_for_send(&mut self) -> Option<OutboundBuffer> {
         if self.in_flight != 0 || self.out.is_empty() || self.socket.is_none() {
             return None;
@@ -240,6 +252,7 @@ impl Transport {
     }
 
     /// `n` bytes of the send in flight completed; `done` when all of it has.
+    #[cfg(netpoll_uring)]
     pub(crate) fn sent(&mut self, n: usize, done: bool) {
         self.in_flight = if done {
             0
@@ -249,6 +262,7 @@ impl Transport {
     }
 
     /// The descriptor, while the socket is open.
+    #[cfg(netpoll_uring)]
     pub(crate) fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         self.socket.as_ref().map(|s| s.as_raw_fd())
@@ -261,13 +275,13 @@ impl Transport {
         if coded {
             self.charge_coded()
         } else {
-            self.out.charge() + self.in_flight as usize
+            self.out.charge() + self.in_flight()
         }
     }
 
     #[inline(never)]
     fn charge_coded(&self) -> usize {
-        self.out.charge() + self.in_flight as usize + self.extras.as_ref().map_or(0, |e| held_back(e))
+        self.out.charge() + self.in_flight() + self.extras.as_ref().map_or(0, |e| held_back(e))
     }
 
     /// Brings this connection's share of the queued-bytes gauge up to date: returns the change
@@ -277,10 +291,10 @@ impl Transport {
     /// iteration, so the echo path pays one comparison.)
     #[inline]
     pub(crate) fn account(&mut self) -> i64 {
-        if self.accounted == 0 && self.out.is_empty() && self.in_flight == 0 {
+        if self.accounted == 0 && self.out.is_empty() && self.in_flight() == 0 {
             return 0; // nothing queued before or now: the common case
         }
-        let now = (self.out.charge() + self.in_flight as usize).min(u32::MAX as usize) as u32;
+        let now = (self.out.charge() + self.in_flight()).min(u32::MAX as usize) as u32;
         let delta = i64::from(now) - i64::from(self.accounted);
         self.accounted = now;
         delta
@@ -555,7 +569,10 @@ impl Transport {
         self.out.clear();
         // A send in flight still holds its bytes (the poller frees them at its completion),
         // but the connection no longer counts them.
-        self.in_flight = 0;
+        #[cfg(netpoll_uring)]
+        {
+            self.in_flight = 0;
+        }
         self.socket = None;
         self.account()
     }

@@ -5,7 +5,7 @@
 //! on Linux and on BSD/macOS alike. Readiness itself is mio's (epoll or kqueue).
 
 // The one module allowed `unsafe` code: io_uring hands the kernel addresses.
-#[cfg(target_os = "linux")]
+#[cfg(netpoll_uring)]
 #[allow(unsafe_code)]
 pub(crate) mod uring;
 

@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use slab::Slab;
 use std::io::IoSlice;
@@ -238,6 +238,17 @@ impl<B: SendBuf> Uring<B> {
             .build()
             .user_data(user_data);
         self.push(e)
+    }
+
+    /// Cancels every request on `fd` and tells the kernel at once: the caller is about to
+    /// close `fd` (after which the number may name another socket).
+    pub(crate) fn cancel_fd_now(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+        let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+            .build()
+            .user_data(user_data);
+        self.push(e)?;
+        self.ring.submit()?;
+        Ok(())
     }
 
     /// Sends `buf` on `fd` for `owner` (a connection's token); the ring keeps it, unmoved,

@@ -23,9 +23,9 @@ impl<H: Handler> Poller<H> {
             return;
         };
         let open = c.stage == Stage::Open;
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         let by_ring = self.uring.is_some();
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(netpoll_uring))]
         let by_ring = false;
         let (drained_notice, empty, watch, error) = {
             let mut io = c.conn.shared.lock();
@@ -76,7 +76,7 @@ impl<H: Handler> Poller<H> {
         if let Some(at) = watch {
             self.wheel.insert(at, (token, TimerKind::Write, at));
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         if by_ring && !empty {
             self.submit_send(token);
         }

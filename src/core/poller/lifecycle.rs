@@ -74,9 +74,9 @@ impl<H: Handler> Poller<H> {
 
     /// True if a connection (with a codec or not) receives through the io_uring backend.
     fn ring_reads(&self, coded: bool) -> bool {
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         return self.reads_by_ring(coded);
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(netpoll_uring))]
         return {
             let _ = coded;
             false
@@ -117,7 +117,7 @@ impl<H: Handler> Poller<H> {
             Some(state) => {
                 c.user = Some(state);
                 self.flush(token);
-                #[cfg(target_os = "linux")]
+                #[cfg(netpoll_uring)]
                 if self.stage(token) == Some(Stage::Open) && self.reads_by_ring_token(token) {
                     self.arm_recv(token);
                 }
@@ -156,8 +156,11 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.remove(token) else {
             return;
         };
-        #[cfg(target_os = "linux")]
-        self.cancel_recv(token);
+        #[cfg(netpoll_uring)]
+        {
+            let fd = c.conn.shared.lock().transport.raw_fd();
+            self.cancel_requests(token, fd);
+        }
         self.queued_delta += c.conn.shared.lock().release();
         let stats = &self.shared.stats;
         count(&stats.connect_failed, 1);

@@ -23,7 +23,7 @@ mod read;
 mod shared;
 pub(crate) mod slots;
 mod timers;
-#[cfg(target_os = "linux")]
+#[cfg(netpoll_uring)]
 mod uring;
 
 use std::any::Any;
@@ -117,7 +117,7 @@ pub(crate) struct Poller<H: Handler> {
     /// This iteration's change of the queued-bytes gauge, published once at its end.
     queued_delta: i64,
     /// The io_uring backend's ring, when it is on.
-    #[cfg(target_os = "linux")]
+    #[cfg(netpoll_uring)]
     uring: Option<Box<uring::UringState>>,
 }
 
@@ -153,7 +153,7 @@ impl<H: Handler> Poller<H> {
             shutdown_deadline: None,
             now,
             queued_delta: 0,
-            #[cfg(target_os = "linux")]
+            #[cfg(netpoll_uring)]
             uring: None,
         }
     }
@@ -169,7 +169,7 @@ impl<H: Handler> Poller<H> {
         let mut events = Events::with_capacity(0);
         loop {
             let timeout = self.poll_timeout();
-            #[cfg(target_os = "linux")]
+            #[cfg(netpoll_uring)]
             if self.uring.is_some() {
                 if let Err(e) = self.wait_uring(timeout) {
                     tracing::error!(poller = self.shared.index, error = %e, "io_uring wait failed; poller stops");
@@ -202,7 +202,7 @@ impl<H: Handler> Poller<H> {
         }
         self.free_all();
         self.publish_queued();
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         self.drain_uring();
         self.drop_timers();
         context::leave();
@@ -214,14 +214,14 @@ impl<H: Handler> Poller<H> {
         if !self.config().io_uring {
             return;
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         match uring::UringState::new(&self.poll) {
             Ok(u) => self.uring = Some(u),
             Err(e) => {
                 tracing::warn!(poller = self.shared.index, error = %e, "io_uring unavailable; using epoll")
             }
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(netpoll_uring))]
         tracing::warn!(poller = self.shared.index, "io_uring is Linux only; using epoll");
     }
 
@@ -232,7 +232,7 @@ impl<H: Handler> Poller<H> {
         self.run_commands();
         self.expire_timers();
         self.flush_corked();
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         self.rearm_starved();
         self.publish_queued();
     }
@@ -287,7 +287,7 @@ impl<H: Handler> Poller<H> {
         if !self.conns.contains(token) {
             return; // stale event for a freed connection
         }
-        #[cfg(target_os = "linux")]
+        #[cfg(netpoll_uring)]
         if self.uring.is_some() && self.reads_by_ring_token(token) {
             // The ring receives (and sees end of stream and errors); epoll reports only
             // writability (and hang-ups, which the receive reports too).

@@ -29,7 +29,7 @@ impl<H: Handler> Poller<H> {
             let Some(token) = self.backlog.pop_front() else {
                 break;
             };
-            #[cfg(target_os = "linux")]
+            #[cfg(netpoll_uring)]
             if self.uring.is_some() && self.reads_by_ring_token(token) {
                 // Resumed (ReadAgain): the ring receives again, after what was kept.
                 self.resume_recv(token);

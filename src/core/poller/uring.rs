@@ -40,6 +40,8 @@ pub(super) struct UringState {
     completions: Vec<Completion>,
     /// Connections whose receive ended for lack of buffers: re-armed after the iteration.
     starved: Vec<usize>,
+    /// Paused connections whose receive was cancelled: re-armed when they resume.
+    stopped: Vec<usize>,
     /// The epoll descriptor may hold more events than one poll fetched.
     epoll_pending: bool,
 }
@@ -52,6 +54,7 @@ impl UringState {
             ring,
             completions: Vec::with_capacity(1024),
             starved: Vec::new(),
+            stopped: Vec::new(),
             epoll_pending: true,
         }))
     }
@@ -145,11 +148,18 @@ impl<H: Handler> Poller<H> {
         }
     }
 
-    /// Stops the receive of a connection that is freed (its descriptor closes, but a request
-    /// holds the socket open until it completes).
-    pub(super) fn cancel_recv(&mut self, token: usize) {
-        if self.uring.is_some() {
-            let _ = self.ring().push_cancel(token as u64, CANCEL);
+    /// Cancels the receive and any send of a connection about to be freed, before its
+    /// descriptor closes (a request would hold the socket open, and a send in flight to a
+    /// peer that never reads would never complete).
+    pub(super) fn cancel_requests(&mut self, token: usize, fd: Option<std::os::fd::RawFd>) {
+        let Some(u) = self.uring.as_mut() else {
+            return;
+        };
+        u.stopped.retain(|&t| t != token);
+        if let Some(fd) = fd
+            && let Err(e) = u.ring.cancel_fd_now(fd, CANCEL)
+        {
+            tracing::error!(error = %e, "cannot cancel a closing connection's requests");
         }
     }
 
@@ -210,9 +220,9 @@ impl<H: Handler> Poller<H> {
                             .push(token);
                         false
                     }
-                    libc::ECANCELED | libc::EINTR | libc::EAGAIN => {
-                        !c.more() && !self.read_paused(token)
-                    }
+                    // Cancelled for a pause (resuming arms it again) or a close.
+                    libc::ECANCELED => false,
+                    libc::EINTR | libc::EAGAIN => !c.more() && !self.read_paused(token),
                     errno => {
                         let kind = io::Error::from_raw_os_error(errno).kind();
                         if stage == Stage::Open {
@@ -269,7 +279,10 @@ impl<H: Handler> Poller<H> {
                 self.begin_close(token, CloseReason::InboundOverflow, false);
             } else {
                 c.inbound.extend_from_slice(fresh);
-                let _ = u.ring.push_cancel(token as u64, CANCEL);
+                if !u.stopped.contains(&token) {
+                    u.stopped.push(token);
+                    let _ = u.ring.push_cancel(token as u64, CANCEL);
+                }
             }
             return;
         }
@@ -297,8 +310,13 @@ impl<H: Handler> Poller<H> {
             );
             self.after_deliver(token, outcome);
         }
-        if self.stage(token) == Some(Stage::Open) {
-            self.arm_recv(token);
+        let u = self.uring.as_mut().expect("io_uring loop");
+        let stopped = u.stopped.iter().position(|&t| t == token);
+        if let Some(i) = stopped {
+            u.stopped.swap_remove(i);
+            if self.stage(token) == Some(Stage::Open) {
+                self.arm_recv(token);
+            }
         }
     }
 
