@@ -47,11 +47,12 @@
 //! directory.
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
-//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`); over wss://,
-//! `ws_echo` and `tt_echo` (default config) with `--tls-cert/--tls-key`. Each configuration
-//! runs every server back to back, so the ratios compare runs minutes apart at most. The echo,
-//! TCP, wss echo and deflate echo runs are repeated `--rounds` times and the summary and
-//! charts show medians.
+//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`), tokio-websockets
+//! (`tws_echo`) and sockudo-ws (`sockudo_echo`), the tokio peers each on one worker thread
+//! (issue 18 added the last two); over wss://, `ws_echo` and `tt_echo` (default config) with
+//! `--tls-cert/--tls-key`. Each configuration runs every server back to back, so the ratios
+//! compare runs minutes apart at most. The echo, TCP, wss echo and deflate echo runs are
+//! repeated `--rounds` times and the summary and charts show medians.
 //! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
 //! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
 
@@ -65,11 +66,13 @@ use std::time::{Duration, Instant};
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
-const WS_SERVERS: [&str; 4] = [
+const WS_SERVERS: [&str; 6] = [
     "netpoll",
     "tokio-tungstenite",
     "tokio-tungstenite-4k",
     "fastwebsockets",
+    "tokio-websockets",
+    "sockudo-ws",
 ];
 
 /// The wss rows' servers: netpoll over ws:// (the plaintext reference, run in the same
@@ -205,6 +208,16 @@ impl Suite {
             }
             "fastwebsockets" => {
                 let mut c = Command::new(b.join("fws_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            "tokio-websockets" => {
+                let mut c = Command::new(b.join("tws_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            "sockudo-ws" => {
+                let mut c = Command::new(b.join("sockudo_echo"));
                 c.args(["--threads", "1"]);
                 c
             }
@@ -861,6 +874,8 @@ fn short(server: &str) -> &str {
         "tokio-tungstenite" => "tt",
         "tokio-tungstenite-4k" => "tt-4k",
         "fastwebsockets" => "fws",
+        "tokio-websockets" => "tws",
+        "sockudo-ws" => "sockudo",
         "tokio-tungstenite-wss" => "tt-wss",
         other => other,
     }
@@ -1334,6 +1349,8 @@ fn color(server: &str) -> RGBColor {
         "tokio-tungstenite" => RGBColor(31, 119, 180),
         "tokio-tungstenite-4k" => RGBColor(140, 86, 75),
         "fastwebsockets" => RGBColor(44, 160, 44),
+        "tokio-websockets" => RGBColor(23, 190, 207),
+        "sockudo-ws" => RGBColor(227, 119, 194),
         "netpoll-wss" => RGBColor(255, 127, 14),
         "tokio-tungstenite-wss" => RGBColor(148, 103, 189),
         _ => RGBColor(127, 127, 127),
