@@ -1357,7 +1357,8 @@ fn color(server: &str) -> RGBColor {
     }
 }
 
-/// One panel: a line per server of `y(server, x)` over the categorical `xs`.
+/// One panel: a line per server of `y(server, x)` over the categorical `xs` (servers without a
+/// value, e.g. peers added after a results file was written, are left out of it and its legend).
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -1371,6 +1372,12 @@ fn panel<DB: DrawingBackend>(
 ) where
     DB::ErrorType: 'static,
 {
+    let servers: Vec<&str> = servers
+        .iter()
+        .copied()
+        .filter(|s| xs.iter().any(|&x| y(s, x).is_some()))
+        .collect();
+    let servers = &servers[..];
     let values: Vec<f64> = servers
         .iter()
         .flat_map(|s| xs.iter().filter_map(|&x| y(s, x)))
@@ -1378,9 +1385,13 @@ fn panel<DB: DrawingBackend>(
     if values.is_empty() {
         return;
     }
-    // Headroom above the highest point for the legend.
-    let max = values.iter().cloned().fold(0.0, f64::max) * 1.4;
+    let max = values.iter().cloned().fold(0.0, f64::max);
     let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+    // Headroom above the highest point for the legend in the upper right corner: the share of
+    // a 360-pixel-high panel's plot area (about 270 pixels) that its box takes, about 16.5
+    // pixels a line plus its padding, and a margin (1.43x the highest value with four servers,
+    // 1.7x with six, on a linear scale).
+    let legend = ((16.5 * servers.len() as f64 + 12.0) / 270.0 + 0.02).min(0.6);
     let n = xs.len();
     let xs_owned = xs.to_vec();
     let label = move |i: &f64| {
@@ -1399,8 +1410,11 @@ fn panel<DB: DrawingBackend>(
         .y_label_area_size(64);
     let x_range = -0.3f64..(n as f64 - 0.7);
     if log_y {
+        // The same share of the plot's height on the log scale.
+        let low = min * 0.7;
+        let high = max * (max / low).powf(legend / (1.0 - legend)).max(1.5);
         let mut chart = builder
-            .build_cartesian_2d(x_range, (min * 0.7..max * 1.5).log_scale())
+            .build_cartesian_2d(x_range, (low..high).log_scale())
             .expect("chart");
         chart
             .configure_mesh()
@@ -1415,7 +1429,7 @@ fn panel<DB: DrawingBackend>(
         lines(&mut chart, servers, xs, y);
     } else {
         let mut chart = builder
-            .build_cartesian_2d(x_range, 0.0..max)
+            .build_cartesian_2d(x_range, 0.0..max / (1.0 - legend))
             .expect("chart");
         chart
             .configure_mesh()
