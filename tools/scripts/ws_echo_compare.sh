@@ -4,11 +4,12 @@
 # client (tools ws_load), same machine, in one run, alternating servers each round.
 #
 # Usage: tools/scripts/ws_echo_compare.sh [DURATION_SECS] [ROUNDS]
-#   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"; also netpoll-uring:
-#   ws_echo on the io_uring backend), CONNS (default
-#   "100 5000"), SIZES (default "64 4096"), THREADS (server threads, default 1),
-#   CLIENT_POLLERS (default 1). On a 2-core machine: one core for the server, one for the
-#   client.
+#   env SERVERS (default "netpoll tokio-tungstenite fastwebsockets"; tokio-websockets
+#   (tws_echo), sockudo-ws (sockudo_echo) and netpoll-uring (ws_echo on the io_uring
+#   backend; ws_echo is built with the io-uring feature, so both netpoll modes run the same
+#   binary) may be named too), CONNS (default "100 5000"), SIZES (default "64 4096"),
+#   THREADS (server threads, default 1), CLIENT_POLLERS (default 1). On a 2-core machine:
+#   one core for the server, one for the client.
 # Output: one line per run, then a table of medians with netpoll's ratio to each peer; raw
 # lines also go to target/bench/ws_echo_compare.txt.
 set -euo pipefail
@@ -18,7 +19,7 @@ read -r -a counts <<< "${CONNS:-100 5000}"
 read -r -a sizes <<< "${SIZES:-64 4096}"
 read -r -a servers <<< "${SERVERS:-netpoll tokio-tungstenite fastwebsockets}"
 threads="${THREADS:-1}"; cpollers="${CLIENT_POLLERS:-1}"
-cargo build --release --quiet --example ws_echo
+cargo build --release --quiet --example ws_echo --features io-uring
 cargo build --release --quiet -p netpoll-tools
 bin=target/release
 mkdir -p target/bench
@@ -32,6 +33,8 @@ run() { # server-name conns size
     netpoll-uring) NETPOLL_BACKEND=io_uring "$bin/examples/ws_echo" --addr "127.0.0.1:$port" --pollers "$threads" > /dev/null & ;;
     tokio-tungstenite) "$bin/tt_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
     fastwebsockets) "$bin/fws_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
+    tokio-websockets) "$bin/tws_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
+    sockudo-ws) "$bin/sockudo_echo" --addr "127.0.0.1:$port" --threads "$threads" > /dev/null & ;;
     *) echo "unknown server $name"; exit 2 ;;
   esac
   pid=$!

@@ -47,11 +47,12 @@
 //! directory.
 //!
 //! Servers: netpoll (`examples/ws_echo`), tokio-tungstenite (`tt_echo`, default config and a
-//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`); over wss://,
-//! `ws_echo` and `tt_echo` (default config) with `--tls-cert/--tls-key`. Each configuration
-//! runs every server back to back, so the ratios compare runs minutes apart at most. The echo,
-//! TCP, wss echo and deflate echo runs are repeated `--rounds` times and the summary and
-//! charts show medians.
+//! tuned variant with a 4 KiB read buffer), fastwebsockets (`fws_echo`), tokio-websockets
+//! (`tws_echo`) and sockudo-ws (`sockudo_echo`), the tokio peers each on one worker thread
+//! (issue 18 added the last two); over wss://, `ws_echo` and `tt_echo` (default config) with
+//! `--tls-cert/--tls-key`. Each configuration runs every server back to back, so the ratios
+//! compare runs minutes apart at most. The echo, TCP, wss echo and deflate echo runs are
+//! repeated `--rounds` times and the summary and charts show medians.
 //! Output: `DIR/results.json`, `DIR/results.csv`, `DIR/summary.md` (default
 //! `target/bench`) and SVG charts in `--charts` (default `docs/bench`).
 
@@ -65,11 +66,13 @@ use std::time::{Duration, Instant};
 use plotters::prelude::*;
 use serde_json::{Value, json};
 
-const WS_SERVERS: [&str; 4] = [
+const WS_SERVERS: [&str; 6] = [
     "netpoll",
     "tokio-tungstenite",
     "tokio-tungstenite-4k",
     "fastwebsockets",
+    "tokio-websockets",
+    "sockudo-ws",
 ];
 
 /// The wss rows' servers: netpoll over ws:// (the plaintext reference, run in the same
@@ -205,6 +208,16 @@ impl Suite {
             }
             "fastwebsockets" => {
                 let mut c = Command::new(b.join("fws_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            "tokio-websockets" => {
+                let mut c = Command::new(b.join("tws_echo"));
+                c.args(["--threads", "1"]);
+                c
+            }
+            "sockudo-ws" => {
+                let mut c = Command::new(b.join("sockudo_echo"));
                 c.args(["--threads", "1"]);
                 c
             }
@@ -861,6 +874,8 @@ fn short(server: &str) -> &str {
         "tokio-tungstenite" => "tt",
         "tokio-tungstenite-4k" => "tt-4k",
         "fastwebsockets" => "fws",
+        "tokio-websockets" => "tws",
+        "sockudo-ws" => "sockudo",
         "tokio-tungstenite-wss" => "tt-wss",
         other => other,
     }
@@ -1334,13 +1349,16 @@ fn color(server: &str) -> RGBColor {
         "tokio-tungstenite" => RGBColor(31, 119, 180),
         "tokio-tungstenite-4k" => RGBColor(140, 86, 75),
         "fastwebsockets" => RGBColor(44, 160, 44),
+        "tokio-websockets" => RGBColor(23, 190, 207),
+        "sockudo-ws" => RGBColor(227, 119, 194),
         "netpoll-wss" => RGBColor(255, 127, 14),
         "tokio-tungstenite-wss" => RGBColor(148, 103, 189),
         _ => RGBColor(127, 127, 127),
     }
 }
 
-/// One panel: a line per server of `y(server, x)` over the categorical `xs`.
+/// One panel: a line per server of `y(server, x)` over the categorical `xs` (servers without a
+/// value, e.g. peers added after a results file was written, are left out of it and its legend).
 #[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
@@ -1354,6 +1372,12 @@ fn panel<DB: DrawingBackend>(
 ) where
     DB::ErrorType: 'static,
 {
+    let servers: Vec<&str> = servers
+        .iter()
+        .copied()
+        .filter(|s| xs.iter().any(|&x| y(s, x).is_some()))
+        .collect();
+    let servers = &servers[..];
     let values: Vec<f64> = servers
         .iter()
         .flat_map(|s| xs.iter().filter_map(|&x| y(s, x)))
@@ -1361,9 +1385,13 @@ fn panel<DB: DrawingBackend>(
     if values.is_empty() {
         return;
     }
-    // Headroom above the highest point for the legend.
-    let max = values.iter().cloned().fold(0.0, f64::max) * 1.4;
+    let max = values.iter().cloned().fold(0.0, f64::max);
     let min = values.iter().cloned().fold(f64::INFINITY, f64::min);
+    // Headroom above the highest point for the legend in the upper right corner: the share of
+    // a 360-pixel-high panel's plot area (about 270 pixels) that its box takes, about 16.5
+    // pixels a line plus its padding, and a margin (1.43x the highest value with four servers,
+    // 1.7x with six, on a linear scale).
+    let legend = ((16.5 * servers.len() as f64 + 12.0) / 270.0 + 0.02).min(0.6);
     let n = xs.len();
     let xs_owned = xs.to_vec();
     let label = move |i: &f64| {
@@ -1382,8 +1410,11 @@ fn panel<DB: DrawingBackend>(
         .y_label_area_size(64);
     let x_range = -0.3f64..(n as f64 - 0.7);
     if log_y {
+        // The same share of the plot's height on the log scale.
+        let low = min * 0.7;
+        let high = max * (max / low).powf(legend / (1.0 - legend)).max(1.5);
         let mut chart = builder
-            .build_cartesian_2d(x_range, (min * 0.7..max * 1.5).log_scale())
+            .build_cartesian_2d(x_range, (low..high).log_scale())
             .expect("chart");
         chart
             .configure_mesh()
@@ -1398,7 +1429,7 @@ fn panel<DB: DrawingBackend>(
         lines(&mut chart, servers, xs, y);
     } else {
         let mut chart = builder
-            .build_cartesian_2d(x_range, 0.0..max)
+            .build_cartesian_2d(x_range, 0.0..max / (1.0 - legend))
             .expect("chart");
         chart
             .configure_mesh()
