@@ -156,7 +156,9 @@ fn healthy_reader_after_a_backlog_drains_via_writable_events_is_not_timed_out() 
     peer.write_all(b"go").unwrap();
     let mut buf = vec![0u8; 1 << 20];
     peer.read_exact(&mut buf).unwrap();
-    assert_eq!(conn.pending_bytes(), 0);
+    // The io_uring backend learns that its last send finished from a completion it handles
+    // just after the peer may already have read the bytes.
+    assert!(eventually(Duration::from_secs(1), || conn.pending_bytes() == 0));
     std::thread::sleep(timeout * 3);
     assert!(
         conn.is_open(),

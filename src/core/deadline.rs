@@ -97,6 +97,18 @@ impl Deadline {
         }
     }
 
+    /// [`after_write`](Self::after_write) for a send of the io_uring backend, which reports
+    /// only at its completion: bytes count as the peer's progress only if the send had to
+    /// `wait` for room (it did not complete in the batch that submitted it).
+    #[cfg(netpoll_uring)]
+    #[inline]
+    pub(crate) fn after_send(&mut self, now: u64, written: bool, waited: bool, pending: bool) {
+        if !waited {
+            self.waiting = false;
+        }
+        self.after_write(now, written, pending);
+    }
+
     /// True if, since the last call (which clears it), a write moved bytes that had been
     /// waiting for a full socket. Kept in the padding of the deadline: it costs no memory.
     #[inline]

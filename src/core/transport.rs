@@ -252,6 +252,12 @@ impl Transport {
     }
 
     /// `n` bytes of the send in flight completed; `done` when all of it has.
+    /// A ring send is in flight.
+    #[cfg(netpoll_uring)]
+    pub(crate) fn sending(&self) -> bool {
+        self.in_flight != 0
+    }
+
     #[cfg(netpoll_uring)]
     pub(crate) fn sent(&mut self, n: usize, done: bool) {
         self.in_flight = if done {

@@ -44,6 +44,7 @@ struct Sending<B> {
     buf: B,
     msg: Option<Box<Msg>>,
     owner: usize,
+    stamp: u64,
 }
 
 struct Msg {
@@ -253,11 +254,13 @@ impl<B: SendBuf> Uring<B> {
 
     /// Sends `buf` on `fd` for `owner` (a connection's token); the ring keeps it, unmoved,
     /// until the completion, which reports `user_data` [`SEND`] | slot (see [`Uring::sent`]).
-    pub(crate) fn send(&mut self, fd: RawFd, buf: B, owner: usize) -> io::Result<()> {
+    /// `stamp` is the caller's note of when it was submitted (given back with the owner).
+    pub(crate) fn send(&mut self, fd: RawFd, buf: B, owner: usize, stamp: u64) -> io::Result<()> {
         let slot = self.sends.insert(Sending {
             buf,
             msg: None,
             owner,
+            stamp,
         });
         if let Err(e) = self.submit_send(slot, fd) {
             self.sends.remove(slot);
@@ -266,14 +269,17 @@ impl<B: SendBuf> Uring<B> {
         Ok(())
     }
 
-    /// The owner of send `slot`, if it is in flight.
-    pub(crate) fn send_owner(&self, slot: usize) -> Option<usize> {
-        self.sends.get(slot).map(|s| s.owner)
+    /// The owner and stamp of send `slot`, if it is in flight.
+    pub(crate) fn send_owner(&self, slot: usize) -> Option<(usize, u64)> {
+        self.sends.get(slot).map(|s| (s.owner, s.stamp))
     }
 
     /// Sends the rest of send `slot` (after a short completion) on `fd`, which must be the
     /// same connection's descriptor (the caller checked it is still open).
-    pub(crate) fn resend(&mut self, slot: usize, fd: RawFd) -> io::Result<()> {
+    pub(crate) fn resend(&mut self, slot: usize, fd: RawFd, stamp: u64) -> io::Result<()> {
+        if let Some(s) = self.sends.get_mut(slot) {
+            s.stamp = stamp;
+        }
         self.submit_send(slot, fd)
     }
 

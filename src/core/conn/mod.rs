@@ -375,7 +375,17 @@ impl Conn {
     /// # }
     /// ```
     pub fn pause_reading(&self) {
-        self.shared.lock().read_paused = true;
+        let was_paused = std::mem::replace(&mut self.shared.lock().read_paused, true);
+        // The io_uring backend receives ahead of the handler: its receive must be stopped, or
+        // it would drain the peer (and the poller's buffers) into the kept remainder.
+        #[cfg(netpoll_uring)]
+        if !was_paused && self.shared.poller.config().io_uring {
+            self.shared.poller.send(Command::StopReading {
+                conn: self.shared.clone(),
+            });
+        }
+        #[cfg(not(netpoll_uring))]
+        let _ = was_paused;
     }
 
     /// Reads again after [`pause_reading`](Self::pause_reading): the poller reads what waited

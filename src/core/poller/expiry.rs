@@ -108,7 +108,7 @@ impl<H: Handler> Poller<H> {
     /// put back on the wheel and this returns false. A stuck peer costs one `EAGAIN`.
     fn still_passed_after_last_look(&mut self, token: usize, kind: TimerKind) -> bool {
         match kind {
-            TimerKind::Write => self.flush(token),
+            TimerKind::Write => self.last_look_write(token),
             TimerKind::Read => self.on_readable(token, true),
             TimerKind::Stage | TimerKind::User => return false,
         }
@@ -129,6 +129,27 @@ impl<H: Handler> Poller<H> {
             self.wheel.insert(at, (token, kind, at));
         }
         false
+    }
+
+    /// The write deadline's last look: flush what is queued. The io_uring backend first reaps
+    /// what the ring finished (a send in flight may have completed while the poller was late),
+    /// then, with nothing in flight, writes directly: a submitted send would answer only later.
+    fn last_look_write(&mut self, token: usize) {
+        #[cfg(netpoll_uring)]
+        if self.uring.is_some() {
+            if let Err(e) = self.reap_now() {
+                tracing::error!(error = %e, "io_uring reap failed");
+            }
+            let idle_ring = self
+                .conns
+                .get(token)
+                .is_some_and(|c| !c.conn.shared.lock().transport.sending());
+            if idle_ring {
+                self.flush_with(token, false);
+            }
+            return;
+        }
+        self.flush(token);
     }
 
     /// Idle: ask the handler; by default close gracefully (anything queued still goes out).

@@ -16,17 +16,23 @@ impl<H: Handler> Poller<H> {
         }
     }
 
-    /// Writes queued bytes until the queue is empty or the socket is full.
+    /// Writes queued bytes until the queue is empty or the socket is full (the io_uring
+    /// backend: hands them to a ring send).
     pub(super) fn flush(&mut self, token: usize) {
+        #[cfg(netpoll_uring)]
+        let by_ring = self.uring.is_some();
+        #[cfg(not(netpoll_uring))]
+        let by_ring = false;
+        self.flush_with(token, by_ring);
+    }
+
+    /// [`flush`](Self::flush), through the ring or by `write`/`writev` here and now.
+    pub(super) fn flush_with(&mut self, token: usize, by_ring: bool) {
         let low_watermark = self.config().low_watermark();
         let Some(c) = self.conns.get(token) else {
             return;
         };
         let open = c.stage == Stage::Open;
-        #[cfg(netpoll_uring)]
-        let by_ring = self.uring.is_some();
-        #[cfg(not(netpoll_uring))]
-        let by_ring = false;
         let (drained_notice, empty, watch, error) = {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;

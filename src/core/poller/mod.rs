@@ -372,6 +372,12 @@ impl<H: Handler> Poller<H> {
                     }
                 }
                 Command::AddTimer(timer) => self.add_timer(*timer),
+                #[cfg(netpoll_uring)]
+                Command::StopReading { conn } => {
+                    if let Some(token) = self.live(&conn) {
+                        self.stop_recv(token);
+                    }
+                }
                 Command::ReadAgain { conn } => {
                     if let Some(token) = self.live(&conn) {
                         // Read until WouldBlock, with the fairness budget, next iteration.

@@ -116,6 +116,10 @@ pub(crate) enum Command {
     },
     AddTimer(Box<UserTimer>),
     /// Reading was resumed: read what waited in the kernel.
+    /// Reading was paused: the io_uring backend cancels the connection's receive (epoll
+    /// needs nothing: the read path checks the flag).
+    #[cfg(netpoll_uring)]
+    StopReading { conn: Arc<ConnShared> },
     ReadAgain {
         conn: Arc<ConnShared>,
     },

@@ -42,6 +42,9 @@ pub(super) struct UringState {
     starved: Vec<usize>,
     /// Paused connections whose receive was cancelled: re-armed when they resume.
     stopped: Vec<usize>,
+    /// `io_uring_enter` calls made: what is pushed now is submitted by call `enters + 1`, and
+    /// a send that completes in a later call had to wait for room.
+    enters: u64,
     /// The epoll descriptor may hold more events than one poll fetched.
     epoll_pending: bool,
 }
@@ -55,6 +58,7 @@ impl UringState {
             completions: Vec::with_capacity(1024),
             starved: Vec::new(),
             stopped: Vec::new(),
+            enters: 0,
             epoll_pending: true,
         }))
     }
@@ -70,9 +74,24 @@ impl<H: Handler> Poller<H> {
         } else {
             timeout
         };
+        u.enters += 1;
         u.ring.submit_and_wait(timeout)?;
         self.now = self.shared.common.clock.ms(std::time::Instant::now());
         context::set_now_ms(self.now);
+        self.reap()
+    }
+
+    /// Submits what is pushed and handles what completed, without waiting (the write
+    /// deadline's last look).
+    pub(super) fn reap_now(&mut self) -> io::Result<()> {
+        let u = self.uring.as_mut().expect("io_uring loop");
+        u.enters += 1;
+        u.ring.submit_and_wait(Some(std::time::Duration::ZERO))?;
+        self.reap()
+    }
+
+    /// Handles the posted completions, then polls epoll if it is readable.
+    fn reap(&mut self) -> io::Result<()> {
         let mut completions = {
             let u = self.uring.as_mut().expect("io_uring loop");
             let mut c = std::mem::take(&mut u.completions);
@@ -296,6 +315,18 @@ impl<H: Handler> Poller<H> {
         self.after_deliver(token, outcome);
     }
 
+    /// Reading was paused: cancel the receive (resuming arms it again).
+    pub(super) fn stop_recv(&mut self, token: usize) {
+        if !self.reads_by_ring_token(token) {
+            return;
+        }
+        let u = self.uring.as_mut().expect("io_uring loop");
+        if !u.stopped.contains(&token) {
+            u.stopped.push(token);
+            let _ = u.ring.push_cancel(token as u64, CANCEL);
+        }
+    }
+
     /// A paused connection resumed: deliver what it kept and receive again.
     pub(super) fn resume_recv(&mut self, token: usize) {
         let kept = self.conns.get(token).is_some_and(|c| !c.inbound.is_empty());
@@ -335,7 +366,9 @@ impl<H: Handler> Poller<H> {
                 None => return,
             }
         };
-        if let Err(e) = self.ring().send(fd, queue, token) {
+        let u = self.uring.as_mut().expect("io_uring loop");
+        let stamp = u.enters + 1;
+        if let Err(e) = u.ring.send(fd, queue, token, stamp) {
             {
                 tracing::error!(error = %e, "cannot submit a send");
                 self.begin_close(token, CloseReason::Io(e.kind()), false);
@@ -345,9 +378,13 @@ impl<H: Handler> Poller<H> {
 
     fn send_done(&mut self, slot: usize, result: i32) {
         let u = self.uring.as_mut().expect("io_uring loop");
-        let Some(token) = u.ring.send_owner(slot) else {
+        let Some((token, stamp)) = u.ring.send_owner(slot) else {
             return;
         };
+        // Completed in a later batch than the one that submitted it: it waited for room,
+        // which only the peer reading makes.
+        let waited = u.enters > stamp;
+        let next_stamp = u.enters + 1;
         let live = self.conns.get(token);
         if result < 0 {
             drop(u.ring.finish(slot));
@@ -359,18 +396,22 @@ impl<H: Handler> Poller<H> {
         }
         let n = result as usize;
         let left = u.ring.sent(slot, n);
+        let mut delta = 0;
         let fd = live.and_then(|c| {
             let mut io = c.conn.shared.lock();
             io.transport.sent(n, left == 0);
             let pending = io.transport.pending() != 0;
-            io.write_deadline.after_write(self.now, n > 0, pending);
+            io.write_deadline
+                .after_send(self.now, n > 0, waited, pending);
+            delta = io.transport.account();
             io.transport.raw_fd()
         });
+        self.queued_delta += delta;
         count(&self.shared.stats.write_calls, 1);
         count(&self.shared.stats.bytes_out, n as u64);
         match fd {
             Some(fd) if left > 0 => {
-                if let Err(e) = u.ring.resend(slot, fd) {
+                if let Err(e) = u.ring.resend(slot, fd, next_stamp) {
                     tracing::error!(error = %e, "cannot submit a send");
                 }
             }
