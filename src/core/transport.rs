@@ -496,6 +496,12 @@ impl Transport {
     #[inline]
     pub(crate) fn discard(&mut self) {
         self.out.clear();
+        // A ring send in flight keeps its own bytes until it completes (or is cancelled when
+        // the connection is freed); the connection no longer counts them.
+        #[cfg(netpoll_uring)]
+        {
+            self.in_flight = 0;
+        }
     }
 
     /// Seals `head` and `body` through the codec into wire bytes, then writes them (`write`)

@@ -137,13 +137,21 @@ impl<H: Handler> Poller<H> {
     fn last_look_write(&mut self, token: usize) {
         #[cfg(netpoll_uring)]
         if self.uring.is_some() {
-            if let Err(e) = self.reap_now() {
-                tracing::error!(error = %e, "io_uring reap failed");
+            // Twice: a send the first reap's epoll edges pushed is submitted (and, if the
+            // socket has room, completed) by the second.
+            let mut idle_ring = false;
+            for _ in 0..2 {
+                if let Err(e) = self.reap_now() {
+                    tracing::error!(error = %e, "io_uring reap failed");
+                }
+                idle_ring = self
+                    .conns
+                    .get(token)
+                    .is_some_and(|c| !c.conn.shared.lock().transport.sending());
+                if idle_ring {
+                    break;
+                }
             }
-            let idle_ring = self
-                .conns
-                .get(token)
-                .is_some_and(|c| !c.conn.shared.lock().transport.sending());
             if idle_ring {
                 self.flush_with(token, false);
             }

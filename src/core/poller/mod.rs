@@ -451,6 +451,8 @@ mod tests {
         let mio_debug = std::mem::size_of::<Option<mio::net::TcpStream>>() - 4;
         let mio_debug = if mio_debug == 0 { 0 } else { mio_debug + 4 };
         let shared = std::mem::size_of::<ConnShared>();
+        // The io_uring backend's in-flight counter, when it is compiled in.
+        let mio_debug = mio_debug + if cfg!(netpoll_uring) { 8 } else { 0 };
         // The slab stores (token, connection) plus its own discriminant word.
         let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
