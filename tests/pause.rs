@@ -38,7 +38,17 @@ fn a_paused_connection_holds_the_peer_back_and_resumes_where_it_stopped() {
     assert!(refused, "TCP never pushed back after {sent} bytes");
     // Three read timeouts pass while paused: no data, no timeout.
     std::thread::sleep(Duration::from_millis(900));
-    assert_eq!(engine.stats().bytes_in, 0);
+    if io_uring_backend() {
+        // The ring receives ahead of the handler: what arrived before the poller cancelled the
+        // receive is kept (not delivered), the rest waits in the kernel.
+        let taken = engine.stats().bytes_in as usize;
+        assert!(
+            taken < sent,
+            "the ring drained all {sent} bytes while paused"
+        );
+    } else {
+        assert_eq!(engine.stats().bytes_in, 0);
+    }
     assert!(conn.is_open(), "timed out while paused");
     assert!(rx.try_recv().is_err(), "an event while paused");
     conn.resume_reading();

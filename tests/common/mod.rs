@@ -161,6 +161,13 @@ pub fn echo_roundtrip(s: &mut TcpStream, data: &[u8]) -> Vec<u8> {
 }
 
 /// Polls `f` until it returns true or `limit` passes.
+/// True when the suite runs on the io_uring backend (`NETPOLL_BACKEND=io_uring`, with the
+/// `io-uring` feature): the few checks that differ by backend read this.
+#[allow(dead_code)]
+pub fn io_uring_backend() -> bool {
+    cfg!(feature = "io-uring") && std::env::var("NETPOLL_BACKEND").is_ok_and(|v| v == "io_uring")
+}
+
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {

@@ -45,7 +45,13 @@ impl<H: Handler> Poller<H> {
             io.corked = false;
             let (flushed, error) = if by_ring {
                 // Sent by the ring after this block: no bytes moved yet.
-                (Flushed { written: 0, calls: 0 }, None)
+                (
+                    Flushed {
+                        written: 0,
+                        calls: 0,
+                    },
+                    None,
+                )
             } else {
                 match io.transport.flush() {
                     Ok(f) => (f, None),

@@ -222,7 +222,10 @@ impl<H: Handler> Poller<H> {
             }
         }
         #[cfg(not(netpoll_uring))]
-        tracing::warn!(poller = self.shared.index, "io_uring is Linux only; using epoll");
+        tracing::warn!(
+            poller = self.shared.index,
+            "io_uring is Linux only; using epoll"
+        );
     }
 
     /// The loop iteration's work after the wait: continue cut-short reads, run commands,

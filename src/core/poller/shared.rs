@@ -119,7 +119,9 @@ pub(crate) enum Command {
     /// Reading was paused: the io_uring backend cancels the connection's receive (epoll
     /// needs nothing: the read path checks the flag).
     #[cfg(netpoll_uring)]
-    StopReading { conn: Arc<ConnShared> },
+    StopReading {
+        conn: Arc<ConnShared>,
+    },
     ReadAgain {
         conn: Arc<ConnShared>,
     },
