@@ -126,7 +126,7 @@ impl<H: Handler> Poller<H> {
             self.uring.as_mut().expect("io_uring loop").epoll_pending = full;
             let mut events = std::mem::replace(&mut self.events, mio::Events::with_capacity(0));
             for ev in events.iter() {
-                self.dispatch(&ev);
+                self.dispatch(ev);
             }
             events.clear();
             self.events = events;
