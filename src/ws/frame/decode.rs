@@ -363,18 +363,24 @@ impl Decoder {
                                 text,
                                 data: payload,
                             }),
-                            (true, _) if std::str::from_utf8(payload).is_err() => {
-                                return Err(ProtocolError::InvalidUtf8);
-                            }
-                            (_, true) => on_event(Event::Fragment {
+                            // Validated once: the text is what is handed out, whole or as
+                            // the message's one piece.
+                            (true, _) => match std::str::from_utf8(payload) {
+                                Err(_) => return Err(ProtocolError::InvalidUtf8),
+                                Ok(t) if streaming => on_event(Event::Fragment {
+                                    text,
+                                    data: t.as_bytes(),
+                                    first: true,
+                                    last: true,
+                                }),
+                                Ok(t) => on_event(Event::Text(t)),
+                            },
+                            (false, true) => on_event(Event::Fragment {
                                 text,
                                 data: payload,
                                 first: true,
                                 last: true,
                             }),
-                            (true, false) => on_event(Event::Text(
-                                std::str::from_utf8(payload).expect("checked above"),
-                            )),
                             (false, false) => on_event(Event::Binary(payload)),
                         };
                         out.consumed = pos;
