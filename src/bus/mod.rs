@@ -594,7 +594,7 @@ fn decode_envelope(payload: &[u8]) -> Option<(u64, Message<'_>)> {
     let node = u64::from_le_bytes(payload[2..HEADER].try_into().ok()?);
     let body = &payload[HEADER..];
     let msg = if payload[1] == TEXT {
-        Message::Text(std::str::from_utf8(body).ok()?)
+        Message::Text(crate::ws::utf8::from_utf8(body)?)
     } else {
         Message::Binary(body)
     };

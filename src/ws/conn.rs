@@ -349,7 +349,7 @@ impl WsConn {
     /// # Errors
     /// As for [`send`](Self::send), and [`WriteError::Invalid`] for text that is not UTF-8.
     pub fn send_shared(&self, payload: Bytes, text: bool) -> Result<(), WriteError> {
-        if text && std::str::from_utf8(&payload).is_err() {
+        if text && super::utf8::from_utf8(&payload).is_none() {
             return Err(WriteError::Invalid("text message is not UTF-8"));
         }
         let opcode = if text { TEXT } else { BINARY };

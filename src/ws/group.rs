@@ -572,8 +572,8 @@ impl Group {
     /// [`WriteError::Invalid`] for text that is not UTF-8 (nothing is sent).
     pub fn broadcast_shared(&self, payload: &Bytes, text: bool) -> Result<(), WriteError> {
         let msg = if text {
-            let text = std::str::from_utf8(payload)
-                .map_err(|_| WriteError::Invalid("text message is not UTF-8"))?;
+            let text = super::utf8::from_utf8(payload)
+                .ok_or(WriteError::Invalid("text message is not UTF-8"))?;
             Message::Text(text)
         } else {
             Message::Binary(payload)

@@ -46,6 +46,7 @@ pub(crate) mod handshake;
 mod session;
 mod stats;
 mod topics;
+pub(crate) mod utf8;
 
 pub use client::{Connect, ConnectError};
 pub use conn::{Message, WsConn};

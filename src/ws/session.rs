@@ -586,9 +586,9 @@ fn deliver_inflated<S>(
 ) -> Option<ProtocolError> {
     let delivered = deflate::inflate_message(data, limit, history, |m| {
         let msg = if text {
-            match std::str::from_utf8(m) {
-                Ok(t) => Message::Text(t),
-                Err(_) => return Err(ProtocolError::InvalidUtf8),
+            match super::utf8::from_utf8(m) {
+                Some(t) => Message::Text(t),
+                None => return Err(ProtocolError::InvalidUtf8),
             }
         } else {
             Message::Binary(m)

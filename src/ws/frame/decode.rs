@@ -7,6 +7,7 @@ use super::{
     Decoded, Event, Flow, Limits, MAX_CONTROL_PAYLOAD, ProtocolError, Role, apply_mask,
     close_code_is_valid,
 };
+use crate::ws::utf8::{self, Piece};
 
 /// A complete frame no bigger than this that has not fully arrived is left unconsumed (the
 /// engine keeps the tail and presents it again with the next bytes); bigger ones are assembled
@@ -68,11 +69,11 @@ impl Utf8Stream {
                 Err(_) => return true, // still incomplete; the piece is used up
             }
         }
-        match std::str::from_utf8(piece) {
-            Ok(_) => true,
-            Err(e) if e.error_len().is_some() => false,
-            Err(e) => {
-                let rest = &piece[e.valid_up_to()..];
+        match utf8::check_piece(piece) {
+            Piece::Whole => true,
+            Piece::Invalid => false,
+            Piece::Cut(at) => {
+                let rest = &piece[at..];
                 self.carry[..rest.len()].copy_from_slice(rest);
                 self.carried = rest.len();
                 true
@@ -365,15 +366,15 @@ impl Decoder {
                             }),
                             // Validated once: the text is what is handed out, whole or as
                             // the message's one piece.
-                            (true, _) => match std::str::from_utf8(payload) {
-                                Err(_) => return Err(ProtocolError::InvalidUtf8),
-                                Ok(t) if streaming => on_event(Event::Fragment {
+                            (true, _) => match utf8::from_utf8(payload) {
+                                None => return Err(ProtocolError::InvalidUtf8),
+                                Some(t) if streaming => on_event(Event::Fragment {
                                     text,
                                     data: t.as_bytes(),
                                     first: true,
                                     last: true,
                                 }),
-                                Ok(t) => on_event(Event::Text(t)),
+                                Some(t) => on_event(Event::Text(t)),
                             },
                             (false, true) => on_event(Event::Fragment {
                                 text,
@@ -506,9 +507,11 @@ impl Decoder {
                 data: &a.buf,
             })
         } else if a.text {
-            match std::str::from_utf8(&a.buf) {
-                Ok(t) => on_event(Event::Text(t)),
-                Err(_) => return Err(ProtocolError::InvalidUtf8),
+            // Already validated piece by piece; this pass only makes it a `str` (without
+            // unsafe code).
+            match utf8::from_utf8(&a.buf) {
+                Some(t) => on_event(Event::Text(t)),
+                None => return Err(ProtocolError::InvalidUtf8),
             }
         } else {
             on_event(Event::Binary(&a.buf))
@@ -609,7 +612,7 @@ fn parse_close(payload: &[u8]) -> Result<(Option<CloseCode>, &str), ProtocolErro
             if !close_code_is_valid(code) {
                 return Err(ProtocolError::InvalidCloseCode);
             }
-            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            let reason = utf8::from_utf8(reason).ok_or(ProtocolError::InvalidUtf8)?;
             Ok((Some(code), reason))
         }
     }
