@@ -103,8 +103,10 @@ impl EngineBuilder {
     /// per-poller buffer ring, the poller's writes as ring sends, one `io_uring_enter` per
     /// loop iteration); epoll still reports accepts, connects and writability. Where io_uring
     /// is unavailable (an old kernel, a seccomp profile, `kernel.io_uring_disabled`) a poller
-    /// logs a warning and uses epoll. Default: off, or on when the environment variable
-    /// `NETPOLL_BACKEND` is `io_uring`. Connections with TLS read through epoll either way.
+    /// logs a warning and uses epoll, as it does without the `io-uring` cargo feature. Default:
+    /// off, or on when the environment variable `NETPOLL_BACKEND` is `io_uring`. Connections
+    /// with TLS read through epoll either way. It saved 3-6% of server CPU per echoed message
+    /// in netpoll's measurements (docs/BENCHMARKS.md), so epoll stays the default.
     pub fn io_uring(mut self, on: bool) -> Self {
         self.config.io_uring = on;
         self

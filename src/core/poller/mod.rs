@@ -224,7 +224,7 @@ impl<H: Handler> Poller<H> {
         #[cfg(not(netpoll_uring))]
         tracing::warn!(
             poller = self.shared.index,
-            "io_uring is Linux only; using epoll"
+            "io_uring backend not compiled in (Linux, feature io-uring); using epoll"
         );
     }
 
