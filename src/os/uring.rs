@@ -11,8 +11,8 @@
 //! caller gets them back with [`Uring::finish`]), so no caller can free what the kernel reads.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
-use std::mem::ManuallyDrop;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;

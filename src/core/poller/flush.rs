@@ -39,7 +39,13 @@ impl<H: Handler> Poller<H> {
             io.corked = false;
             let (flushed, error) = if by_ring {
                 // Sent by the ring after this block: no bytes moved yet.
-                (Flushed { written: 0, calls: 0 }, None)
+                (
+                    Flushed {
+                        written: 0,
+                        calls: 0,
+                    },
+                    None,
+                )
             } else {
                 match io.transport.flush() {
                     Ok(f) => (f, None),
@@ -59,9 +65,8 @@ impl<H: Handler> Poller<H> {
             } else {
                 None
             };
-            let empty = context::with_tail_pool(|pool| {
-                io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
-            }) && !pending;
+            let empty =
+                context::with_tail_pool(|pool| io.transport.release_buffers(pool)) && !pending;
             self.queued_delta += io.transport.account();
             let notice = io.above_low_water && io.transport.charge(io.coded) <= low_watermark;
             if notice {

@@ -222,7 +222,10 @@ impl<H: Handler> Poller<H> {
             }
         }
         #[cfg(not(netpoll_uring))]
-        tracing::warn!(poller = self.shared.index, "io_uring is Linux only; using epoll");
+        tracing::warn!(
+            poller = self.shared.index,
+            "io_uring is Linux only; using epoll"
+        );
     }
 
     /// The loop iteration's work after the wait: continue cut-short reads, run commands,
@@ -448,7 +451,7 @@ mod tests {
         // The slab stores (token, connection) plus its own discriminant word.
         let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
-        assert!(shared <= 200 + mio_debug, "ConnShared grew to {shared} B");
+        assert!(shared <= 144 + mio_debug, "ConnShared grew to {shared} B");
         assert!(entry <= 72, "slab entry grew to {entry} B");
     }
 }

@@ -280,7 +280,8 @@ pub(super) fn deliver_to<H: Handler>(
                 *inbound = Vec::new();
             } else {
                 inbound.drain(..used);
-                if inbound.capacity() > INBOUND_SHRINK_ABOVE && inbound.capacity() > 4 * inbound.len()
+                if inbound.capacity() > INBOUND_SHRINK_ABOVE
+                    && inbound.capacity() > 4 * inbound.len()
                 {
                     inbound.shrink_to_fit();
                 }

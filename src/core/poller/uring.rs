@@ -17,7 +17,6 @@
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 
-
 use super::{Poller, Stage, context};
 use crate::core::conn::CloseReason;
 use crate::core::handler::Handler;
@@ -377,7 +376,7 @@ impl<H: Handler> Poller<H> {
             _ => {
                 let mut queue = u.ring.finish(slot);
                 context::with_tail_pool(|pool| {
-                    queue.release_into(pool, context::TAIL_POOL_MAX);
+                    queue.release_into(pool);
                 });
                 if live.is_some() {
                     // Send what was queued meanwhile, or finish: deadlines, on_drained, FIN.
@@ -401,7 +400,9 @@ impl<H: Handler> Poller<H> {
             for s in u.ring.send_slots() {
                 let _ = u.ring.push_cancel(SEND | s as u64, CANCEL);
             }
-            let _ = u.ring.submit_and_wait(Some(std::time::Duration::from_millis(10)));
+            let _ = u
+                .ring
+                .submit_and_wait(Some(std::time::Duration::from_millis(10)));
             let mut done = Vec::new();
             u.ring.completions(&mut done);
             for c in done {
