@@ -51,7 +51,6 @@ impl Queue {
     }
 
     /// Heap bytes the box and its buffers hold.
-    #[cfg(any(test, feature = "internals"))]
     fn held(&self) -> usize {
         std::mem::size_of::<Queue>()
             + self.chunks.capacity() * std::mem::size_of::<Bytes>()
@@ -61,19 +60,23 @@ impl Queue {
 
 /// Drained queues (their boxes and small tail buffers) kept for reuse by one poller, so that
 /// a poller that queues and drains small writes in a loop does not allocate per message.
+/// Bounded by the bytes it holds (each box and its tail buffer's capacity).
 #[derive(Debug)]
 pub struct QueuePool {
     spare: Vec<Box<Queue>>,
-    /// Most queues kept.
-    max: usize,
+    /// Bytes the kept queues hold.
+    bytes: usize,
+    /// Most bytes kept.
+    max_bytes: usize,
 }
 
 impl QueuePool {
-    /// An empty pool that keeps up to `max` queues. Allocates nothing.
-    pub const fn new(max: usize) -> Self {
+    /// An empty pool that keeps queues holding up to `max_bytes` in all. Allocates nothing.
+    pub const fn new(max_bytes: usize) -> Self {
         QueuePool {
             spare: Vec::new(),
-            max,
+            bytes: 0,
+            max_bytes,
         }
     }
 
@@ -89,19 +92,45 @@ impl QueuePool {
         self.spare.is_empty()
     }
 
-    #[inline]
-    fn take(&mut self) -> Box<Queue> {
-        self.spare.pop().unwrap_or_default()
+    /// Heap bytes the kept queues hold (never more than the bound).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
-    /// Keeps `queue` (empty, its ring freed) if there is room; drops it otherwise.
+    /// Changes the bound, dropping queues (the most recently kept first) until it holds.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        while self.bytes > max_bytes {
+            let Some(q) = self.spare.pop() else { break };
+            self.bytes -= q.held();
+        }
+        if self.spare.is_empty() {
+            self.spare = Vec::new();
+        }
+    }
+
+    #[inline]
+    fn take(&mut self) -> Box<Queue> {
+        match self.spare.pop() {
+            Some(q) => {
+                self.bytes -= q.held();
+                q
+            }
+            None => Box::default(),
+        }
+    }
+
+    /// Keeps `queue` (empty, its ring freed) if it fits under the bound; drops it otherwise.
     #[inline]
     fn give(&mut self, mut queue: Box<Queue>) {
-        if self.spare.len() < self.max {
-            if queue.tail.capacity() > COALESCE_MAX {
-                queue.tail = Vec::new();
-            }
-            queue.tail.clear();
+        if queue.tail.capacity() > COALESCE_MAX {
+            queue.tail = Vec::new();
+        }
+        queue.tail.clear();
+        let held = queue.held();
+        if self.bytes + held <= self.max_bytes {
+            self.bytes += held;
             self.spare.push(queue);
         }
     }
@@ -475,7 +504,7 @@ mod tests {
 
     #[test]
     fn pooled_tail_is_reused_and_released_connection_holds_nothing() {
-        let mut pool = QueuePool::new(8);
+        let mut pool = QueuePool::new(4096);
         let mut b = OutboundBuffer::new();
         let mut w = Throttled::new(usize::MAX);
         b.push_slice_pooled(b"first", &mut pool);
@@ -506,6 +535,50 @@ mod tests {
         assert_eq!(pool.len(), 1);
     }
 
+    /// The pool keeps drained queues only up to its byte bound: past it they are freed, and
+    /// what it holds is what it says.
+    #[test]
+    fn the_pool_stops_at_its_byte_bound() {
+        let per_queue = std::mem::size_of::<Queue>() + 100;
+        let bound = 10 * per_queue + per_queue / 2;
+        let mut pool = QueuePool::new(bound);
+        let mut w = Throttled::new(usize::MAX);
+        let mut queues: Vec<OutboundBuffer> = (0..20).map(|_| OutboundBuffer::new()).collect();
+        for q in &mut queues {
+            q.push_slice(&[7u8; 100]);
+            assert_eq!(q.allocated(), per_queue);
+        }
+        for (i, q) in queues.iter_mut().enumerate() {
+            q.write_to(&mut w).unwrap();
+            assert!(q.release_into(&mut pool), "drained");
+            assert_eq!(
+                q.allocated(),
+                0,
+                "a drained queue holds nothing, pooled or not"
+            );
+            assert_eq!(pool.len(), (i + 1).min(10), "kept while it fits");
+            assert!(pool.bytes() <= bound);
+        }
+        assert_eq!(pool.bytes(), 10 * per_queue);
+        // Taken back, each leaves the pool's count.
+        queues[0].push_slice_pooled(b"x", &mut pool);
+        assert_eq!(pool.len(), 9);
+        assert_eq!(pool.bytes(), 9 * per_queue);
+        assert_eq!(
+            queues[0].allocated(),
+            per_queue,
+            "the pooled tail came along"
+        );
+        // A lower bound drops what no longer fits; zero keeps nothing.
+        pool.set_max_bytes(3 * per_queue);
+        assert_eq!((pool.len(), pool.bytes()), (3, 3 * per_queue));
+        pool.set_max_bytes(0);
+        assert!(pool.is_empty());
+        queues[0].consume(1);
+        assert!(queues[0].release_into(&mut pool));
+        assert!(pool.is_empty(), "a zero bound keeps nothing");
+    }
+
     #[test]
     fn an_idle_queue_is_one_null_pointer() {
         assert_eq!(std::mem::size_of::<OutboundBuffer>(), 8);
@@ -525,7 +598,7 @@ mod tests {
         for seed in 1..=200u64 {
             let mut rng = crate::fuzz::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut q = OutboundBuffer::new();
-            let mut pool = QueuePool::new(4);
+            let mut pool = QueuePool::new(64 * 1024);
             let mut expected = Vec::new();
             let mut w = Throttled::new(1);
             let mut counter = 0u8;

@@ -329,7 +329,7 @@ impl Write for Sink {
 /// always matches.
 pub fn outbound(data: &[u8]) {
     let mut q = OutboundBuffer::new();
-    let mut pool = QueuePool::new(8);
+    let mut pool = QueuePool::new(4096);
     let mut sink = Sink {
         out: Vec::new(),
         cap: 0,

@@ -5,7 +5,7 @@
 //! - the loop time, read once per iteration, so callbacks read no clock;
 //! - the cork list: connections written to during this iteration, flushed at its end;
 //! - the tail pool: drained connections' queue boxes (with their small coalescing buffers),
-//!   so corked small writes allocate nothing in steady state.
+//!   up to `tail_pool_bytes`, so corked small writes allocate nothing in steady state.
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -36,24 +36,22 @@ thread_local! {
     static BUFFERS: Buffers = const {
         Buffers {
             corked: RefCell::new(Vec::new()),
-            tail_pool: RefCell::new(QueuePool::new(TAIL_POOL_MAX)),
+            tail_pool: RefCell::new(QueuePool::new(0)),
         }
     };
 }
 
-/// Most spare queues (each with a tail buffer of at most 16 KiB) a poller keeps: enough for every connection
-/// one loop iteration can cork (`events_capacity`, 1024 by default), so corked writes do not
-/// allocate in steady state even with thousands of busy connections.
-pub(crate) const TAIL_POOL_MAX: usize = 1024;
-
 /// This thread now runs `poller`'s loop.
 pub(super) fn enter(poller: &PollerShared) {
     CURRENT.with(|c| c.poller.set(poller));
+    let max = poller.common.config.tail_pool_bytes;
+    BUFFERS.with(|b| b.tail_pool.borrow_mut().set_max_bytes(max));
 }
 
 /// The loop is over: this thread is no poller any more.
 pub(super) fn leave() {
     CURRENT.with(|c| c.poller.set(std::ptr::null()));
+    BUFFERS.with(|b| b.tail_pool.borrow_mut().set_max_bytes(0));
 }
 
 /// True when called on `poller`'s own thread.
