@@ -59,7 +59,7 @@ pub mod ws;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals {
-    pub use crate::core::outbound::OutboundBuffer;
+    pub use crate::core::outbound::{OutboundBuffer, QueuePool};
 }
 
 pub use crate::core::config::{AcceptMode, EngineConfig, OverflowPolicy, ReadRefresh};

@@ -158,6 +158,8 @@ pub struct EngineConfig {
     pub(crate) accept_backoff: Duration,
     pub(crate) timer_tick: Duration,
     pub(crate) events_capacity: usize,
+    /// Most bytes of drained queues each poller keeps for reuse.
+    pub(crate) tail_pool_bytes: usize,
     pub(crate) thread_name: String,
     /// Receive and flush through io_uring (Linux) instead of epoll readiness alone.
     pub(crate) io_uring: bool,
@@ -198,6 +200,7 @@ impl EngineConfig {
             accept_backoff: Duration::from_millis(100),
             timer_tick: Duration::from_millis(50),
             events_capacity: 1024,
+            tail_pool_bytes: 32 * 1024,
             thread_name: "netpoll".to_string(),
             // The environment switch lets a whole test suite run on the io_uring backend.
             io_uring: std::env::var("NETPOLL_BACKEND").is_ok_and(|v| v == "io_uring"),

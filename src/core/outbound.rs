@@ -6,8 +6,11 @@
 //! already queued are coalesced into one owned tail chunk, so many tiny writes cost one iovec,
 //! not one each. The whole queue is flushed with `writev`, up to [`MAX_IOVECS`] chunks per call.
 //!
-//! Nothing is allocated until the first byte has to wait, and [`OutboundBuffer::release`] frees
-//! everything once the queue drains, so an idle connection holds no buffer.
+//! The queue is one pointer in the connection: its ring, tail and length live in a box that
+//! exists only while bytes wait. Nothing is allocated until the first byte has to wait, and
+//! [`OutboundBuffer::release`] frees the box once the queue drains (or hands it, with its tail
+//! buffer, to a [`QueuePool`] for the next connection that queues), so an idle connection holds
+//! no buffer and pays 8 bytes for its queue.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -27,88 +30,16 @@ const COALESCE_MAX: usize = 16 * 1024;
 /// really holds, not by its payload bytes alone.
 pub(crate) const CHUNK_CHARGE: usize = 2 * std::mem::size_of::<Bytes>();
 
-/// An ordered queue of bytes waiting for the socket.
+/// What waits: allocated (boxed) only while the queue is in use.
 #[derive(Debug, Default)]
-pub struct OutboundBuffer {
+struct Queue {
     chunks: VecDeque<Bytes>,
     /// Small slices appended after the last chunk; logically the end of the queue.
     tail: Vec<u8>,
     len: usize,
 }
 
-impl OutboundBuffer {
-    /// An empty queue. Allocates nothing.
-    pub const fn new() -> Self {
-        OutboundBuffer {
-            chunks: VecDeque::new(),
-            tail: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Bytes queued and not yet written.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when nothing is queued.
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The memory the queue accounts for: its bytes plus [`CHUNK_CHARGE`] per queued chunk
-    /// (coalesced small writes share one chunk). What the outbound limit counts.
-    #[inline]
-    pub fn charge(&self) -> usize {
-        self.len + self.chunks.len() * CHUNK_CHARGE
-    }
-
-    /// Heap bytes currently held (for tests and memory accounting).
-    #[cfg(any(test, feature = "internals"))]
-    pub fn allocated(&self) -> usize {
-        self.chunks.capacity() * std::mem::size_of::<Bytes>() + self.tail.capacity()
-    }
-
-    /// Queues a shared chunk without copying it.
-    #[inline]
-    pub fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        self.seal_tail();
-        self.len += data.len();
-        self.chunks.push_back(data);
-    }
-
-    /// Queues a copy of `data`. Small slices are coalesced into one tail chunk.
-    #[inline]
-    pub fn push_slice(&mut self, data: &[u8]) {
-        self.push_slice_pooled(data, &mut Vec::new());
-    }
-
-    /// [`push_slice`](Self::push_slice) taking the tail's allocation from `pool` when the
-    /// tail has none, so a poller that queues and drains small writes in a loop does not
-    /// allocate per message.
-    #[inline]
-    pub fn push_slice_pooled(&mut self, data: &[u8], pool: &mut Vec<Vec<u8>>) {
-        if data.is_empty() {
-            return;
-        }
-        if data.len() >= COALESCE_MAX {
-            self.push(Bytes::copy_from_slice(data));
-            return;
-        }
-        if self.tail.capacity() == 0
-            && let Some(buf) = pool.pop()
-        {
-            self.tail = buf;
-        }
-        self.tail.extend_from_slice(data);
-        self.len += data.len();
-    }
-
+impl Queue {
     /// Moves the coalescing tail into the chunk ring (no copy: `Bytes::from(Vec)` takes the
     /// allocation over).
     #[inline]
@@ -119,6 +50,195 @@ impl OutboundBuffer {
         }
     }
 
+    /// Heap bytes the box and its buffers hold.
+    fn held(&self) -> usize {
+        std::mem::size_of::<Queue>()
+            + self.chunks.capacity() * std::mem::size_of::<Bytes>()
+            + self.tail.capacity()
+    }
+}
+
+/// Drained queues (their boxes and small tail buffers) kept for reuse by one poller, so that
+/// a poller that queues and drains small writes in a loop does not allocate per message.
+/// Bounded by the bytes it holds (each box and its tail buffer's capacity).
+#[derive(Debug)]
+pub struct QueuePool {
+    spare: Vec<Box<Queue>>,
+    /// Bytes the kept queues hold.
+    bytes: usize,
+    /// Most bytes kept.
+    max_bytes: usize,
+}
+
+impl QueuePool {
+    /// An empty pool that keeps queues holding up to `max_bytes` in all. Allocates nothing.
+    pub const fn new(max_bytes: usize) -> Self {
+        QueuePool {
+            spare: Vec::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Queues kept.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn len(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// True when no queue is kept.
+    #[cfg(any(test, feature = "internals"))]
+    pub fn is_empty(&self) -> bool {
+        self.spare.is_empty()
+    }
+
+    /// Heap bytes the kept queues hold (never more than the bound).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Changes the bound, dropping queues (the most recently kept first) until it holds.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        while self.bytes > max_bytes {
+            let Some(q) = self.spare.pop() else { break };
+            self.bytes -= q.held();
+        }
+        if self.spare.is_empty() {
+            self.spare = Vec::new();
+        }
+    }
+
+    #[inline]
+    fn take(&mut self) -> Box<Queue> {
+        match self.spare.pop() {
+            Some(q) => {
+                self.bytes -= q.held();
+                q
+            }
+            None => Box::default(),
+        }
+    }
+
+    /// Keeps `queue` (empty, its ring freed) if it fits under the bound; drops it otherwise.
+    #[inline]
+    fn give(&mut self, mut queue: Box<Queue>) {
+        if queue.tail.capacity() > COALESCE_MAX {
+            queue.tail = Vec::new();
+        }
+        queue.tail.clear();
+        let held = queue.held();
+        if self.bytes + held <= self.max_bytes {
+            self.bytes += held;
+            self.spare.push(queue);
+        }
+    }
+}
+
+/// An ordered queue of bytes waiting for the socket: one pointer, null while nothing waits.
+#[derive(Debug, Default)]
+pub struct OutboundBuffer {
+    q: Option<Box<Queue>>,
+}
+
+impl OutboundBuffer {
+    /// An empty queue. Allocates nothing.
+    pub const fn new() -> Self {
+        OutboundBuffer { q: None }
+    }
+
+    /// Bytes queued and not yet written.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.q {
+            Some(q) => q.len,
+            None => 0,
+        }
+    }
+
+    /// True when nothing is queued.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memory the queue accounts for: its bytes plus [`CHUNK_CHARGE`] per queued chunk
+    /// (coalesced small writes share one chunk). What the outbound limit counts.
+    #[inline]
+    pub fn charge(&self) -> usize {
+        match &self.q {
+            Some(q) => q.len + q.chunks.len() * CHUNK_CHARGE,
+            None => 0,
+        }
+    }
+
+    /// Heap bytes currently held (for tests and memory accounting).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn allocated(&self) -> usize {
+        self.q.as_ref().map_or(0, |q| q.held())
+    }
+
+    /// The queue, made (from `pool`, if given and not empty) if there is none.
+    #[inline]
+    fn queue(&mut self, pool: Option<&mut QueuePool>) -> &mut Queue {
+        self.q.get_or_insert_with(|| match pool {
+            Some(pool) => pool.take(),
+            None => Box::default(),
+        })
+    }
+
+    /// Queues a shared chunk without copying it.
+    #[inline]
+    pub fn push(&mut self, data: Bytes) {
+        self.push_chunk(data, None);
+    }
+
+    /// [`push`](Self::push) taking the queue's box from `pool` if it has none.
+    #[inline]
+    pub fn push_pooled(&mut self, data: Bytes, pool: &mut QueuePool) {
+        self.push_chunk(data, Some(pool));
+    }
+
+    #[inline]
+    fn push_chunk(&mut self, data: Bytes, pool: Option<&mut QueuePool>) {
+        if data.is_empty() {
+            return;
+        }
+        let q = self.queue(pool);
+        q.seal_tail();
+        q.len += data.len();
+        q.chunks.push_back(data);
+    }
+
+    /// Queues a copy of `data`. Small slices are coalesced into one tail chunk.
+    #[inline]
+    pub fn push_slice(&mut self, data: &[u8]) {
+        self.push_copy(data, None);
+    }
+
+    /// [`push_slice`](Self::push_slice) taking the queue (and with it a tail allocation) from
+    /// `pool` when there is none, so a poller that queues and drains small writes in a loop
+    /// does not allocate per message.
+    #[inline]
+    pub fn push_slice_pooled(&mut self, data: &[u8], pool: &mut QueuePool) {
+        self.push_copy(data, Some(pool));
+    }
+
+    #[inline]
+    fn push_copy(&mut self, data: &[u8], pool: Option<&mut QueuePool>) {
+        if data.is_empty() {
+            return;
+        }
+        if data.len() >= COALESCE_MAX {
+            self.push_chunk(Bytes::copy_from_slice(data), pool);
+            return;
+        }
+        let q = self.queue(pool);
+        q.tail.extend_from_slice(data);
+        q.len += data.len();
+    }
+
     /// Writes as much of the queue as `out` takes in one vectored write and removes it.
     ///
     /// Returns the bytes written and whether the write was short (took less than offered). On a
@@ -127,30 +247,33 @@ impl OutboundBuffer {
     /// errors are passed through with the queue untouched.
     #[inline]
     pub fn write_to<W: Write>(&mut self, out: &mut W) -> io::Result<(usize, bool)> {
-        if self.len == 0 {
+        let Some(q) = self.q.as_deref_mut() else {
+            return Ok((0, false));
+        };
+        if q.len == 0 {
             return Ok((0, false));
         }
-        if self.chunks.is_empty() {
+        if q.chunks.is_empty() {
             // Only coalesced slices are queued: write them in place, keeping the allocation
             // for reuse instead of converting it into a chunk.
-            let n = out.write(&self.tail)?;
-            self.tail.drain(..n);
-            self.len -= n;
-            return Ok((n, !self.tail.is_empty()));
+            let n = out.write(&q.tail)?;
+            q.tail.drain(..n);
+            q.len -= n;
+            return Ok((n, !q.tail.is_empty()));
         }
-        self.seal_tail();
+        q.seal_tail();
         let (n, offered) = {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             let mut offered = 0;
-            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+            for (slot, chunk) in slices.iter_mut().zip(q.chunks.iter()) {
                 *slot = IoSlice::new(chunk);
                 offered += chunk.len();
                 count += 1;
             }
             let n = if count == 1 {
                 // write(2) is cheaper than writev(2) with a single iovec.
-                out.write(&self.chunks[0])?
+                out.write(&q.chunks[0])?
             } else {
                 out.write_vectored(&slices[..count])?
             };
@@ -164,16 +287,19 @@ impl OutboundBuffer {
     /// backend sends them from where they are; the queue must not change until it is done).
     #[cfg(netpoll_uring)]
     pub(crate) fn gather<'a>(&'a mut self, dst: &mut [IoSlice<'a>]) -> usize {
-        if self.chunks.is_empty() {
-            if self.tail.is_empty() || dst.is_empty() {
+        let Some(q) = self.q.as_deref_mut() else {
+            return 0;
+        };
+        if q.chunks.is_empty() {
+            if q.tail.is_empty() || dst.is_empty() {
                 return 0;
             }
-            dst[0] = IoSlice::new(&self.tail);
+            dst[0] = IoSlice::new(&q.tail);
             return 1;
         }
-        self.seal_tail();
+        q.seal_tail();
         let mut count = 0;
-        for (slot, chunk) in dst.iter_mut().zip(self.chunks.iter()) {
+        for (slot, chunk) in dst.iter_mut().zip(q.chunks.iter()) {
             *slot = IoSlice::new(chunk);
             count += 1;
         }
@@ -183,17 +309,24 @@ impl OutboundBuffer {
     /// Drops the first `n` queued bytes.
     #[inline]
     pub fn consume(&mut self, mut n: usize) {
-        debug_assert!(n <= self.len);
-        self.seal_tail();
-        self.len -= n;
+        debug_assert!(n <= self.len());
+        if n == 0 {
+            return;
+        }
+        let q = self
+            .q
+            .as_deref_mut()
+            .expect("consume past the end of the queue");
+        q.seal_tail();
+        q.len -= n;
         while n > 0 {
-            let front = self
+            let front = q
                 .chunks
                 .front_mut()
                 .expect("consume past the end of the queue");
             if front.len() <= n {
                 n -= front.len();
-                self.chunks.pop_front();
+                q.chunks.pop_front();
             } else {
                 front.advance(n);
                 n = 0;
@@ -201,29 +334,28 @@ impl OutboundBuffer {
         }
     }
 
-    /// Frees the ring and tail allocations if the queue is empty, so a drained connection holds
-    /// no buffer. Returns true if the queue is empty.
+    /// Frees the queue's box (ring and tail) if the queue is empty, so a drained connection
+    /// holds no buffer. Returns true if the queue is empty.
     #[cfg(any(test, feature = "internals"))]
     pub fn release(&mut self) -> bool {
-        self.release_into(&mut Vec::new(), 0)
+        self.release_into(&mut QueuePool::new(0))
     }
 
-    /// Like [`release`](Self::release), but hands a small tail allocation to `pool` (while
-    /// it holds fewer than `pool_max`) instead of freeing it.
+    /// Like [`release`](Self::release), but hands the box with a small tail allocation to
+    /// `pool` (while it has room) instead of freeing it. The ring is freed either way.
     #[inline]
-    pub fn release_into(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
-        if self.len != 0 {
+    pub fn release_into(&mut self, pool: &mut QueuePool) -> bool {
+        let Some(q) = &mut self.q else {
+            return true;
+        };
+        if q.len != 0 {
             return false;
         }
-        if self.chunks.capacity() != 0 {
-            self.chunks = VecDeque::new();
+        if q.chunks.capacity() != 0 {
+            q.chunks = VecDeque::new();
         }
-        if self.tail.capacity() != 0 {
-            let mut tail = std::mem::take(&mut self.tail);
-            if tail.capacity() <= COALESCE_MAX && pool.len() < pool_max {
-                tail.clear();
-                pool.push(tail);
-            }
+        if let Some(q) = self.q.take() {
+            pool.give(q);
         }
         true
     }
@@ -231,19 +363,19 @@ impl OutboundBuffer {
     /// Empties the queue and frees its memory (abort path).
     #[inline]
     pub fn clear(&mut self) {
-        self.chunks = VecDeque::new();
-        self.tail = Vec::new();
-        self.len = 0;
+        self.q = None;
     }
 
     /// Copies out the queued bytes in order (tests only).
     #[cfg(test)]
     fn to_vec(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.len);
-        for c in &self.chunks {
-            v.extend_from_slice(c);
+        let mut v = Vec::with_capacity(self.len());
+        if let Some(q) = &self.q {
+            for c in &q.chunks {
+                v.extend_from_slice(c);
+            }
+            v.extend_from_slice(&q.tail);
         }
-        v.extend_from_slice(&self.tail);
         v
     }
 }
@@ -372,25 +504,90 @@ mod tests {
 
     #[test]
     fn pooled_tail_is_reused_and_released_connection_holds_nothing() {
-        let mut pool = Vec::new();
+        let mut pool = QueuePool::new(4096);
         let mut b = OutboundBuffer::new();
         let mut w = Throttled::new(usize::MAX);
         b.push_slice_pooled(b"first", &mut pool);
         b.write_to(&mut w).unwrap();
-        assert!(b.release_into(&mut pool, 8));
+        assert!(b.release_into(&mut pool));
         assert_eq!(b.allocated(), 0, "drained queue must hold no buffer");
         assert_eq!(pool.len(), 1);
-        let ptr = pool[0].as_ptr();
+        let ptr = pool.spare[0].tail.as_ptr();
         b.push_slice_pooled(b"second", &mut pool);
-        assert!(pool.is_empty(), "tail taken from the pool");
+        assert!(pool.is_empty(), "queue taken from the pool");
         // Partial write straight from the tail, rest stays in order.
         let mut w2 = Throttled::new(3);
         assert_eq!(b.write_to(&mut w2).unwrap(), (3, true));
         assert_eq!(b.to_vec(), b"ond");
         b.write_to(&mut w).unwrap();
-        assert!(b.release_into(&mut pool, 8));
-        assert_eq!(pool[0].as_ptr(), ptr, "same allocation came back");
+        assert!(b.release_into(&mut pool));
+        assert_eq!(
+            pool.spare[0].tail.as_ptr(),
+            ptr,
+            "same allocation came back"
+        );
         assert_eq!(w.got, b"firstond");
+        // A shared chunk queued on an empty queue takes the pooled box too.
+        b.push_pooled(Bytes::from_static(b"shared"), &mut pool);
+        assert!(pool.is_empty());
+        b.write_to(&mut w).unwrap();
+        assert!(b.release_into(&mut pool));
+        assert_eq!(pool.len(), 1);
+    }
+
+    /// The pool keeps drained queues only up to its byte bound: past it they are freed, and
+    /// what it holds is what it says.
+    #[test]
+    fn the_pool_stops_at_its_byte_bound() {
+        let per_queue = std::mem::size_of::<Queue>() + 100;
+        let bound = 10 * per_queue + per_queue / 2;
+        let mut pool = QueuePool::new(bound);
+        let mut w = Throttled::new(usize::MAX);
+        let mut queues: Vec<OutboundBuffer> = (0..20).map(|_| OutboundBuffer::new()).collect();
+        for q in &mut queues {
+            q.push_slice(&[7u8; 100]);
+            assert_eq!(q.allocated(), per_queue);
+        }
+        for (i, q) in queues.iter_mut().enumerate() {
+            q.write_to(&mut w).unwrap();
+            assert!(q.release_into(&mut pool), "drained");
+            assert_eq!(
+                q.allocated(),
+                0,
+                "a drained queue holds nothing, pooled or not"
+            );
+            assert_eq!(pool.len(), (i + 1).min(10), "kept while it fits");
+            assert!(pool.bytes() <= bound);
+        }
+        assert_eq!(pool.bytes(), 10 * per_queue);
+        // Taken back, each leaves the pool's count.
+        queues[0].push_slice_pooled(b"x", &mut pool);
+        assert_eq!(pool.len(), 9);
+        assert_eq!(pool.bytes(), 9 * per_queue);
+        assert_eq!(
+            queues[0].allocated(),
+            per_queue,
+            "the pooled tail came along"
+        );
+        // A lower bound drops what no longer fits; zero keeps nothing.
+        pool.set_max_bytes(3 * per_queue);
+        assert_eq!((pool.len(), pool.bytes()), (3, 3 * per_queue));
+        pool.set_max_bytes(0);
+        assert!(pool.is_empty());
+        queues[0].consume(1);
+        assert!(queues[0].release_into(&mut pool));
+        assert!(pool.is_empty(), "a zero bound keeps nothing");
+    }
+
+    #[test]
+    fn an_idle_queue_is_one_null_pointer() {
+        assert_eq!(std::mem::size_of::<OutboundBuffer>(), 8);
+        let mut b = OutboundBuffer::new();
+        b.push_slice(b"x");
+        assert!(b.allocated() > 0);
+        b.consume(1);
+        assert!(b.release());
+        assert!(b.q.is_none());
     }
 
     /// Random interleavings of shared and copied pushes, pooled tails, partial writes and
@@ -401,7 +598,7 @@ mod tests {
         for seed in 1..=200u64 {
             let mut rng = crate::fuzz::Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut q = OutboundBuffer::new();
-            let mut pool = Vec::new();
+            let mut pool = QueuePool::new(64 * 1024);
             let mut expected = Vec::new();
             let mut w = Throttled::new(1);
             let mut counter = 0u8;
@@ -441,7 +638,7 @@ mod tests {
                         if n < w.cap {
                             assert!(!short, "a write below the writer's capacity is not short");
                         }
-                        if q.release_into(&mut pool, 4) {
+                        if q.release_into(&mut pool) {
                             assert_eq!(q.allocated(), 0);
                         }
                     }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::core::conn::{Attachment, Extras};
-use crate::core::outbound::OutboundBuffer;
+use crate::core::outbound::{OutboundBuffer, QueuePool};
 use crate::os;
 
 /// The plaintext of one write: shared bytes are queued as they are, slices are copied only if
@@ -64,14 +64,17 @@ impl Payload<'_> {
     /// Queues everything from byte `from` on; slices through `pool` when given (on the owning
     /// poller's thread).
     #[inline]
-    fn queue_from(self, out: &mut OutboundBuffer, from: usize, pool: Option<&mut Vec<Vec<u8>>>) {
+    fn queue_from(self, out: &mut OutboundBuffer, from: usize, pool: Option<&mut QueuePool>) {
         match (self, pool) {
             (Payload::Shared(b), Some(pool)) if b.len() - from < INLINE_SHARED_MAX => {
                 out.push_slice_pooled(&b[from..], pool)
             }
-            (Payload::Shared(mut b) | Payload::Fanout(mut b), _) => {
+            (Payload::Shared(mut b) | Payload::Fanout(mut b), pool) => {
                 bytes::Buf::advance(&mut b, from);
-                out.push(b)
+                match pool {
+                    Some(pool) => out.push_pooled(b, pool),
+                    None => out.push(b),
+                }
             }
             (Payload::Slice(s), Some(pool)) => out.push_slice_pooled(&s[from..], pool),
             (Payload::Slice(s), None) => out.push_slice(&s[from..]),
@@ -435,7 +438,7 @@ impl Transport {
         &mut self,
         head: &[u8],
         body: Payload<'_>,
-        pool: Option<&mut Vec<Vec<u8>>>,
+        pool: Option<&mut QueuePool>,
         coded: bool,
     ) {
         if coded {
@@ -485,11 +488,11 @@ impl Transport {
         Ok(done)
     }
 
-    /// Once drained, gives the queue's memory back (small buffers to `pool`, up to `pool_max`)
-    /// so an idle connection holds none. True if nothing is queued.
+    /// Once drained, gives the queue's memory back (to `pool`, while it has room) so an idle
+    /// connection holds none. True if nothing is queued.
     #[inline]
-    pub(crate) fn release_buffers(&mut self, pool: &mut Vec<Vec<u8>>, pool_max: usize) -> bool {
-        self.out.release_into(pool, pool_max)
+    pub(crate) fn release_buffers(&mut self, pool: &mut QueuePool) -> bool {
+        self.out.release_into(pool)
     }
 
     /// Drops everything queued (an abort).
@@ -513,7 +516,7 @@ impl Transport {
         head: &[u8],
         body: Payload<'_>,
         write: bool,
-        pool: Option<&mut Vec<Vec<u8>>>,
+        pool: Option<&mut QueuePool>,
     ) -> io::Result<usize> {
         let Some(codec) = Self::codec(&mut self.extras) else {
             return Ok(0);

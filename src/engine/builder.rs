@@ -236,6 +236,38 @@ impl EngineBuilder {
         self
     }
 
+    /// Most memory each poller keeps in drained outbound queues for reuse, in bytes. Default
+    /// 32 KiB; 0 keeps none.
+    ///
+    /// A write made inside a callback is corked: queued, and flushed with one `writev` at the
+    /// end of the loop iteration. Its queue (a 64 B box and a buffer for the small writes it
+    /// coalesces) is handed back to the poller once drained, and the next corked write on any
+    /// connection takes it instead of allocating. This bounds what the poller keeps between
+    /// iterations, counting each queue's box and buffer capacity (buffers over 16 KiB are never
+    /// kept). Past the bound, drained queues are freed, and writes beyond what the pool holds
+    /// allocate (one `malloc` and `free` per message). Idle connections hold no queue either
+    /// way: this is per poller, not per connection (docs/TUNING.md has the trade-off).
+    ///
+    /// ```no_run
+    /// # struct H;
+    /// # impl netpoll::Handler for H {
+    /// #     type State = ();
+    /// #     fn on_open(&mut self, _: &netpoll::Conn) {}
+    /// #     fn on_data(&mut self, _: &netpoll::Conn, _: &mut (), d: &mut [u8]) -> usize { d.len() }
+    /// # }
+    /// // Thousands of connections busy at once with small messages: keep enough queues for
+    /// // a whole loop iteration's worth of corked writes (about 1024 of ~200 B).
+    /// let engine = netpoll::Engine::builder()
+    ///     .listen("127.0.0.1:9000")
+    ///     .tail_pool_bytes(256 * 1024)
+    ///     .start(|_| H)?;
+    /// # Ok::<(), netpoll::Error>(())
+    /// ```
+    pub fn tail_pool_bytes(mut self, bytes: usize) -> Self {
+        self.config.tail_pool_bytes = bytes;
+        self
+    }
+
     /// Prefix of the poller thread names (`{name}-poller-{i}`). Default `"netpoll"`.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.config.thread_name = name.into();

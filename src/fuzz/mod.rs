@@ -34,7 +34,7 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
 
-use crate::core::outbound::OutboundBuffer;
+use crate::core::outbound::{OutboundBuffer, QueuePool};
 use crate::ws::frame::{Decoder, Event, Flow, Limits, ProtocolError, Role};
 
 /// An owned copy of a decoder event, for comparing runs (also used by the decoder's tests).
@@ -329,7 +329,7 @@ impl Write for Sink {
 /// always matches.
 pub fn outbound(data: &[u8]) {
     let mut q = OutboundBuffer::new();
-    let mut pool = Vec::new();
+    let mut pool = QueuePool::new(4096);
     let mut sink = Sink {
         out: Vec::new(),
         cap: 0,
@@ -359,7 +359,7 @@ pub fn outbound(data: &[u8]) {
                 continue;
             }
             _ => {
-                if q.release_into(&mut pool, 8) {
+                if q.release_into(&mut pool) {
                     assert_eq!(q.len(), 0);
                 }
                 continue;

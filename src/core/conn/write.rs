@@ -18,9 +18,10 @@ impl Conn {
     ///
     /// From another thread, the bytes go straight to the socket when nothing is queued; only
     /// what the socket does not take is queued. Inside a handler callback on the owning poller
-    /// a write under 8 KiB is corked: queued and flushed with one `writev` per loop iteration,
-    /// together with everything else written to this connection meanwhile; a larger one with
-    /// nothing queued goes straight to the socket as from another thread.
+    /// a write under 8 KiB is corked: queued and flushed with one `writev` per loop iteration
+    /// (or per 64 readiness events, when one poll returns more), together with everything else
+    /// written to this connection meanwhile; a larger one with nothing queued goes straight to
+    /// the socket as from another thread.
     ///
     /// ```no_run
     /// # fn demo(conn: &netpoll::Conn) {

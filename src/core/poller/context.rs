@@ -4,13 +4,14 @@
 //! - which poller runs on this thread (so a write knows it may cork);
 //! - the loop time, read once per iteration, so callbacks read no clock;
 //! - the cork list: connections written to during this iteration, flushed at its end;
-//! - the tail pool: small coalescing buffers handed back by drained connections, so corked
-//!   small writes allocate nothing in steady state.
+//! - the tail pool: drained connections' queue boxes (with their small coalescing buffers),
+//!   up to `tail_pool_bytes`, so corked small writes allocate nothing in steady state.
 
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use super::PollerShared;
+use crate::core::outbound::QueuePool;
 
 /// The plain values, read on every write: a thread-local without a destructor is the
 /// cheapest kind to reach (no registration check per access).
@@ -22,7 +23,7 @@ struct Current {
 /// The buffers, which need dropping with the thread.
 struct Buffers {
     corked: RefCell<Vec<usize>>,
-    tail_pool: RefCell<Vec<Vec<u8>>>,
+    tail_pool: RefCell<QueuePool>,
 }
 
 thread_local! {
@@ -35,24 +36,22 @@ thread_local! {
     static BUFFERS: Buffers = const {
         Buffers {
             corked: RefCell::new(Vec::new()),
-            tail_pool: RefCell::new(Vec::new()),
+            tail_pool: RefCell::new(QueuePool::new(0)),
         }
     };
 }
 
-/// Most spare tail buffers a poller keeps (each at most 16 KiB): enough for every connection
-/// one loop iteration can cork (`events_capacity`, 1024 by default), so corked writes do not
-/// allocate in steady state even with thousands of busy connections.
-pub(crate) const TAIL_POOL_MAX: usize = 1024;
-
 /// This thread now runs `poller`'s loop.
 pub(super) fn enter(poller: &PollerShared) {
     CURRENT.with(|c| c.poller.set(poller));
+    let max = poller.common.config.tail_pool_bytes;
+    BUFFERS.with(|b| b.tail_pool.borrow_mut().set_max_bytes(max));
 }
 
 /// The loop is over: this thread is no poller any more.
 pub(super) fn leave() {
     CURRENT.with(|c| c.poller.set(std::ptr::null()));
+    BUFFERS.with(|b| b.tail_pool.borrow_mut().set_max_bytes(0));
 }
 
 /// True when called on `poller`'s own thread.
@@ -93,6 +92,6 @@ pub(super) fn take_corked(spare: Vec<usize>) -> Vec<usize> {
 
 /// Runs `f` with this thread's tail buffer pool (only meaningful on a poller thread).
 #[inline]
-pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut Vec<Vec<u8>>) -> R) -> R {
+pub(crate) fn with_tail_pool<R>(f: impl FnOnce(&mut QueuePool) -> R) -> R {
     BUFFERS.with(|c| f(&mut c.tail_pool.borrow_mut()))
 }

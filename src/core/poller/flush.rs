@@ -71,9 +71,8 @@ impl<H: Handler> Poller<H> {
             } else {
                 None
             };
-            let empty = context::with_tail_pool(|pool| {
-                io.transport.release_buffers(pool, context::TAIL_POOL_MAX)
-            }) && !pending;
+            let empty =
+                context::with_tail_pool(|pool| io.transport.release_buffers(pool)) && !pending;
             self.queued_delta += io.transport.account();
             let notice = io.above_low_water && io.transport.charge(io.coded) <= low_watermark;
             if notice {

@@ -417,7 +417,7 @@ impl<H: Handler> Poller<H> {
             _ => {
                 let mut queue = u.ring.finish(slot);
                 context::with_tail_pool(|pool| {
-                    queue.release_into(pool, context::TAIL_POOL_MAX);
+                    queue.release_into(pool);
                 });
                 if live.is_some() {
                     // Send what was queued meanwhile, or finish: deadlines, on_drained, FIN.
