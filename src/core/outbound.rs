@@ -63,6 +63,9 @@ impl Queue {
 /// Bounded by the bytes it holds (each box and its tail buffer's capacity).
 #[derive(Debug)]
 pub struct QueuePool {
+    // Boxes, not queues: what is reused is the box's allocation itself, handed back to a
+    // connection's `Option<Box<Queue>>` without a move into a new one.
+    #[allow(clippy::vec_box)]
     spare: Vec<Box<Queue>>,
     /// Bytes the kept queues hold.
     bytes: usize,
