@@ -5,7 +5,7 @@ use std::io;
 
 use tracing::debug;
 
-use super::{Poller, Stage, TimerKind};
+use super::{Entry, Poller, Stage, TimerKind};
 use crate::core::conn::CloseReason;
 use crate::core::deadline::Due;
 use crate::core::handler::{Handler, IdleAction};
@@ -24,7 +24,8 @@ impl<H: Handler> Poller<H> {
         }
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now, &mut due);
-        for (token, kind, at) in due.drain(..) {
+        for entry in due.drain(..) {
+            let (token, kind, at) = entry.parts();
             match kind {
                 TimerKind::Stage => self.stage_due(token),
                 TimerKind::User => self.timer_due(token),
@@ -57,9 +58,9 @@ impl<H: Handler> Poller<H> {
             Stage::Lingering { deadline } if self.now >= deadline => self.free(token),
             Stage::Connecting { deadline }
             | Stage::Flushing { deadline }
-            | Stage::Lingering { deadline } => {
-                self.wheel.insert(deadline, (token, TimerKind::Stage, 0))
-            }
+            | Stage::Lingering { deadline } => self
+                .wheel
+                .insert(deadline, Entry::new(token, TimerKind::Stage, 0)),
             Stage::Open => {}
         }
     }
@@ -91,7 +92,7 @@ impl<H: Handler> Poller<H> {
         };
         match due {
             Due::Stale | Due::Idle => {}
-            Due::Reinsert(d) => self.wheel.insert(d, (token, kind, d)),
+            Due::Reinsert(d) => self.wheel.insert(d, Entry::new(token, kind, d)),
             Due::Expired if !self.still_passed_after_last_look(token, kind) => {}
             // The peer stopped reading: what is queued cannot be delivered.
             Due::Expired if kind == TimerKind::Write => {
@@ -126,7 +127,7 @@ impl<H: Handler> Poller<H> {
             return true;
         }
         if let Some(at) = deadline.claim_entry() {
-            self.wheel.insert(at, (token, kind, at));
+            self.wheel.insert(at, Entry::new(token, kind, at));
         }
         false
     }
@@ -173,7 +174,8 @@ impl<H: Handler> Poller<H> {
                 let mut io = c.conn.shared.lock();
                 io.read_deadline.extend(self.now, timeout_ms(Some(d)));
                 if let Some(at) = io.read_deadline.claim_entry() {
-                    self.wheel.insert(at, (token, TimerKind::Read, at));
+                    self.wheel
+                        .insert(at, Entry::new(token, TimerKind::Read, at));
                 }
             }
             _ => {} // gone, or it panicked (and was aborted)

@@ -1,7 +1,7 @@
 //! The flush path: writing queued bytes on a writable edge or at the end of the loop
 //! iteration (the cork list), with the write deadline and the low-watermark notice.
 
-use super::{Poller, Stage, TimerKind, context};
+use super::{Entry, Poller, Stage, TimerKind, context};
 use crate::core::conn::CloseReason;
 use crate::core::handler::Handler;
 use crate::core::stats::count;
@@ -85,7 +85,8 @@ impl<H: Handler> Poller<H> {
             return;
         }
         if let Some(at) = watch {
-            self.wheel.insert(at, (token, TimerKind::Write, at));
+            self.wheel
+                .insert(at, Entry::new(token, TimerKind::Write, at));
         }
         #[cfg(netpoll_uring)]
         if by_ring && !empty {

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use mio::{Interest, Token};
 use tracing::{debug, warn};
 
-use super::{Adopt, Command, Connection, Poller, Stage, TimerKind, guarded, shutdown_reason};
+use super::{
+    Adopt, Command, Connection, Entry, Poller, Stage, TimerKind, guarded, shutdown_reason,
+};
 use crate::core::conn::{CloseReason, Conn, Phase};
 use crate::core::handler::{Handler, ShutdownAction};
 use crate::core::stats::count;
@@ -65,9 +67,9 @@ impl<H: Handler> Poller<H> {
             return;
         }
         match stage {
-            Stage::Connecting { deadline } => {
-                self.wheel.insert(deadline, (token, TimerKind::Stage, 0))
-            }
+            Stage::Connecting { deadline } => self
+                .wheel
+                .insert(deadline, Entry::new(token, TimerKind::Stage, 0)),
             _ => self.open(token),
         }
     }
@@ -106,7 +108,8 @@ impl<H: Handler> Poller<H> {
             let mut io = c.conn.shared.lock();
             io.read_deadline.touch(self.now);
             if let Some(at) = io.read_deadline.claim_entry() {
-                self.wheel.insert(at, (token, TimerKind::Read, at));
+                self.wheel
+                    .insert(at, Entry::new(token, TimerKind::Read, at));
             }
         }
         count(&self.shared.stats.opened, 1);
@@ -231,7 +234,8 @@ impl<H: Handler> Poller<H> {
         }
         let c = self.conns.get_mut(token).expect("still registered");
         c.stage = Stage::Flushing { deadline };
-        self.wheel.insert(deadline, (token, TimerKind::Stage, 0));
+        self.wheel
+            .insert(deadline, Entry::new(token, TimerKind::Stage, 0));
         self.flush(token);
     }
 

@@ -74,15 +74,16 @@ impl Common {
 
 /// What a wheel entry is watching for its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum TimerKind {
     /// The deadline of the connection's stage (connect, close flush, linger).
-    Stage,
+    Stage = 0,
     /// The connection's write deadline.
-    Write,
+    Write = 1,
     /// The connection's read deadline.
-    Read,
+    Read = 2,
     /// A user timer; the token names it in the poller's timer slots.
-    User,
+    User = 3,
 }
 
 /// A new connection for a poller to adopt.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tracing::error;
 
-use super::{Command, Poller, PollerShared, Stage, TimerKind, context};
+use super::{Command, Entry, Poller, PollerShared, Stage, TimerKind, context};
 use crate::core::conn::CloseReason;
 use crate::core::handler::Handler;
 use crate::core::timer::{Clock, TimerHandle, TimerState, TimerTask, UserTimer, timeout_ms};
@@ -59,7 +59,8 @@ impl<H: Handler> Poller<H> {
             return;
         };
         state.token.store(token, Ordering::Release);
-        self.wheel.insert(deadline, (token, TimerKind::User, 0));
+        self.wheel
+            .insert(deadline, Entry::new(token, TimerKind::User, 0));
     }
 
     /// Drops a cancelled timer now rather than when its slot comes round, so a cancelled
@@ -85,7 +86,8 @@ impl<H: Handler> Poller<H> {
         if self.now >= t.deadline {
             self.due_timers.push((t.deadline, t.seq, token));
         } else {
-            self.wheel.insert(t.deadline, (token, TimerKind::User, 0));
+            self.wheel
+                .insert(t.deadline, Entry::new(token, TimerKind::User, 0));
         }
     }
 
@@ -152,7 +154,8 @@ impl<H: Handler> Poller<H> {
         if t.deadline <= self.now {
             t.deadline = self.now + period;
         }
-        self.wheel.insert(t.deadline, (token, TimerKind::User, 0));
+        self.wheel
+            .insert(t.deadline, Entry::new(token, TimerKind::User, 0));
     }
 
     fn remove_timer(&mut self, token: usize) {
