@@ -46,21 +46,22 @@ impl<H: Handler> Poller<H> {
             return;
         };
         match c.stage {
-            Stage::Connecting { deadline } if self.now >= deadline => {
+            Stage::Connecting { deadline } if deadline.passed(self.now) => {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.connect_failed(token, err);
             }
-            Stage::Flushing { deadline } if self.now >= deadline => {
+            Stage::Flushing { deadline } if deadline.passed(self.now) => {
                 count(&self.shared.stats.close_flush_timeouts, 1);
                 debug!(conn = %c.conn.id(), "close flush timed out; dropping queued bytes");
                 self.free(token);
             }
-            Stage::Lingering { deadline } if self.now >= deadline => self.free(token),
+            Stage::Lingering { deadline } if deadline.passed(self.now) => self.free(token),
             Stage::Connecting { deadline }
             | Stage::Flushing { deadline }
-            | Stage::Lingering { deadline } => self
-                .wheel
-                .insert(deadline, Entry::new(token, TimerKind::Stage, 0)),
+            | Stage::Lingering { deadline } => self.wheel.insert(
+                deadline.at(self.now),
+                Entry::new(token, TimerKind::Stage, 0),
+            ),
             Stage::Open => {}
         }
     }

@@ -8,7 +8,8 @@ use mio::{Interest, Token};
 use tracing::{debug, warn};
 
 use super::{
-    Adopt, Command, Connection, Entry, Poller, Stage, TimerKind, guarded, shutdown_reason,
+    Adopt, Command, Connection, Entry, Poller, Stage, StageDeadline, TimerKind, guarded,
+    shutdown_reason,
 };
 use crate::core::conn::{CloseReason, Conn, Phase};
 use crate::core::handler::{Handler, ShutdownAction};
@@ -28,14 +29,16 @@ impl<H: Handler> Poller<H> {
             return;
         }
         let stage = match connect_deadline {
-            Some(deadline) => Stage::Connecting { deadline },
+            Some(deadline) => Stage::Connecting {
+                deadline: StageDeadline::new(self.now, deadline),
+            },
             None => Stage::Open,
         };
         let handle = conn.clone();
         let Some(token) = self.conns.insert_with(|_| Connection {
             conn: handle,
             user: None,
-            inbound: Vec::new(),
+            inbound: Default::default(),
             stage,
         }) else {
             self.reject(conn, dialed, "too many connections on one poller");
@@ -67,9 +70,10 @@ impl<H: Handler> Poller<H> {
             return;
         }
         match stage {
-            Stage::Connecting { deadline } => self
-                .wheel
-                .insert(deadline, Entry::new(token, TimerKind::Stage, 0)),
+            Stage::Connecting { deadline } => self.wheel.insert(
+                deadline.at(self.now),
+                Entry::new(token, TimerKind::Stage, 0),
+            ),
             _ => self.open(token),
         }
     }
@@ -223,7 +227,7 @@ impl<H: Handler> Poller<H> {
             let conn = &c.conn;
             guarded("on_close", conn, || handler.on_close(conn, state, reason));
         }
-        c.inbound = Vec::new();
+        c.inbound.clear();
         if !graceful {
             self.free(token);
             return;
@@ -233,14 +237,16 @@ impl<H: Handler> Poller<H> {
             deadline = deadline.min(d);
         }
         let c = self.conns.get_mut(token).expect("still registered");
-        c.stage = Stage::Flushing { deadline };
+        c.stage = Stage::Flushing {
+            deadline: StageDeadline::new(self.now, deadline),
+        };
         self.wheel
             .insert(deadline, Entry::new(token, TimerKind::Stage, 0));
         self.flush(token);
     }
 
     /// Everything is flushed: send the FIN and wait for the peer's.
-    pub(super) fn send_fin(&mut self, token: usize, deadline: u64) {
+    pub(super) fn send_fin(&mut self, token: usize, deadline: StageDeadline) {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };

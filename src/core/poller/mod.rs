@@ -49,20 +49,48 @@ pub(crate) use timers::schedule;
 /// Where a connection is in its life, as only the poller sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Deadlines are ms on the engine clock.
     Connecting {
-        deadline: u64,
+        deadline: StageDeadline,
     },
     Open,
     /// Closed for the user; flushing queued bytes before the FIN.
     Flushing {
-        deadline: u64,
+        deadline: StageDeadline,
     },
     /// FIN sent; waiting for the peer's FIN so that closing cannot turn into a reset that
     /// destroys data still in flight.
     Lingering {
-        deadline: u64,
+        deadline: StageDeadline,
     },
+}
+
+/// A stage's deadline: the low 32 bits of ms on the engine clock, compared by wrapping
+/// difference, so that a stage takes 8 bytes of the poller's entry per connection instead of
+/// 16. That is right while the deadline is within 2^31 ms (24 days) of the clock: [`new`]
+/// brings a farther one (a dial given a month to connect) in to that.
+///
+/// [`new`]: StageDeadline::new
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StageDeadline(u32);
+
+impl StageDeadline {
+    /// Farthest ahead a stage deadline can be, ms.
+    const AHEAD_MAX: u64 = (1 << 31) - 1;
+
+    /// The deadline `at` (ms on the engine clock), `now` being the time now.
+    fn new(now: u64, at: u64) -> Self {
+        StageDeadline(at.min(now + Self::AHEAD_MAX) as u32)
+    }
+
+    /// The deadline as ms on the engine clock.
+    fn at(self, now: u64) -> u64 {
+        let ahead = self.0.wrapping_sub(now as u32) as i32;
+        now.saturating_add_signed(i64::from(ahead))
+    }
+
+    fn passed(self, now: u64) -> bool {
+        (now as u32).wrapping_sub(self.0) as i32 >= 0
+    }
 }
 
 /// What the poller keeps per connection (besides the shared part behind `conn`).
@@ -71,7 +99,7 @@ struct Connection<S> {
     /// The handler's state: `Some` from `on_open` until `on_close`.
     user: Option<S>,
     /// Bytes the handler left unconsumed; empty (no allocation) almost always.
-    inbound: Vec<u8>,
+    inbound: read::Inbound,
     stage: Stage,
 }
 
@@ -490,6 +518,34 @@ mod tests {
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
         assert!(shared <= 200 + mio_debug, "ConnShared grew to {shared} B");
         assert!(entry <= 72, "slab entry grew to {entry} B");
+    }
+
+    #[test]
+    fn stage_deadlines_keep_their_order_across_the_32_bit_wrap() {
+        assert_eq!(std::mem::size_of::<Stage>(), 8);
+        for now in [
+            0,
+            5_000,
+            u64::from(u32::MAX) - 10,
+            u64::from(u32::MAX) + 7,
+            1 << 40,
+        ] {
+            for ahead in [0, 1, 30_000, StageDeadline::AHEAD_MAX] {
+                let d = StageDeadline::new(now, now + ahead);
+                assert_eq!(d.at(now), now + ahead, "now {now} ahead {ahead}");
+                assert_eq!(d.passed(now), ahead == 0, "now {now} ahead {ahead}");
+                assert!(d.passed(now + ahead) && d.passed(now + ahead + 1000));
+                if ahead > 0 {
+                    assert!(!d.passed(now + ahead - 1));
+                }
+            }
+            // A month ahead comes in to 24 days; a deadline just passed stays passed.
+            let month = StageDeadline::new(now, now + 31 * 86_400_000);
+            assert_eq!(month.at(now), now + StageDeadline::AHEAD_MAX);
+            let past = StageDeadline::new(now + 10, now);
+            assert!(past.passed(now + 10));
+            assert_eq!(past.at(now + 10), now);
+        }
     }
 
     #[test]

@@ -271,22 +271,60 @@ pub(super) fn deliver_to<H: Handler>(
         return Delivered::Overflow;
     }
     inbound.extend_from_slice(fresh);
-    let kept: &mut [u8] = inbound;
+    let kept = inbound.bytes_mut();
     match guarded("on_data", conn, || handler.on_data(conn, state, kept)) {
         None => Delivered::Panicked,
         Some(used) => {
-            let used = used.min(inbound.len());
-            if used == inbound.len() {
-                *inbound = Vec::new();
-            } else {
-                inbound.drain(..used);
-                if inbound.capacity() > INBOUND_SHRINK_ABOVE
-                    && inbound.capacity() > 4 * inbound.len()
-                {
-                    inbound.shrink_to_fit();
-                }
-            }
+            inbound.consume(used);
             Delivered::Ok
         }
+    }
+}
+
+/// Bytes a handler left unconsumed, kept for its next delivery. One null pointer while empty
+/// (almost always), so the poller's entry for an idle connection stays small.
+#[derive(Debug, Default)]
+pub(super) struct Inbound(Option<Box<Vec<u8>>>);
+
+impl Inbound {
+    /// True when nothing is kept (then nothing is allocated).
+    #[inline]
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+
+    pub(super) fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.0.get_or_insert_default().extend_from_slice(bytes);
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.0.as_deref_mut().map_or(&mut [], |v| v.as_mut_slice())
+    }
+
+    /// Drops the first `used` bytes; the allocation goes with the last of them, and a big one
+    /// mostly emptied is shrunk.
+    fn consume(&mut self, used: usize) {
+        let Some(v) = self.0.as_deref_mut() else {
+            return;
+        };
+        if used >= v.len() {
+            self.0 = None;
+            return;
+        }
+        v.drain(..used);
+        if v.capacity() > INBOUND_SHRINK_ABOVE && v.capacity() > 4 * v.len() {
+            v.shrink_to_fit();
+        }
+    }
+
+    /// Frees what is kept.
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
     }
 }
