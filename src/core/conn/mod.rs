@@ -14,7 +14,7 @@ mod write;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -200,10 +200,46 @@ impl ConnIo {
     }
 }
 
+/// A peer's address in 16 bytes instead of a `SocketAddr`'s 32: every connection holds one
+/// for its life. IPv4 (and IPv4-mapped IPv6, what a dual-stack `[::]` listener sees) inline;
+/// other IPv6 peers boxed, 32 bytes more for each of them.
+#[derive(Debug)]
+enum PeerAddr {
+    V4(SocketAddrV4),
+    V4Mapped(SocketAddrV4),
+    V6(Box<SocketAddrV6>),
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(addr: SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(a) => PeerAddr::V4(a),
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(ip) if a.flowinfo() == 0 && a.scope_id() == 0 => {
+                    PeerAddr::V4Mapped(SocketAddrV4::new(ip, a.port()))
+                }
+                _ => PeerAddr::V6(Box::new(a)),
+            },
+        }
+    }
+}
+
+impl PeerAddr {
+    fn get(&self) -> SocketAddr {
+        match self {
+            PeerAddr::V4(a) => SocketAddr::V4(*a),
+            PeerAddr::V4Mapped(a) => {
+                SocketAddr::V6(SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0))
+            }
+            PeerAddr::V6(a) => SocketAddr::V6(**a),
+        }
+    }
+}
+
 /// State shared between every [`Conn`] handle and the owning poller.
 pub(crate) struct ConnShared {
     pub(crate) id: ConnId,
-    pub(crate) peer: SocketAddr,
+    peer: PeerAddr,
     /// The poller's token; written once by the owning poller when it adopts the connection,
     /// read back only by that poller.
     pub(crate) token: AtomicUsize,
@@ -229,7 +265,7 @@ impl ConnShared {
         };
         ConnShared {
             id,
-            peer,
+            peer: PeerAddr::from(peer),
             token: AtomicUsize::new(usize::MAX),
             io: Mutex::new(ConnIo {
                 transport,
@@ -255,6 +291,10 @@ impl ConnShared {
 
     pub(crate) fn token(&self) -> usize {
         self.token.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn peer_addr(&self) -> SocketAddr {
+        self.peer.get()
     }
 
     pub(crate) fn config(&self) -> &EngineConfig {
@@ -303,7 +343,7 @@ impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
             .field("id", &self.shared.id)
-            .field("peer", &self.shared.peer)
+            .field("peer", &self.shared.peer_addr())
             .finish()
     }
 }
@@ -328,7 +368,7 @@ impl Conn {
 
     /// The remote address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.shared.peer
+        self.shared.peer_addr()
     }
 
     /// Index of the poller thread that owns this connection.
@@ -545,5 +585,35 @@ impl PollerRef {
     /// it is contained and logged.
     pub(crate) fn run(&self, f: Box<dyn FnOnce() + Send>) {
         self.0.send(Command::Run(f));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses_come_back_as_they_went_in_from_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<PeerAddr>(), 16);
+        for addr in [
+            "127.0.0.5:40000",
+            "0.0.0.0:0",
+            "[::1]:8080",
+            "[::ffff:10.1.2.3]:443",
+            "[fe80::1%7]:22",
+            "[2001:db8::1]:65535",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(PeerAddr::from(addr).get(), addr, "{addr}");
+        }
+        // An IPv4-mapped peer with a flow label keeps it (boxed).
+        let flowed = SocketAddr::V6(SocketAddrV6::new(
+            "::ffff:10.1.2.3".parse().unwrap(),
+            443,
+            9,
+            0,
+        ));
+        assert!(matches!(PeerAddr::from(flowed), PeerAddr::V6(_)));
+        assert_eq!(PeerAddr::from(flowed).get(), flowed);
     }
 }
