@@ -16,30 +16,54 @@
 
 use crate::core::timer::Clock;
 
+/// Times (`at`, `watch`) are ms on the engine clock in the low 40 bits of a word: 34 years
+/// from the engine's start. A later absolute deadline is kept as the latest one there is,
+/// which no clock reaches.
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
 /// `watch` while the poller has been asked (by a command from another thread) to put the
 /// deadline on its wheel.
-const WATCH_PENDING: u64 = u64::MAX;
+const WATCH_PENDING: u64 = TIME_MASK;
+
+/// The latest deadline that can be stored.
+const AT_MAX: u64 = TIME_MASK - 1;
+
+/// Flags, in bits 40..48 of `at_word`.
+const FIXED: u64 = 1 << TIME_BITS;
+const MANUAL: u64 = 2 << TIME_BITS;
+const WAITING: u64 = 4 << TIME_BITS;
+const PROGRESSED: u64 = 8 << TIME_BITS;
+
+/// The timeout's halves sit in the top 16 bits of each word.
+const HALF_SHIFT: u32 = 48;
+const LOW48: u64 = (1 << HALF_SHIFT) - 1;
 
 /// One direction's deadline. Times are ms on the engine clock, 0 meaning none.
+///
+/// Every connection holds two, so the fields are packed into two words (16 bytes, not 24):
+/// `at_word` holds `at` (bits 0..40), the flags (40..48) and the timeout's high half
+/// (48..64); `watch_word` holds `watch` (0..40) and the timeout's low half (48..64). The
+/// accessors below are the only code that knows this.
+///
+/// - `at`: when it passes (with bytes still queued, for a write deadline), the connection
+///   closes.
+/// - `watch`: due time of the canonical wheel entry watching `at`; 0 if none.
+/// - `timeout`: the timeout in force (builder default or per-connection override), ms; 0 =
+///   none.
+/// - `FIXED`: `at` was set as an absolute instant.
+/// - `MANUAL`: only [`touch`](Self::touch) refreshes it, not arriving bytes (read
+///   deadlines).
+/// - `WAITING`: bytes were left waiting for the socket by the last write attempt (write
+///   deadlines).
+/// - `PROGRESSED`: since [`take_progress`](Self::take_progress) last asked, a write moved
+///   bytes that had been waiting for the socket (write deadlines): the peer made room by
+///   reading, which a protocol's liveness check counts. Bytes that went into a socket with
+///   room prove only that our kernel took them, and do not count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Deadline {
-    /// When it passes (with bytes still queued, for a write deadline), the connection closes.
-    at: u64,
-    /// Due time of the canonical wheel entry watching `at`; 0 if none.
-    watch: u64,
-    /// The timeout in force (builder default or per-connection override), ms; 0 = none.
-    timeout: u32,
-    /// `at` was set as an absolute instant.
-    fixed: bool,
-    /// Only [`touch`](Self::touch) refreshes it, not arriving bytes (read deadlines).
-    manual: bool,
-    /// Bytes were left waiting for the socket by the last write attempt (write deadlines).
-    waiting: bool,
-    /// Since [`take_progress`](Self::take_progress) last asked, a write moved bytes that had
-    /// been waiting for the socket (write deadlines): the peer made room by reading, which a
-    /// protocol's liveness check counts. Bytes that went into a socket with room prove only
-    /// that our kernel took them, and do not count.
-    progressed: bool,
+    at_word: u64,
+    watch_word: u64,
 }
 
 /// What an expired wheel entry found.
@@ -58,26 +82,64 @@ pub(crate) enum Due {
 impl Deadline {
     /// A deadline with `timeout_ms` (0 for none) in force and nothing armed yet.
     pub(crate) fn new(timeout_ms: u32, manual: bool) -> Self {
-        Deadline {
-            timeout: timeout_ms,
-            manual,
-            ..Deadline::default()
+        let mut d = Deadline::default();
+        d.set_timeout_ms(timeout_ms);
+        d.set_flag(MANUAL, manual);
+        d
+    }
+
+    // The packing.
+
+    /// The deadline (ms), 0 for none.
+    #[inline(always)]
+    fn at(&self) -> u64 {
+        self.at_word & TIME_MASK
+    }
+
+    #[inline(always)]
+    fn set_at(&mut self, at: u64) {
+        self.at_word = (self.at_word & !TIME_MASK) | at.min(AT_MAX);
+    }
+
+    #[inline(always)]
+    fn watch(&self) -> u64 {
+        self.watch_word & TIME_MASK
+    }
+
+    #[inline(always)]
+    fn set_watch(&mut self, watch: u64) {
+        self.watch_word = (self.watch_word & !TIME_MASK) | watch.min(WATCH_PENDING);
+    }
+
+    #[inline(always)]
+    fn timeout(&self) -> u32 {
+        ((self.at_word >> HALF_SHIFT) << 16 | self.watch_word >> HALF_SHIFT) as u32
+    }
+
+    fn set_timeout_ms(&mut self, timeout_ms: u32) {
+        let (high, low) = (u64::from(timeout_ms >> 16), u64::from(timeout_ms & 0xffff));
+        self.at_word = (self.at_word & LOW48) | high << HALF_SHIFT;
+        self.watch_word = (self.watch_word & LOW48) | low << HALF_SHIFT;
+    }
+
+    #[inline(always)]
+    fn flag(&self, flag: u64) -> bool {
+        self.at_word & flag != 0
+    }
+
+    #[inline(always)]
+    fn set_flag(&mut self, flag: u64, on: bool) {
+        if on {
+            self.at_word |= flag;
+        } else {
+            self.at_word &= !flag;
         }
     }
 
-    /// The deadline (ms), 0 for none.
-    #[cfg(test)]
-    fn at(&self) -> u64 {
-        self.at
-    }
-
-    #[cfg(test)]
-    fn timeout(&self) -> u32 {
-        self.timeout
-    }
+    // The rules.
 
     pub(crate) fn set_manual(&mut self, manual: bool) {
-        self.manual = manual;
+        self.set_flag(MANUAL, manual);
     }
 
     /// The write rule, after any write attempt (by the poller's flush, or a direct write from
@@ -85,15 +147,17 @@ impl Deadline {
     /// were `written` (progress); armed when bytes start waiting. A fixed deadline only stays.
     #[inline]
     pub(crate) fn after_write(&mut self, now: u64, written: bool, pending: bool) {
-        self.progressed |= written && self.waiting;
-        self.waiting = pending;
-        if self.fixed {
+        if written && self.flag(WAITING) {
+            self.set_flag(PROGRESSED, true);
+        }
+        self.set_flag(WAITING, pending);
+        if self.flag(FIXED) {
             return;
         }
         if !pending {
-            self.at = 0;
-        } else if self.timeout != 0 && (written || self.at == 0) {
-            self.at = Clock::deadline(now, self.timeout);
+            self.set_at(0);
+        } else if self.timeout() != 0 && (written || self.at() == 0) {
+            self.set_at(Clock::deadline(now, self.timeout()));
         }
     }
 
@@ -104,24 +168,26 @@ impl Deadline {
     #[inline]
     pub(crate) fn after_send(&mut self, now: u64, written: bool, waited: bool, pending: bool) {
         if !waited {
-            self.waiting = false;
+            self.set_flag(WAITING, false);
         }
         self.after_write(now, written, pending);
     }
 
     /// True if, since the last call (which clears it), a write moved bytes that had been
-    /// waiting for a full socket. Kept in the padding of the deadline: it costs no memory.
+    /// waiting for a full socket. A bit of the deadline: it costs no memory.
     #[inline]
     pub(crate) fn take_progress(&mut self) -> bool {
-        std::mem::take(&mut self.progressed)
+        let progressed = self.flag(PROGRESSED);
+        self.set_flag(PROGRESSED, false);
+        progressed
     }
 
     /// The read rule for arriving bytes: they refresh the deadline unless it is fixed or under
     /// manual refresh.
     #[inline]
     pub(crate) fn on_read(&mut self, now: u64) {
-        if self.timeout != 0 && !(self.manual || self.fixed) {
-            self.at = Clock::deadline(now, self.timeout);
+        if self.timeout() != 0 && self.at_word & (MANUAL | FIXED) == 0 {
+            self.set_at(Clock::deadline(now, self.timeout()));
         }
     }
 
@@ -129,24 +195,24 @@ impl Deadline {
     /// whole message); a fixed one stays.
     #[inline]
     pub(crate) fn touch(&mut self, now: u64) {
-        if self.timeout != 0 && !self.fixed {
-            self.at = Clock::deadline(now, self.timeout);
+        if self.timeout() != 0 && !self.flag(FIXED) {
+            self.set_at(Clock::deadline(now, self.timeout()));
         }
     }
 
     /// Moves the deadline to `wait_ms` from now, whatever it was (a protocol layer asked for
     /// more time when it passed).
     pub(crate) fn extend(&mut self, now: u64, wait_ms: u32) {
-        self.at = Clock::deadline(now, wait_ms);
+        self.set_at(Clock::deadline(now, wait_ms));
     }
 
     /// Overrides the timeout (`0` for none) and drops any absolute deadline. With `restart`
     /// the deadline restarts at now + timeout (if there is one); without, it is cleared until
     /// the next arming.
     pub(crate) fn set_timeout(&mut self, now: u64, timeout_ms: u32, restart: bool) {
-        self.fixed = false;
-        self.timeout = timeout_ms;
-        self.at = 0;
+        self.set_flag(FIXED, false);
+        self.set_timeout_ms(timeout_ms);
+        self.set_at(0);
         if restart {
             self.touch(now);
         }
@@ -154,22 +220,23 @@ impl Deadline {
 
     /// Fixes the deadline at `at` (ms): nothing moves it until the next `set_*`.
     pub(crate) fn set_absolute(&mut self, at: u64) {
-        self.fixed = true;
-        self.at = at.max(1);
+        self.set_flag(FIXED, true);
+        self.set_at(at.max(1));
     }
 
     /// Removes every deadline: no timeout, nothing fixed.
     pub(crate) fn clear(&mut self) {
-        self.fixed = false;
-        self.timeout = 0;
-        self.at = 0;
+        self.set_flag(FIXED, false);
+        self.set_timeout_ms(0);
+        self.set_at(0);
     }
 
     /// True when the deadline needs a new wheel entry: it is set, no request for one is in
     /// flight, and no entry is due at or before it.
     #[inline]
     pub(crate) fn needs_entry(&self) -> bool {
-        self.at != 0 && self.watch != WATCH_PENDING && (self.watch == 0 || self.at < self.watch)
+        let (at, watch) = (self.at(), self.watch());
+        at != 0 && watch != WATCH_PENDING && (watch == 0 || at < watch)
     }
 
     /// On the poller thread: if an entry is needed, records it as the canonical one and returns
@@ -177,8 +244,8 @@ impl Deadline {
     #[inline]
     pub(crate) fn claim_entry(&mut self) -> Option<u64> {
         self.needs_entry().then(|| {
-            self.watch = self.at;
-            self.at
+            self.set_watch(self.at());
+            self.at()
         })
     }
 
@@ -186,7 +253,8 @@ impl Deadline {
     /// has passed at `now`. Asked again after the poller's last look at the socket.
     #[inline]
     pub(crate) fn passed(&self, now: u64, armed: bool) -> bool {
-        self.at != 0 && armed && now >= self.at
+        let at = self.at();
+        at != 0 && armed && now >= at
     }
 
     /// On another thread: if an entry is needed, records that the poller is being asked for one
@@ -196,7 +264,7 @@ impl Deadline {
     pub(crate) fn claim_remote(&mut self) -> bool {
         let needed = self.needs_entry();
         if needed {
-            self.watch = WATCH_PENDING;
+            self.set_watch(WATCH_PENDING);
         }
         needed
     }
@@ -211,19 +279,19 @@ impl Deadline {
     /// updated to match the answer.
     #[inline]
     pub(crate) fn entry_due(&mut self, entry: u64, now: u64, armed: bool) -> Due {
-        if self.watch != entry {
+        if self.watch() != entry {
             return Due::Stale;
         }
         if self.passed(now, armed) {
-            self.watch = 0;
+            self.set_watch(0);
             Due::Expired
-        } else if self.at != 0 && armed {
-            self.watch = self.at;
-            Due::Reinsert(self.at)
+        } else if self.at() != 0 && armed {
+            self.set_watch(self.at());
+            Due::Reinsert(self.at())
         } else {
             // Cleared, or (write) nothing queued: the flush that drained the queue cleared a
             // timeout deadline already; a fixed one stays for the next queued bytes.
-            self.watch = 0;
+            self.set_watch(0);
             Due::Idle
         }
     }
@@ -348,7 +416,36 @@ mod tests {
         d.set_absolute(5_000);
         d.after_write(1_050, true, false);
         assert!(d.take_progress());
-        assert_eq!(std::mem::size_of::<Deadline>(), 24);
+        assert_eq!(std::mem::size_of::<Deadline>(), 16);
+    }
+
+    #[test]
+    fn the_packed_fields_do_not_disturb_each_other() {
+        for timeout in [0, 1, 0xffff, 0x1_0000, 30_000, u32::MAX] {
+            for manual in [false, true] {
+                let mut d = Deadline::new(timeout, manual);
+                assert_eq!((d.timeout(), d.flag(MANUAL)), (timeout, manual));
+                d.set_absolute(AT_MAX + 1_000); // later than can be stored: "never"
+                assert_eq!(d.at(), AT_MAX);
+                assert_eq!(d.claim_entry(), Some(AT_MAX));
+                assert_eq!(d.watch(), AT_MAX);
+                d.after_write(5, false, true);
+                d.after_write(6, true, true);
+                assert!(d.take_progress() && !d.take_progress());
+                assert_eq!((d.timeout(), d.flag(MANUAL)), (timeout, manual));
+                assert_eq!(d.at(), AT_MAX, "fixed: unmoved");
+                d.set_timeout(7, timeout, true);
+                assert!(!d.flag(FIXED));
+                let want = if timeout == 0 {
+                    0
+                } else {
+                    8 + u64::from(timeout)
+                };
+                assert_eq!((d.at(), d.timeout()), (want, timeout));
+                d.clear();
+                assert_eq!((d.at(), d.timeout(), d.flag(MANUAL)), (0, 0, manual));
+            }
+        }
     }
 
     #[test]

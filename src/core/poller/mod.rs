@@ -516,7 +516,7 @@ mod tests {
         // The slab stores (token, connection) plus its own discriminant word.
         let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
-        assert!(shared <= 128 + mio_debug, "ConnShared grew to {shared} B");
+        assert!(shared <= 112 + mio_debug, "ConnShared grew to {shared} B");
         assert!(entry <= 48, "slab entry grew to {entry} B");
     }
 
