@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::DialOptions;
 use crate::core::config::EngineConfig;
-use crate::core::conn::{Conn, ConnId, ConnShared, Phase};
+use crate::core::conn::{Conn, ConnId, ConnRef, ConnShared, Phase};
 use crate::core::error::{ConfigError, Error};
 use crate::core::poller::{self, Adopt, Command, Common, PollerShared, context};
 use crate::core::stats::{Stats, count};
@@ -171,7 +171,7 @@ impl EngineHandle {
         let target = self.inner.next_dial.fetch_add(1, Ordering::Relaxed) % pollers.len();
         let poller = &pollers[target];
         let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
-        let shared = Arc::new(ConnShared::new(
+        let shared = ConnRef::new(ConnShared::new(
             id,
             addr,
             stream,

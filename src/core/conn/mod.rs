@@ -236,6 +236,11 @@ impl PeerAddr {
     }
 }
 
+/// A counted reference to a connection's shared state: triomphe's `Arc`, which has no weak
+/// count. Nothing holds a connection weakly, and the 8 bytes saved move every connection's
+/// allocation down an allocator size class (glibc: from a 144-byte chunk to a 128-byte one).
+pub(crate) type ConnRef = triomphe::Arc<ConnShared>;
+
 /// State shared between every [`Conn`] handle and the owning poller.
 pub(crate) struct ConnShared {
     pub(crate) id: ConnId,
@@ -336,7 +341,7 @@ impl ConnShared {
 /// ```
 #[derive(Clone)]
 pub struct Conn {
-    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) shared: ConnRef,
 }
 
 impl fmt::Debug for Conn {
@@ -350,14 +355,14 @@ impl fmt::Debug for Conn {
 
 impl PartialEq for Conn {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
+        ConnRef::ptr_eq(&self.shared, &other.shared)
     }
 }
 
 impl Eq for Conn {}
 
 impl Conn {
-    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Self {
+    pub(crate) fn from_shared(shared: ConnRef) -> Self {
         Conn { shared }
     }
 

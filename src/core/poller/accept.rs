@@ -1,14 +1,13 @@
 //! Accepting connections and spreading them over the pollers.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tracing::warn;
 
 use super::{Adopt, Command, Poller};
 use crate::core::config::AcceptMode;
-use crate::core::conn::{ConnId, ConnShared, Phase};
+use crate::core::conn::{ConnId, ConnRef, ConnShared, Phase};
 use crate::core::handler::Handler;
 use crate::core::stats::count;
 use crate::os;
@@ -77,7 +76,7 @@ impl<H: Handler> Poller<H> {
                 },
             };
             let id = ConnId(common.next_id.fetch_add(1, Ordering::Relaxed));
-            let shared = Arc::new(ConnShared::new(
+            let shared = ConnRef::new(ConnShared::new(
                 id,
                 peer,
                 stream,

@@ -11,7 +11,7 @@ use mio::{Poll, Token, Waker};
 
 use super::context;
 use crate::core::config::EngineConfig;
-use crate::core::conn::{CloseReason, Conn, ConnShared};
+use crate::core::conn::{CloseReason, Conn, ConnRef};
 use crate::core::stats::PollerStats;
 use crate::core::timer::{Clock, TimerState, UserTimer};
 
@@ -88,7 +88,7 @@ pub(crate) enum TimerKind {
 
 /// A new connection for a poller to adopt.
 pub(crate) struct Adopt {
-    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) conn: ConnRef,
     /// Dialed: the connect is under way and must finish by then.
     pub(crate) connect_deadline: Option<Instant>,
 }
@@ -105,13 +105,13 @@ pub(crate) const MAX_QUEUED_TASKS: usize = 65_536;
 pub(crate) enum Command {
     /// A deadline of `kind` was armed off the poller thread: put it on the wheel.
     Watch {
-        conn: Arc<ConnShared>,
+        conn: ConnRef,
         kind: TimerKind,
     },
     /// Register a new connection (accepted elsewhere, or dialed).
     Adopt(Adopt),
     Close {
-        conn: Arc<ConnShared>,
+        conn: ConnRef,
         reason: CloseReason,
         graceful: bool,
     },
@@ -121,17 +121,17 @@ pub(crate) enum Command {
     /// needs nothing: the read path checks the flag).
     #[cfg(netpoll_uring)]
     StopReading {
-        conn: Arc<ConnShared>,
+        conn: ConnRef,
     },
     ReadAgain {
-        conn: Arc<ConnShared>,
+        conn: ConnRef,
     },
     /// Run a closure on the poller thread (a protocol layer's per-poller work).
     Run(Box<dyn FnOnce() + Send>),
     /// Run a closure with a connection's handler state ([`Conn::with_state`]), counted in
     /// [`PollerShared::tasks`].
     WithState {
-        conn: Arc<ConnShared>,
+        conn: ConnRef,
         task: StateTask,
     },
     CancelTimer(Arc<TimerState>),
@@ -195,7 +195,7 @@ impl PollerShared {
     }
 
     /// Queues a state task unless [`MAX_QUEUED_TASKS`] are queued already.
-    pub(crate) fn send_task(&self, conn: Arc<ConnShared>, task: StateTask) -> bool {
+    pub(crate) fn send_task(&self, conn: ConnRef, task: StateTask) -> bool {
         let reserved = self
             .tasks
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
