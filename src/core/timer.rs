@@ -257,6 +257,17 @@ pub(crate) struct UserTimer {
     pub(crate) seq: u64,
     pub(crate) state: Arc<TimerState>,
     pub(crate) task: TimerTask,
+    /// Its slot's generation in the poller's timer slots.
+    pub(crate) generation: u32,
+}
+
+impl crate::core::poller::slots::Generational for UserTimer {
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
+    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.get(token) else {
             return;
         };
-        match c.stage {
+        match c.stage() {
             Stage::Connecting { deadline } if deadline.passed(self.now) => {
                 let err = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
                 self.connect_failed(token, err);

@@ -32,7 +32,7 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.get(token) else {
             return;
         };
-        let open = c.stage == Stage::Open;
+        let open = c.stage() == Stage::Open;
         let (drained_notice, empty, watch, error) = {
             let mut io = c.conn.shared.lock();
             let io = &mut *io;
@@ -93,7 +93,7 @@ impl<H: Handler> Poller<H> {
             self.submit_send(token);
         }
         let c = self.conns.get_mut(token).expect("checked above");
-        match c.stage {
+        match c.stage() {
             Stage::Open if drained_notice => {
                 self.with_state(token, "on_drained", |h, conn, state| {
                     h.on_drained(conn, state)

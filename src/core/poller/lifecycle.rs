@@ -8,8 +8,8 @@ use mio::{Interest, Token};
 use tracing::{debug, warn};
 
 use super::{
-    Adopt, Command, Connection, Entry, Poller, Stage, StageDeadline, TimerKind, guarded,
-    shutdown_reason,
+    Adopt, Command, Connection, Entry, PackedStage, Poller, Stage, StageDeadline, TimerKind,
+    guarded, shutdown_reason,
 };
 use crate::core::conn::{CloseReason, Conn, Phase};
 use crate::core::handler::{Handler, ShutdownAction};
@@ -39,7 +39,8 @@ impl<H: Handler> Poller<H> {
             conn: handle,
             user: None,
             inbound: Default::default(),
-            stage,
+            stage_bits: PackedStage::pack(stage),
+            generation: 0, // set by the slots
         }) else {
             self.reject(conn, dialed, "too many connections on one poller");
             return;
@@ -107,7 +108,7 @@ impl<H: Handler> Poller<H> {
     /// anything written meanwhile.
     fn open(&mut self, token: usize) {
         let c = self.conns.get_mut(token).expect("open: a live connection");
-        c.stage = Stage::Open;
+        c.set_stage(Stage::Open);
         {
             let mut io = c.conn.shared.lock();
             io.read_deadline.touch(self.now);
@@ -187,7 +188,7 @@ impl<H: Handler> Poller<H> {
         let Some(c) = self.conns.get_mut(token) else {
             return;
         };
-        match c.stage {
+        match c.stage() {
             Stage::Connecting { .. } => {
                 let err = io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -237,9 +238,9 @@ impl<H: Handler> Poller<H> {
             deadline = deadline.min(d);
         }
         let c = self.conns.get_mut(token).expect("still registered");
-        c.stage = Stage::Flushing {
+        c.set_stage(Stage::Flushing {
             deadline: StageDeadline::new(self.now, deadline),
-        };
+        });
         self.wheel
             .insert(deadline, Entry::new(token, TimerKind::Stage, 0));
         self.flush(token);
@@ -251,7 +252,7 @@ impl<H: Handler> Poller<H> {
             return;
         };
         c.conn.shared.lock().transport.shutdown_write();
-        c.stage = Stage::Lingering { deadline };
+        c.set_stage(Stage::Lingering { deadline });
         // The peer's FIN may already be queued; its edge may have fired while we flushed.
         self.discard_input(token);
         // Shutting down, do not wait on peers that keep their side open: with the receive

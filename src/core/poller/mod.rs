@@ -43,7 +43,7 @@ use crate::core::handler::Handler;
 use crate::core::timer::{TimerWheel, UserTimer};
 pub(crate) use shared::{Adopt, Command, Common, PollerShared, TimerKind, listener_token};
 use shared::{LISTENER_BASE, WAKER};
-use slots::Slots;
+use slots::{Generational, Slots};
 pub(crate) use timers::schedule;
 
 /// Where a connection is in its life, as only the poller sees it.
@@ -64,32 +64,65 @@ enum Stage {
     },
 }
 
-/// A stage's deadline: the low 32 bits of ms on the engine clock, compared by wrapping
-/// difference, so that a stage takes 8 bytes of the poller's entry per connection instead of
-/// 16. That is right while the deadline is within 2^31 ms (24 days) of the clock: [`new`]
-/// brings a farther one (a dial given a month to connect) in to that.
+/// A stage's deadline: the low 30 bits of ms on the engine clock, compared by wrapping
+/// difference, so that a stage and its deadline pack into 32 bits ([`PackedStage`]). That is
+/// right while the deadline is within 2^29 ms (6 days) of the clock: [`new`] brings a farther
+/// one (a dial given a week to connect) in to that.
 ///
 /// [`new`]: StageDeadline::new
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct StageDeadline(u32);
 
 impl StageDeadline {
+    const BITS: u32 = 30;
+    const MASK: u32 = (1 << Self::BITS) - 1;
     /// Farthest ahead a stage deadline can be, ms.
-    const AHEAD_MAX: u64 = (1 << 31) - 1;
+    const AHEAD_MAX: u64 = (1 << (Self::BITS - 1)) - 1;
 
     /// The deadline `at` (ms on the engine clock), `now` being the time now.
     fn new(now: u64, at: u64) -> Self {
-        StageDeadline(at.min(now + Self::AHEAD_MAX) as u32)
+        StageDeadline(at.min(now + Self::AHEAD_MAX) as u32 & Self::MASK)
+    }
+
+    /// `self - now` in ms, from the 30-bit difference sign-extended.
+    fn ahead(self, now: u64) -> i64 {
+        let diff = self.0.wrapping_sub(now as u32) << (32 - Self::BITS);
+        i64::from((diff as i32) >> (32 - Self::BITS))
     }
 
     /// The deadline as ms on the engine clock.
     fn at(self, now: u64) -> u64 {
-        let ahead = self.0.wrapping_sub(now as u32) as i32;
-        now.saturating_add_signed(i64::from(ahead))
+        now.saturating_add_signed(self.ahead(now))
     }
 
     fn passed(self, now: u64) -> bool {
-        (now as u32).wrapping_sub(self.0) as i32 >= 0
+        self.ahead(now) <= 0
+    }
+}
+
+/// A [`Stage`] in 32 bits: the kind in the top two, a [`StageDeadline`] below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedStage(u32);
+
+impl PackedStage {
+    fn pack(stage: Stage) -> Self {
+        let (kind, deadline) = match stage {
+            Stage::Open => (0, 0),
+            Stage::Connecting { deadline } => (1, deadline.0),
+            Stage::Flushing { deadline } => (2, deadline.0),
+            Stage::Lingering { deadline } => (3, deadline.0),
+        };
+        PackedStage(kind << StageDeadline::BITS | deadline)
+    }
+
+    fn unpack(self) -> Stage {
+        let deadline = StageDeadline(self.0 & StageDeadline::MASK);
+        match self.0 >> StageDeadline::BITS {
+            0 => Stage::Open,
+            1 => Stage::Connecting { deadline },
+            2 => Stage::Flushing { deadline },
+            _ => Stage::Lingering { deadline },
+        }
     }
 }
 
@@ -100,7 +133,29 @@ struct Connection<S> {
     user: Option<S>,
     /// Bytes the handler left unconsumed; empty (no allocation) almost always.
     inbound: read::Inbound,
-    stage: Stage,
+    stage_bits: PackedStage,
+    /// The slot's generation (the high half of the token): packed beside the stage, it costs
+    /// no word of its own.
+    generation: u32,
+}
+
+impl<S> Connection<S> {
+    fn stage(&self) -> Stage {
+        self.stage_bits.unpack()
+    }
+
+    fn set_stage(&mut self, stage: Stage) {
+        self.stage_bits = PackedStage::pack(stage);
+    }
+}
+
+impl<S> Generational for Connection<S> {
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn set_generation(&mut self, generation: u32) {
+        self.generation = generation;
+    }
 }
 
 /// A wheel entry: a token, what it watches, and the time it was scheduled for (0 for stages
@@ -367,7 +422,7 @@ impl<H: Handler> Poller<H> {
     }
 
     fn stage(&self, token: usize) -> Option<Stage> {
-        self.conns.get(token).map(|c| c.stage)
+        self.conns.get(token).map(|c| c.stage())
     }
 
     /// Runs handler callback `what` with an open connection's state: `None` if there is no
@@ -513,20 +568,21 @@ mod tests {
         let shared = std::mem::size_of::<ConnShared>();
         // The io_uring backend's in-flight counter, when it is compiled in.
         let mio_debug = mio_debug + if cfg!(netpoll_uring) { 8 } else { 0 };
-        // The slab stores (token, connection) plus its own discriminant word.
-        let entry = std::mem::size_of::<(usize, Connection<()>)>() + 8;
+        // The slab's entry, with a 16-byte handler state that has a niche for `Option` (as the
+        // WebSocket session has); the slab's vacant/occupied tag fits in the handle's niche.
+        let entry = std::mem::size_of::<Connection<(Box<u8>, u64)>>();
         eprintln!("ConnShared {shared} B (debug build adds {mio_debug}), slab entry {entry} B");
         assert!(shared <= 112 + mio_debug, "ConnShared grew to {shared} B");
         // Behind triomphe's Arc, whose only header is the count: at most 120 B in release
         // builds, so that with malloc's 8 B it fits glibc's 128-byte chunk.
         let count = std::mem::size_of::<std::sync::atomic::AtomicUsize>();
         assert!(shared + count <= 120 + mio_debug, "ConnRef allocation grew");
-        assert!(entry <= 48, "slab entry grew to {entry} B");
+        assert!(entry <= 40, "slab entry grew to {entry} B");
     }
 
     #[test]
-    fn stage_deadlines_keep_their_order_across_the_32_bit_wrap() {
-        assert_eq!(std::mem::size_of::<Stage>(), 8);
+    fn stage_deadlines_keep_their_order_across_the_30_bit_wrap() {
+        assert_eq!(std::mem::size_of::<PackedStage>(), 4);
         for now in [
             0,
             5_000,
@@ -543,9 +599,17 @@ mod tests {
                     assert!(!d.passed(now + ahead - 1));
                 }
             }
-            // A month ahead comes in to 24 days; a deadline just passed stays passed.
+            // A month ahead comes in to 6 days; a deadline just passed stays passed.
             let month = StageDeadline::new(now, now + 31 * 86_400_000);
             assert_eq!(month.at(now), now + StageDeadline::AHEAD_MAX);
+            for stage in [
+                Stage::Open,
+                Stage::Connecting { deadline: month },
+                Stage::Flushing { deadline: month },
+                Stage::Lingering { deadline: month },
+            ] {
+                assert_eq!(PackedStage::pack(stage).unpack(), stage);
+            }
             let past = StageDeadline::new(now + 10, now);
             assert!(past.passed(now + 10));
             assert_eq!(past.at(now + 10), now);

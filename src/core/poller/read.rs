@@ -65,7 +65,7 @@ impl<H: Handler> Poller<H> {
             let Some(c) = self.conns.get(token) else {
                 return;
             };
-            if c.stage != Stage::Open {
+            if c.stage() != Stage::Open {
                 return;
             }
             let result = {

@@ -42,6 +42,7 @@ pub(crate) fn schedule(
         seq: common.next_timer_seq.fetch_add(1, Ordering::Relaxed),
         state,
         task,
+        generation: 0, // set by the slots
     })));
     handle
 }
@@ -131,7 +132,7 @@ impl<H: Handler> Poller<H> {
                 let open = self
                     .conns
                     .get(conn_token)
-                    .is_some_and(|c| c.stage == Stage::Open);
+                    .is_some_and(|c| c.stage() == Stage::Open);
                 if !open {
                     self.remove_timer(token);
                     return;

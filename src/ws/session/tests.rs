@@ -547,6 +547,8 @@ fn fragments_stream_when_configured() {
 #[test]
 fn the_session_is_small() {
     assert_eq!(std::mem::size_of::<Session<()>>(), 16);
+    // The poller keeps it as `Option<State>`: no word more for that.
+    assert_eq!(std::mem::size_of::<Option<Session<()>>>(), 16);
 }
 
 /// A compressed (RSV1), masked client frame carrying `payload` deflated as one message.
