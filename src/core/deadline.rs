@@ -273,13 +273,20 @@ impl Deadline {
     /// [`claim_remote`](Self::claim_remote).
     pub(crate) const REQUESTED: u64 = WATCH_PENDING;
 
+    /// Low bits of its scheduled time a wheel entry keeps (12 days of ms), all that
+    /// [`entry_due`](Self::entry_due) compares. Two entries of one deadline that agree there
+    /// but differ in time would be 12 days apart; should one be taken for the other, it only
+    /// asks the question the canonical entry would (has `at` passed?) and gets the right answer.
+    pub(crate) const ENTRY_TIME_BITS: u32 = 30;
+
     /// A wheel entry scheduled for `entry` came due at `now` (or a remote request arrived).
     /// `armed` says whether the deadline applies at all right now (a write deadline only while
     /// bytes are queued). A non-canonical entry is [`Due::Stale`]; otherwise the watch is
     /// updated to match the answer.
     #[inline]
     pub(crate) fn entry_due(&mut self, entry: u64, now: u64, armed: bool) -> Due {
-        if self.watch() != entry {
+        let low = (1 << Self::ENTRY_TIME_BITS) - 1;
+        if self.watch() & low != entry & low {
             return Due::Stale;
         }
         if self.passed(now, armed) {

@@ -39,6 +39,7 @@ use tracing::debug;
 
 use crate::core::config::EngineConfig;
 use crate::core::conn::{CloseReason, Conn};
+use crate::core::deadline::Deadline;
 use crate::core::handler::Handler;
 use crate::core::timer::{TimerWheel, UserTimer};
 pub(crate) use shared::{Adopt, Command, Common, PollerShared, TimerKind, listener_token};
@@ -159,27 +160,29 @@ impl<S> Generational for Connection<S> {
 }
 
 /// A wheel entry: a token, what it watches, and the time it was scheduled for (0 for stages
-/// and user timers). The kind rides in the time's top two bits, so an entry takes 16 bytes
-/// instead of 24: the wheel holds one per idle connection.
+/// and user timers), in 12 bytes: the wheel holds one per idle connection. The time keeps
+/// only its low bits ([`Deadline::ENTRY_TIME_BITS`]), enough for the deadline to tell its
+/// canonical entry, with the kind in the two above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
-    token: usize,
-    kind_at: u64,
+    slot: u32,
+    generation: u32,
+    kind_at: u32,
 }
 
 impl Entry {
-    const AT_BITS: u32 = 62;
-    const AT_MASK: u64 = (1 << Self::AT_BITS) - 1;
+    const AT_BITS: u32 = Deadline::ENTRY_TIME_BITS;
+    const AT_MASK: u32 = (1 << Self::AT_BITS) - 1;
 
-    /// `at` is ms on the engine clock: 2^62 ms is beyond any deadline a clock can reach, so
-    /// the clamp only touches "never" (such an entry then finds itself stale and goes).
     fn new(token: usize, kind: TimerKind, at: u64) -> Self {
         Entry {
-            token,
-            kind_at: (kind as u64) << Self::AT_BITS | at.min(Self::AT_MASK),
+            slot: token as u32,
+            generation: (token >> 32) as u32,
+            kind_at: (kind as u32) << Self::AT_BITS | (at as u32 & Self::AT_MASK),
         }
     }
 
+    /// The token, the kind, and the scheduled time's low bits.
     fn parts(self) -> (usize, TimerKind, u64) {
         let kind = match self.kind_at >> Self::AT_BITS {
             0 => TimerKind::Stage,
@@ -187,7 +190,8 @@ impl Entry {
             2 => TimerKind::Read,
             _ => TimerKind::User,
         };
-        (self.token, kind, self.kind_at & Self::AT_MASK)
+        let token = (self.generation as usize) << 32 | self.slot as usize;
+        (token, kind, u64::from(self.kind_at & Self::AT_MASK))
     }
 }
 
@@ -617,22 +621,22 @@ mod tests {
     }
 
     #[test]
-    fn wheel_entries_pack_the_kind_into_sixteen_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
+    fn wheel_entries_pack_into_twelve_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
         let kinds = [
             TimerKind::Stage,
             TimerKind::Write,
             TimerKind::Read,
             TimerKind::User,
         ];
+        let low = u64::from(Entry::AT_MASK);
         for kind in kinds {
-            for at in [0, 1, 123_456_789, Entry::AT_MASK] {
-                let token = (7 << 32) | 42;
-                assert_eq!(Entry::new(token, kind, at).parts(), (token, kind, at));
+            for at in [0, 1, 123_456_789, low, low + 1, u64::MAX] {
+                for token in [0, (7 << 32) | 42, ((1 << 31) - 1) << 32 | 0xffff_ffff] {
+                    let parts = Entry::new(token, kind, at).parts();
+                    assert_eq!(parts, (token, kind, at & low), "{token:x} {kind:?} {at}");
+                }
             }
         }
-        // "Never" clamps to the largest time, with its kind intact.
-        let never = Entry::new(1, TimerKind::Read, u64::MAX).parts();
-        assert_eq!(never, (1, TimerKind::Read, Entry::AT_MASK));
     }
 }
