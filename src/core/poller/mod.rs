@@ -3,7 +3,8 @@
 //! Each iteration of the loop ([`Poller::run`]): wait for readiness (or the next timer), handle
 //! socket events, continue reads that the fairness budget cut short, run commands from other
 //! threads, expire timers, and finally flush every connection that was written to from a
-//! callback during the iteration (one `writev` each).
+//! callback during the iteration (one `writev` each). A poll that returns many events has
+//! their writes flushed every 64 events as well, so a burst holds one batch's queues at a time.
 //!
 //! Sockets are registered once for READABLE | WRITABLE, edge-triggered. A writable edge only
 //! follows a write that found the socket buffer full, so registering for it costs nothing while
@@ -198,6 +199,10 @@ impl Entry {
 /// Most commands one loop iteration runs before it polls the sockets again.
 const COMMAND_BUDGET: usize = 4096;
 
+/// Readiness events handled between two flushes of the cork list (which also comes at the
+/// end of every loop iteration).
+const CORK_BATCH: usize = 64;
+
 /// Room for commands the queues keep between bursts.
 const COMMANDS_KEEP: usize = 4096;
 
@@ -307,8 +312,14 @@ impl<H: Handler> Poller<H> {
             self.now = self.shared.common.clock.ms(Instant::now());
             context::set_now_ms(self.now);
             std::mem::swap(&mut events, &mut self.events);
-            for ev in events.iter() {
+            for (i, ev) in events.iter().enumerate() {
                 self.dispatch(ev);
+                if i % CORK_BATCH == CORK_BATCH - 1 {
+                    // Flush what this batch's callbacks wrote before going on, so the queues
+                    // they took come back to the pool for the next batch: a burst of ready
+                    // sockets holds at most one batch's queues at a time.
+                    self.flush_corked();
+                }
             }
             std::mem::swap(&mut events, &mut self.events);
             self.after_wait();
