@@ -156,8 +156,11 @@ impl Deadline {
         }
         if !pending {
             self.set_at(0);
-        } else if self.timeout() != 0 && (written || self.at() == 0) {
-            self.set_at(Clock::deadline(now, self.timeout()));
+        } else if written || self.at() == 0 {
+            let timeout = self.timeout();
+            if timeout != 0 {
+                self.set_at(Clock::deadline(now, timeout));
+            }
         }
     }
 
@@ -186,8 +189,11 @@ impl Deadline {
     /// manual refresh.
     #[inline]
     pub(crate) fn on_read(&mut self, now: u64) {
-        if self.timeout() != 0 && self.at_word & (MANUAL | FIXED) == 0 {
-            self.set_at(Clock::deadline(now, self.timeout()));
+        if self.at_word & (MANUAL | FIXED) == 0 {
+            let timeout = self.timeout();
+            if timeout != 0 {
+                self.set_at(Clock::deadline(now, timeout));
+            }
         }
     }
 
@@ -195,8 +201,9 @@ impl Deadline {
     /// whole message); a fixed one stays.
     #[inline]
     pub(crate) fn touch(&mut self, now: u64) {
-        if self.timeout() != 0 && !self.flag(FIXED) {
-            self.set_at(Clock::deadline(now, self.timeout()));
+        let timeout = self.timeout();
+        if timeout != 0 && !self.flag(FIXED) {
+            self.set_at(Clock::deadline(now, timeout));
         }
     }
 
