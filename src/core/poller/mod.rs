@@ -176,9 +176,10 @@ impl Entry {
     const AT_MASK: u32 = (1 << Self::AT_BITS) - 1;
 
     fn new(token: usize, kind: TimerKind, at: u64) -> Self {
+        let (generation, slot) = slots::split(token);
         Entry {
-            slot: token as u32,
-            generation: (token >> 32) as u32,
+            slot: slot as u32,
+            generation,
             kind_at: (kind as u32) << Self::AT_BITS | (at as u32 & Self::AT_MASK),
         }
     }
@@ -191,7 +192,7 @@ impl Entry {
             2 => TimerKind::Read,
             _ => TimerKind::User,
         };
-        let token = (self.generation as usize) << 32 | self.slot as usize;
+        let token = slots::token(self.generation, self.slot as usize);
         (token, kind, u64::from(self.kind_at & Self::AT_MASK))
     }
 }

@@ -28,8 +28,13 @@ pub(crate) struct Slots<T> {
 }
 
 /// The token for `slot` holding an entry of `generation`.
-fn token(generation: u32, slot: usize) -> usize {
+pub(super) fn token(generation: u32, slot: usize) -> usize {
     ((generation as usize) << SLOT_BITS) | slot
+}
+
+/// A token's (generation, slot): the inverse of [`token`].
+pub(super) fn split(token: usize) -> (u32, usize) {
+    ((token >> SLOT_BITS) as u32, token & SLOT_MASK)
 }
 
 impl<T: Generational> Slots<T> {
@@ -58,15 +63,15 @@ impl<T: Generational> Slots<T> {
 
     /// The live entry `token` names, if any.
     pub(crate) fn get(&self, token: usize) -> Option<&T> {
-        self.slab
-            .get(token & SLOT_MASK)
-            .filter(|v| v.generation() as usize == token >> SLOT_BITS)
+        let (generation, slot) = split(token);
+        self.slab.get(slot).filter(|v| v.generation() == generation)
     }
 
     pub(crate) fn get_mut(&mut self, token: usize) -> Option<&mut T> {
+        let (generation, slot) = split(token);
         self.slab
-            .get_mut(token & SLOT_MASK)
-            .filter(|v| v.generation() as usize == token >> SLOT_BITS)
+            .get_mut(slot)
+            .filter(|v| v.generation() == generation)
     }
 
     pub(crate) fn contains(&self, token: usize) -> bool {
