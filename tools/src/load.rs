@@ -2,7 +2,7 @@
 //! spread over source addresses, the measured window and the report line.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,45 @@ pub struct Counters {
     /// When the first connection was started, and how long until all were open.
     pub connect_start: OnceLock<Instant>,
     pub connect_secs: OnceLock<f64>,
+    /// Echoes per connection in the measured window, when the client counts them: how evenly
+    /// the server shares itself out (see [`fairness`]).
+    pub per_conn: OnceLock<Box<[AtomicU32]>>,
+}
+
+impl Counters {
+    /// Counts one echo for connection `i` if the measured window is open.
+    pub fn count_conn(&self, i: usize) {
+        if self.measuring.load(Ordering::Relaxed)
+            && let Some(c) = self.per_conn.get().and_then(|v| v.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How the window's echoes spread over the connections: the fewest and the median a
+/// connection got, and the share of all echoes the busiest tenth of the connections got
+/// (0.10 when the server serves every connection alike; a server that keeps serving the
+/// connections that answer fastest gives them more, and the rest wait).
+pub fn fairness(per_conn: &[AtomicU32]) -> Option<String> {
+    let mut v: Vec<u64> = per_conn
+        .iter()
+        .map(|c| u64::from(c.load(Ordering::Relaxed)))
+        .collect();
+    let total: u64 = v.iter().sum();
+    if v.is_empty() || total == 0 {
+        return None;
+    }
+    v.sort_unstable();
+    let top = v.len().div_ceil(10);
+    let top_sum: u64 = v[v.len() - top..].iter().sum();
+    Some(format!(
+        " conn_msgs_min={} conn_msgs_p50={} conn_msgs_max={} top10_share={:.3}",
+        v[0],
+        v[v.len() / 2],
+        v[v.len() - 1],
+        top_sum as f64 / total as f64
+    ))
 }
 
 /// A poller-local batch of latency samples, handed to [`Counters::latencies`] 1024 at a time.
@@ -235,8 +274,13 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
             .flatten()
     };
     let cpu_start = server_cpu();
+    let client_cpu_start = cpu_seconds(std::process::id());
     let start_count = counters.echoed.load(Ordering::Relaxed);
     let start = Instant::now();
+    // Wall-clock start of the window, for tools that sample the server alongside (perf).
+    let window_start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     counters.measuring.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_secs(o.secs));
     counters.measuring.store(false, Ordering::Relaxed);
@@ -256,16 +300,30 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };
+    // The client's own CPU: on a machine the two share, a server that makes its client work
+    // harder per message leaves itself fewer messages to serve.
+    let client_cpu = match (client_cpu_start, cpu_seconds(std::process::id())) {
+        (Some(a), Some(b)) => b - a,
+        _ => f64::NAN,
+    };
+    let spread = counters
+        .per_conn
+        .get()
+        .and_then(|v| fairness(v))
+        .unwrap_or_default();
     let rate = msgs as f64 / elapsed;
     let connect_secs = counters.connect_secs.get().copied().unwrap_or(f64::NAN);
     println!(
         "conns={} size={} msgs={msgs} secs={elapsed:.2} msgs_per_sec={rate:.0} \
-         mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} failed={} \
-         total_msgs={} connect_secs={connect_secs:.3}{latency}",
+         mb_per_sec={:.1} server_cpu_s={cpu:.2} server_cpu_us_per_msg={:.3} \
+         client_cpu_us_per_msg={:.3} failed={} \
+         total_msgs={} connect_secs={connect_secs:.3} window_start_unix={window_start_unix:.3}\
+         {latency}{spread}",
         o.conns,
         o.size,
         rate * o.size as f64 / 1e6,
         cpu * 1e6 / msgs.max(1) as f64,
+        client_cpu * 1e6 / msgs.max(1) as f64,
         counters.failed.load(Ordering::Relaxed),
         counters.echoed.load(Ordering::Relaxed)
     );

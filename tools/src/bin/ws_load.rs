@@ -15,8 +15,9 @@
 //! message, both ways.
 //!
 //! - `echo` (default): closed loop; each connection sends one binary message of `--size`
-//!   bytes, waits for its echo, and sends the next. Reports echoed messages per second and the
-//!   round-trip latency.
+//!   bytes, waits for its echo, and sends the next. Reports echoed messages per second, the
+//!   round-trip latency, and how the echoes spread over the connections (`conn_msgs_*`, and
+//!   `top10_share`: the busiest tenth's share, 0.10 when every connection is served alike).
 //! - `broadcast`: every connection joins (use a `/broadcast` URL); one connection sends
 //!   `--rate` messages per second and every connection, the sender included, receives them.
 //!   Reports deliveries per second and the delivery latency (send to receipt).
@@ -68,13 +69,14 @@ impl Load {
 }
 
 impl WsHandler for Load {
-    type State = ();
+    /// The connection's index, for its echo count (`Counters::per_conn`).
+    type State = usize;
 
-    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<()> {
+    fn on_request(&mut self, _: &Request<'_>) -> Upgrade<usize> {
         Upgrade::not_found() // a client only
     }
 
-    fn on_open(&mut self, conn: &WsConn, _: &mut ()) {
+    fn on_open(&mut self, conn: &WsConn, _: &mut usize) {
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         if self.mode != Mode::Broadcast {
             self.send_stamped(conn);
@@ -86,7 +88,7 @@ impl WsHandler for Load {
         }
     }
 
-    fn on_message(&mut self, conn: &WsConn, _: &mut (), msg: Message<'_>) {
+    fn on_message(&mut self, conn: &WsConn, index: &mut usize, msg: Message<'_>) {
         let b = msg.as_bytes();
         if b.len() < 8 {
             return;
@@ -98,19 +100,20 @@ impl WsHandler for Load {
         let sent = u64::from_le_bytes(b[..8].try_into().unwrap());
         self.samples.record(&self.counters, sent);
         self.counters.count_echo(&mut self.local);
+        self.counters.count_conn(*index);
         if self.mode == Mode::Echo {
             self.send_stamped(conn);
         }
     }
 
-    fn on_close(&mut self, _: &WsConn, _: (), close: WsClose) {
+    fn on_close(&mut self, _: &WsConn, _: usize, close: WsClose) {
         if !self.counters.stopping.load(Ordering::Relaxed) {
             eprintln!("connection closed during the run: {close:?}");
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn on_connect_error(&mut self, _: (), error: ConnectError) {
+    fn on_connect_error(&mut self, _: usize, error: ConnectError) {
         eprintln!("connect error: {error}");
         self.counters.failed.fetch_add(1, Ordering::Relaxed);
     }
@@ -168,8 +171,11 @@ fn main() {
         None => netpoll::tls::default_client_config(),
     };
     counters.connect_start.get_or_init(Instant::now);
+    let _ = counters
+        .per_conn
+        .set((0..o.conns).map(|_| Default::default()).collect());
     for i in 0..o.conns {
-        let opts = Connect::new(())
+        let opts = Connect::new(i)
             .local_addr(load::source_addr(&o, i))
             .timeout(Duration::from_secs(30))
             .tls(tls.clone());
