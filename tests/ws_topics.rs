@@ -222,30 +222,48 @@ fn a_member_that_missed_messages_is_told_how_many_before_the_next() {
     std::thread::sleep(Duration::from_millis(200));
     let missed = group.dropped_messages();
     assert!(missed > 0, "nothing was missed: the test proves nothing");
-    assert_eq!(
-        group.missed_by(&conn),
-        Some(missed),
-        "no notice without room"
-    );
+    // Not yet told: what was missed since the last message that found room. On a busy machine
+    // the poller can flush part of the queue while the broadcasts still come (the socket's
+    // in-flight data acknowledged), so a message may find room mid-run; it then comes after
+    // a notice of what was missed before it.
+    let untold = group.missed_by(&conn).expect("a member");
     // The member reads everything that was queued for it.
     member
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let mut got = 0;
+    let (mut got, mut told) = (0, 0);
+    let mut notice_pending = false;
     while let Ok(m) = member.read() {
-        assert_eq!(m.len(), 1024, "{m:?}");
-        got += 1;
+        match m {
+            TMessage::Text(t) => {
+                assert!(!notice_pending, "two notices in a row: {t}");
+                let n: u64 = t.strip_prefix("gap ").expect("a notice").parse().unwrap();
+                assert!(n > 0, "a notice of nothing");
+                told += n;
+                notice_pending = true;
+            }
+            m => {
+                assert_eq!(m.len(), 1024, "{m:?}");
+                got += 1;
+                notice_pending = false;
+            }
+        }
     }
+    assert!(!notice_pending, "a notice must come before a message");
+    assert_eq!(told + untold, missed, "every miss told or still counted");
     assert_eq!(
         got + missed,
         400,
         "every message either delivered or counted"
     );
-    // Room again: the next message comes after the notice of what was missed.
+    // Room again: the next message comes after the notice of what was missed (the queue is
+    // full at the end, so there is one, unless the very last broadcast found room).
     member.get_ref().set_read_timeout(Some(WAIT)).unwrap();
     group.broadcast(Message::Text("next"));
-    assert_eq!(text(&mut member), format!("gap {missed}"));
+    if untold > 0 {
+        assert_eq!(text(&mut member), format!("gap {untold}"));
+    }
     assert_eq!(text(&mut member), "next");
     assert_eq!(group.missed_by(&conn), Some(0));
 }

@@ -11,7 +11,8 @@
 //! Scenarios (servers on one thread, the client `ws_load` on one poller, sockets
 //! spread over 127.0.0.1..=127.0.0.16):
 //! - `echo`: 100, 1000, 5000, 15000 connections x 64 B, 1 KiB, 16 KiB messages, closed loop;
-//!   messages/s, MB/s, latency p50/p99/max, server CPU per message, connect time;
+//!   messages/s, MB/s, latency p50/p99/max, server CPU per message, connect time, the client's
+//!   CPU per message and the busiest tenth of the connections' share of the echoes;
 //! - `broadcast`: 1000 and 10000 receivers on `/broadcast`, 10 messages/s of 64 B from one of
 //!   them; deliveries/s and delivery latency (send to receipt, over every delivery);
 //! - `idle`: server RSS growth per connection at 1000, 10000 and 15000 idle connections, each
@@ -325,6 +326,8 @@ impl Suite {
                 "lat_p50_us": num(&f, "lat_p50_us"), "lat_p99_us": num(&f, "lat_p99_us"),
                 "lat_max_us": num(&f, "lat_max_us"),
                 "server_cpu_us_per_msg": num(&f, "server_cpu_us_per_msg"),
+                "client_cpu_us_per_msg": num(&f, "client_cpu_us_per_msg"),
+                "top10_share": num(&f, "top10_share"),
                 "connect_secs": num(&f, "connect_secs"), "failed": num(&f, "failed"),
             }));
         }
@@ -957,6 +960,40 @@ fn summary(doc: &Value) -> String {
                 }
                 for s in WS_SERVERS {
                     let cpu = metric(doc, "echo", s, &keys, "server_cpu_us_per_msg");
+                    md += &format!(" {} |", cell(cpu, 2));
+                }
+                md += "\n";
+            }
+        }
+        // The same client against every server: what it spends per echo, and how evenly the
+        // server shared itself out over the connections (in a closed loop, a server that keeps
+        // answering the connections that answered last gets more messages/s for its work and
+        // makes the rest wait: the p99 above).
+        md += "\n### Echo: the busiest tenth of the connections' share of the echoes (0.100 is even) \
+               and the client's CPU per echo (µs)\n\n";
+        md += &table_head(
+            &["conns", "size"],
+            WS_SERVERS
+                .iter()
+                .map(|s| format!("{} top10", short(s)))
+                .chain(
+                    WS_SERVERS
+                        .iter()
+                        .map(|s| format!("{} client CPU", short(s))),
+                ),
+        );
+        for c in distinct(doc, "echo", "conns") {
+            for z in distinct(doc, "echo", "size") {
+                let keys = [("conns", c), ("size", z)];
+                md += &format!("| {} | {} |", group(c), size_label(z));
+                for s in WS_SERVERS {
+                    md += &format!(
+                        " {} |",
+                        cell(metric(doc, "echo", s, &keys, "top10_share"), 3)
+                    );
+                }
+                for s in WS_SERVERS {
+                    let cpu = metric(doc, "echo", s, &keys, "client_cpu_us_per_msg");
                     md += &format!(" {} |", cell(cpu, 2));
                 }
                 md += "\n";
