@@ -47,11 +47,12 @@ async fn broadcast(
     rx.set_auto_pong(false);
     rx.set_auto_close(false);
     let (queue, mut queued) = mpsc::unbounded_channel::<(OpCode, Bytes)>();
+    let own = queue.clone();
     members.lock().unwrap().insert(id, queue);
     let writer = tokio::spawn(async move {
         while let Some((opcode, payload)) = queued.recv().await {
             let frame = Frame::new(true, opcode, None, Payload::Borrowed(&payload));
-            if tx.write_frame(frame).await.is_err() {
+            if tx.write_frame(frame).await.is_err() || opcode == OpCode::Close {
                 return;
             }
         }
@@ -69,12 +70,22 @@ async fn broadcast(
                     let _ = m.send((frame.opcode, payload.clone()));
                 }
             }
-            OpCode::Close => break,
+            // Answered through the writer, behind the broadcasts queued before them.
+            OpCode::Ping => {
+                let _ = own.send((OpCode::Pong, Bytes::copy_from_slice(&frame.payload)));
+            }
+            OpCode::Close => {
+                let _ = own.send((OpCode::Close, Bytes::copy_from_slice(&frame.payload)));
+                break;
+            }
             _ => {}
         }
     }
     members.lock().unwrap().remove(&id);
-    writer.abort();
+    drop(own);
+    // The writer ends after the close reply, on a write error, or once the queue is empty and
+    // no sender is left.
+    let _ = writer.await;
     Ok(())
 }
 

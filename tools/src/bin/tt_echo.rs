@@ -132,7 +132,7 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {
     while let Some(Ok(msg)) = ws.next().await {
         let echo = match msg {
             Message::Text(_) | Message::Binary(_) => msg,
-            Message::Close(_) => return,
+            // tungstenite queued the close reply; the next read flushes it and then ends.
             _ => continue,
         };
         if ws.send(echo).await.is_err() {
@@ -147,9 +147,15 @@ where
 {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let own = tx.clone();
     peers.lock().unwrap().insert(id, tx);
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
+            if m.is_close() {
+                // tungstenite queued the reply when it read the peer's close; this flushes it.
+                let _ = sink.close().await;
+                return;
+            }
             if sink.send(m).await.is_err() {
                 return;
             }
@@ -163,10 +169,17 @@ where
                     let _ = p.send(msg.clone());
                 }
             }
-            Message::Close(_) => break,
+            // The writer sends the reply (the sink is there), behind what was queued.
+            Message::Close(frame) => {
+                let _ = own.send(Message::Close(frame));
+                break;
+            }
             _ => {}
         }
     }
     peers.lock().unwrap().remove(&id);
-    writer.abort();
+    drop(own);
+    // The writer ends after the close reply, on a write error, or once the queue is empty and
+    // no sender is left.
+    let _ = writer.await;
 }
