@@ -38,7 +38,7 @@ impl Counters {
     }
 }
 
-/// How the window's echoes spread over the connections: the fewest and the median a
+/// How the window's echoes spread over the connections: the fewest, the median and the most a
 /// connection got, and the share of all echoes the busiest tenth of the connections got
 /// (0.10 when the server serves every connection alike; a server that keeps serving the
 /// connections that answer fastest gives them more, and the rest wait).
