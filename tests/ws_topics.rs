@@ -223,9 +223,9 @@ fn a_member_that_missed_messages_is_told_how_many_before_the_next() {
     let missed = group.dropped_messages();
     assert!(missed > 0, "nothing was missed: the test proves nothing");
     // Not yet told: what was missed since the last message that found room. On a busy machine
-    // the poller can flush part of the queue while the broadcasts still come (the socket's
-    // in-flight data acknowledged), so a message may find room mid-run; it then comes after
-    // a notice of what was missed before it.
+    // the poller can fall behind the broadcasts, so the group drops at its backlog while the
+    // member's queue still has room; a later message then finds room and comes after a notice
+    // of what was missed before it.
     let untold = group.missed_by(&conn).expect("a member");
     // The member reads everything that was queued for it.
     member

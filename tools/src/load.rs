@@ -296,16 +296,14 @@ pub fn measure_and_report(o: &Options, counters: &Arc<Counters>) {
         (Some(a), Some(b), Some(c)) => format!(" lat_p50_us={a} lat_p99_us={b} lat_max_us={c}"),
         _ => String::new(),
     };
-    let cpu = match (cpu_start, server_cpu()) {
+    let used = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };
+    let cpu = used(cpu_start, server_cpu());
     // The client's own CPU: on a machine the two share, a server that makes its client work
     // harder per message leaves itself fewer messages to serve.
-    let client_cpu = match (client_cpu_start, cpu_seconds(std::process::id())) {
-        (Some(a), Some(b)) => b - a,
-        _ => f64::NAN,
-    };
+    let client_cpu = used(client_cpu_start, cpu_seconds(std::process::id()));
     let spread = counters
         .per_conn
         .get()
